@@ -1,0 +1,89 @@
+"""pytest plugin (entry point ``bsopt``): real infrastructure for tests, never mocks.
+
+Postgres, first that works:
+  1. ``TEST_DATABASE_URL`` if set;
+  2. a server at 127.0.0.1:5432 (user ``postgres``, database ``postgres``) if one answers;
+  3. testcontainers ``postgres:16`` when a Docker engine is reachable;
+  4. the embedded ``pgserver`` wheel (a real Postgres in a temp directory).
+
+Each test module gets its own freshly created database (``postgres_url``), dropped
+afterwards, so services' schemas and migrations never collide between tests.
+
+Kafka-protocol broker, first that works: ``TEST_KAFKA_BOOTSTRAP_SERVERS``, then
+testcontainers Kafka when a Docker engine is reachable, then the embedded librdkafka
+mock cluster (``kafka_bootstrap``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+LOCAL_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def _answers(url: str) -> bool:
+    u = make_url(url)
+    try:
+        with psycopg.connect(
+            host=u.host, port=u.port or 5432, user=u.username, password=u.password,
+            dbname=u.database or "postgres", connect_timeout=2,
+        ):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def docker_available() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """SQLAlchemy URL of a Postgres server whose user may CREATE DATABASE."""
+    if url := os.environ.get("TEST_DATABASE_URL"):
+        yield url
+        return
+    if _answers(LOCAL_SERVER):
+        yield LOCAL_SERVER
+        return
+    if docker_available():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver="psycopg") as pg:
+            yield pg.get_connection_url()
+        return
+    from bsopt_common.embedded.postgres import EmbeddedPostgres
+
+    with EmbeddedPostgres.temporary() as pg:
+        yield pg.url
+
+
+def _admin_conninfo(server_url: str) -> dict[str, object]:
+    u = make_url(server_url)
+    return {
+        "host": u.host or u.query.get("host"), "port": u.port or 5432, "user": u.username,
+        "password": u.password, "dbname": u.database or "postgres", "autocommit": True,
+    }
+
+
+@pytest.fixture(scope="module")
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh, empty database for this test module; dropped afterwards."""
+    name = f"bsopt_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(**_admin_conninfo(postgres_server_url)) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(**_admin_conninfo(postgres_server_url)) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
