@@ -87,3 +87,12 @@ def postgres_url(postgres_server_url: str) -> Iterator[str]:
     yield make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
     with psycopg.connect(**_admin_conninfo(postgres_server_url)) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def test_issuer():
+    """A token issuer whose JWKS is served over HTTP on 127.0.0.1 (see testing.tokens)."""
+    from bsopt_common.testing.tokens import TestIssuer
+
+    with TestIssuer() as issuer:
+        yield issuer

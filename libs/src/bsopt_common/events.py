@@ -1,0 +1,421 @@
+"""Event bus on aiokafka: facts between services.
+
+Producing (:class:`EventPublisher`): the payload is a protobuf message; attributes follow
+the CloudEvents Kafka protocol binding, binary mode (CloudEvents 1.0, "Kafka Protocol
+Binding" §3.2): ``ce_specversion``, ``ce_id``, ``ce_source``, ``ce_type``, ``ce_time``
+(RFC 3339), ``ce_subject`` headers, ``content-type: application/protobuf``; plus a W3C
+Trace Context ``traceparent`` header and ``authorization: Bearer <token>``, an access
+token of the producing service for audience ``urn:bsopt:events``.
+
+Consuming (:class:`EventConsumer`), per message:
+
+1. the token is verified against the JWKS as of the event's ``ce_time`` (a token valid
+   when the event was produced stays valid for replay) and its ``client_id`` must be an
+   allowed producer of the topic;
+2. the payload is decoded into the topic's protobuf type;
+3. the handler runs in one database transaction that first records the event id in the
+   consumer's own ``processed_events`` table (``INSERT .. ON CONFLICT DO NOTHING``): a
+   redelivered event is skipped, so redelivery never doubles an effect;
+4. the offset is committed only after that transaction commits.
+
+A message that fails 1 or 2, or whose handler still fails after ``max_attempts``, goes
+to ``<topic>.dlq`` with the error in a ``dlq_error`` header, then its offset is
+committed: poison messages never block the partition and are never silently dropped.
+
+Outgoing events from a handler (or any state change) go through the transactional
+outbox (:class:`Outbox`): written in the same transaction as the state, published by
+:class:`OutboxRelay`, and deduplicated downstream by their stable event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+from google.protobuf.message import DecodeError, Message
+from opentelemetry import propagate, trace
+from sqlalchemy import Column, DateTime, LargeBinary, MetaData, String, Table, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from bsopt_common.db import session_scope
+from bsopt_common.security.jwt import AccessTokenVerifier, InsufficientScopeError, InvalidTokenError, bearer_token
+from bsopt_common.security.token_provider import ClientCredentialsTokenProvider
+from bsopt_common.settings import EVENTS_AUDIENCE
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("bsopt.events")
+
+CONTENT_TYPE = "application/protobuf"
+PUBLISH_SCOPE = "events:publish"
+
+
+def dlq_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+@dataclass(frozen=True)
+class Event:
+    """A consumed event: CloudEvents attributes plus the decoded protobuf payload."""
+
+    id: str
+    type: str
+    source: str
+    subject: str
+    time: datetime
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    payload: Message
+    producer_client_id: str
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _traceparent() -> str:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if "traceparent" in carrier:
+        return carrier["traceparent"]
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+class EventPublisher:
+    """Publish protobuf events with CloudEvents headers. ``start()`` before use."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        source: str,
+        token_provider: ClientCredentialsTokenProvider | None,
+        *,
+        client_id: str | None = None,
+    ):
+        self.bootstrap_servers = bootstrap_servers
+        self.source = source
+        self.token_provider = token_provider
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers, client_id=client_id or source, acks="all",
+        )
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def publish(
+        self,
+        topic: str,
+        message: Message,
+        *,
+        key: str,
+        subject: str,
+        event_type: str | None = None,
+        event_id: str | None = None,
+        time: str | None = None,
+    ) -> str:
+        """Send one event and wait for the broker's acknowledgement; return its id."""
+        return await self.publish_raw(
+            topic, message.SerializeToString(), key=key, subject=subject,
+            event_type=event_type or message.DESCRIPTOR.full_name, event_id=event_id, time=time,
+        )
+
+    async def publish_raw(
+        self, topic: str, payload: bytes, *, key: str, subject: str, event_type: str,
+        event_id: str | None = None, time: str | None = None,
+    ) -> str:
+        event_id = event_id or str(uuid.uuid4())
+        with tracer.start_as_current_span(f"{topic} publish", kind=trace.SpanKind.PRODUCER):
+            headers = [
+                ("ce_specversion", b"1.0"),
+                ("ce_id", event_id.encode()),
+                ("ce_source", self.source.encode()),
+                ("ce_type", event_type.encode()),
+                ("ce_time", (time or _now_rfc3339()).encode()),
+                ("ce_subject", subject.encode()),
+                ("content-type", CONTENT_TYPE.encode()),
+                ("traceparent", _traceparent().encode()),
+            ]
+            if self.token_provider is not None:
+                token = await self.token_provider.token(EVENTS_AUDIENCE, PUBLISH_SCOPE)
+                headers.append(("authorization", f"Bearer {token}".encode()))
+            await self._producer.send_and_wait(topic, payload, key=key.encode(), headers=headers)
+        return event_id
+
+    async def send_dlq(self, topic: str, value: bytes | None, key: bytes | None, headers: list, error: str) -> None:
+        extra = [("dlq_error", error.encode()[:1000]), ("dlq_original_topic", topic.encode())]
+        await self._producer.send_and_wait(dlq_topic(topic), value, key=key, headers=list(headers) + extra)
+
+
+# --- consumer side -----------------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def event_tables(schema: str) -> tuple[Table, Table]:
+    """``(processed_events, outbox)`` tables in ``schema``. Services create them in their
+    first migration with :func:`create_event_tables`."""
+    md = MetaData(schema=schema)
+    processed = Table(
+        "processed_events", md,
+        Column("event_id", String(64), primary_key=True),
+        Column("topic", String(200), nullable=False),
+        Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+    outbox = Table(
+        "outbox", md,
+        Column("event_id", String(64), primary_key=True),
+        Column("topic", String(200), nullable=False),
+        Column("key", String(200), nullable=False),
+        Column("subject", String(200), nullable=False),
+        Column("event_type", String(200), nullable=False),
+        Column("payload", LargeBinary, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now(), index=True),
+        Column("published_at", DateTime(timezone=True), nullable=True, index=True),
+    )
+    return processed, outbox
+
+
+def create_event_tables(bind, schema: str) -> None:  # noqa: ANN001 - alembic op.get_bind()
+    for table in event_tables(schema):
+        table.create(bind, checkfirst=True)
+
+
+class Outbox:
+    """Transactional outbox of one service's schema."""
+
+    def __init__(self, schema: str):
+        self.schema = schema
+        self.table = event_tables(schema)[1]
+        #: Set after a commit that added rows, to wake the relay early.
+        self.wakeup: asyncio.Event | None = None
+
+    def notify(self) -> None:
+        """Wake the relay now (call on the event loop after a commit that added rows)."""
+        if self.wakeup is not None:
+            self.wakeup.set()
+
+    def add(self, session: Session, topic: str, message: Message, *, key: str, subject: str,
+            event_id: str | None = None) -> str:
+        """Stage ``message`` for ``topic`` inside ``session``'s transaction; return its id."""
+        event_id = event_id or str(uuid.uuid4())
+        session.execute(self.table.insert().values(
+            event_id=event_id, topic=topic, key=key, subject=subject,
+            event_type=message.DESCRIPTOR.full_name, payload=message.SerializeToString(),
+        ))
+        return event_id
+
+
+class OutboxRelay:
+    """Publish outbox rows in creation order and mark them published.
+
+    At-least-once: a crash after publishing but before marking re-sends the row with
+    the same event id, which idempotent consumers skip.
+    """
+
+    def __init__(self, outbox: Outbox, session_factory: sessionmaker[Session], publisher: EventPublisher,
+                 *, poll_interval_seconds: float = 0.2, batch_size: int = 100):
+        self.outbox = outbox
+        self.session_factory = session_factory
+        self.publisher = publisher
+        self.poll_interval_seconds = poll_interval_seconds
+        self.batch_size = batch_size
+        self._stopping = asyncio.Event()
+
+    def _fetch(self) -> list:
+        t = self.outbox.table
+        with session_scope(self.session_factory) as s:
+            rows = s.execute(
+                select(t).where(t.c.published_at.is_(None)).order_by(t.c.created_at, t.c.event_id)
+                .limit(self.batch_size)
+            ).all()
+        return rows
+
+    def _mark(self, event_ids: list[str]) -> None:
+        t = self.outbox.table
+        with session_scope(self.session_factory) as s:
+            s.execute(update(t).where(t.c.event_id.in_(event_ids)).values(published_at=func.now()))
+
+    async def relay_once(self) -> int:
+        rows = await asyncio.to_thread(self._fetch)
+        for row in rows:
+            await self.publisher.publish_raw(
+                row.topic, row.payload, key=row.key, subject=row.subject, event_type=row.event_type,
+                event_id=row.event_id,
+                time=row.created_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            )
+        if rows:
+            await asyncio.to_thread(self._mark, [r.event_id for r in rows])
+        return len(rows)
+
+    async def run(self) -> None:
+        if self.outbox.wakeup is None:
+            self.outbox.wakeup = asyncio.Event()
+        while not self._stopping.is_set():
+            try:
+                n = await self.relay_once()
+            except Exception:
+                log.exception("outbox relay failed; retrying")
+                n = 0
+            if n == 0:
+                wake = self.outbox.wakeup
+                try:
+                    if wake is not None:
+                        await asyncio.wait_for(wake.wait(), self.poll_interval_seconds)
+                        wake.clear()
+                    else:
+                        await asyncio.sleep(self.poll_interval_seconds)
+                except TimeoutError:
+                    pass
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+
+Handler = Callable[[Event, Session], None]
+
+
+class EventConsumer:
+    """Idempotent consumer of some topics for one consumer group.
+
+    ``topics`` maps each topic to its payload type; ``allowed_producers`` maps each
+    topic to the OAuth client ids allowed to publish it. ``handler(event, session)``
+    runs in a worker thread inside the transaction that records the event id.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        group_id: str,
+        topics: Mapping[str, type[Message]],
+        allowed_producers: Mapping[str, Iterable[str]],
+        handler: Handler,
+        session_factory: sessionmaker[Session],
+        schema: str,
+        verifier: AccessTokenVerifier | None,
+        dlq_publisher: EventPublisher,
+        max_attempts: int = 3,
+        outbox: Outbox | None = None,
+    ):
+        self.topics = dict(topics)
+        self.allowed = {t: frozenset(v) for t, v in allowed_producers.items()}
+        self.handler = handler
+        self.session_factory = session_factory
+        self.processed = event_tables(schema)[0]
+        self.verifier = verifier
+        self.dlq = dlq_publisher
+        self.max_attempts = max_attempts
+        self.outbox = outbox
+        self._consumer = AIOKafkaConsumer(
+            *self.topics, bootstrap_servers=bootstrap_servers, group_id=group_id,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+        )
+        self._stopping = asyncio.Event()
+        #: Counters, observable by tests and metrics.
+        self.handled = 0
+        self.skipped_duplicates = 0
+        self.dead_lettered = 0
+
+    async def start(self) -> None:
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await self._consumer.stop()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            batches = await self._consumer.getmany(timeout_ms=200, max_records=50)
+            for tp, messages in batches.items():
+                for msg in messages:
+                    await self._process(msg)
+                    await self._consumer.commit({TopicPartition(tp.topic, tp.partition): msg.offset + 1})
+
+    async def _process(self, msg) -> None:  # noqa: ANN001 - aiokafka ConsumerRecord
+        headers = {k: v.decode(errors="replace") for k, v in (msg.headers or ())}
+        ctx = propagate.extract(headers)
+        with tracer.start_as_current_span(f"{msg.topic} process", context=ctx, kind=trace.SpanKind.CONSUMER):
+            try:
+                event = await self._decode(msg, headers)
+            except _Rejected as exc:
+                await self._dead_letter(msg, str(exc))
+                return
+            last_error = ""
+            for attempt in range(self.max_attempts):
+                try:
+                    await asyncio.to_thread(self._handle_in_transaction, event)
+                    if self.outbox is not None:
+                        self.outbox.notify()
+                    return
+                except Exception as exc:  # the handler's own failures
+                    last_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("handler failed for %s (attempt %d/%d): %s",
+                                event.id, attempt + 1, self.max_attempts, last_error)
+                    await asyncio.sleep(0.1 * (2**attempt))
+            await self._dead_letter(msg, last_error)
+
+    async def _decode(self, msg, headers: dict[str, str]) -> Event:  # noqa: ANN001
+        for attr in ("ce_id", "ce_type", "ce_source", "ce_time"):
+            if not headers.get(attr):
+                raise _Rejected(f"missing CloudEvents attribute {attr}")
+        try:
+            produced_at = datetime.fromisoformat(headers["ce_time"].replace("Z", "+00:00"))
+        except ValueError:
+            raise _Rejected("ce_time is not RFC 3339") from None
+        client_id = ""
+        if self.verifier is not None:
+            token = bearer_token(headers.get("authorization"))
+            if token is None:
+                raise _Rejected("event carries no bearer token")
+            try:
+                claims = await self.verifier.verify(token, (PUBLISH_SCOPE,), now=int(produced_at.timestamp()))
+            except (InvalidTokenError, InsufficientScopeError) as exc:
+                raise _Rejected(f"event token refused: {exc}") from None
+            client_id = claims.client_id
+            if client_id not in self.allowed.get(msg.topic, frozenset()):
+                raise _Rejected(f"client {client_id!r} may not publish to {msg.topic}")
+        payload_type = self.topics[msg.topic]
+        payload = payload_type()
+        try:
+            payload.ParseFromString(msg.value or b"")
+        except DecodeError as exc:
+            raise _Rejected(f"payload is not a {payload_type.DESCRIPTOR.full_name}: {exc}") from None
+        return Event(
+            id=headers["ce_id"], type=headers["ce_type"], source=headers["ce_source"],
+            subject=headers.get("ce_subject", ""), time=produced_at, topic=msg.topic,
+            partition=msg.partition, offset=msg.offset,
+            key=msg.key.decode() if msg.key else None, payload=payload, producer_client_id=client_id,
+        )
+
+    def _handle_in_transaction(self, event: Event) -> None:
+        with session_scope(self.session_factory) as session:
+            inserted = session.execute(
+                pg_insert(self.processed).values(event_id=event.id, topic=event.topic)
+                .on_conflict_do_nothing().returning(self.processed.c.event_id)
+            ).first()
+            if inserted is None:
+                self.skipped_duplicates += 1
+                return
+            self.handler(event, session)
+        self.handled += 1
+
+    async def _dead_letter(self, msg, error: str) -> None:  # noqa: ANN001
+        log.error("dead-lettering %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)
+        await self.dlq.send_dlq(msg.topic, msg.value, msg.key, list(msg.headers or ()), error)
+        self.dead_lettered += 1
+
+
+class _Rejected(Exception):
+    pass

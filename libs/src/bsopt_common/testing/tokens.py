@@ -1,0 +1,100 @@
+"""A test issuer: signing keys, a JWKS served over real HTTP on 127.0.0.1, and a minter
+of RFC 9068 access tokens with any claims, including wrong ones (bad ``aud``, expired,
+signed by a key that is not in the JWKS) for the refusal tests every service has."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from joserfc import jwt
+from joserfc.jwk import ECKey, KeySet
+
+
+class TestIssuer:
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, issuer: str = "http://127.0.0.1:9000"):
+        self.issuer = issuer
+        self.key = ECKey.generate_key("P-256", parameters={"alg": "ES256", "use": "sig"})
+        self.key.ensure_kid()
+        #: A key that is never published: tokens it signs must be refused.
+        self.rogue_key = ECKey.generate_key("P-256", parameters={"alg": "ES256", "use": "sig"})
+        self.rogue_key.ensure_kid()
+        self.published = [self.key]
+        self.jwks_requests = 0
+        self._server: ThreadingHTTPServer | None = None
+
+    # --- JWKS over HTTP -----------------------------------------------------------
+    def start(self) -> str:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                owner.jwks_requests += 1
+                body = json.dumps(KeySet(owner.published).as_dict(private=False)).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # noqa: ANN002
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self.jwks_url
+
+    @property
+    def jwks_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("TestIssuer.start() first")
+        return f"http://127.0.0.1:{self._server.server_address[1]}/.well-known/jwks.json"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> TestIssuer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        self.stop()
+
+    # --- tokens --------------------------------------------------------------------
+    def token(
+        self,
+        *,
+        aud: str | list[str],
+        scope: str = "",
+        sub: str = "user-1",
+        client_id: str = "test-client",
+        ttl_seconds: int = 300,
+        issued_at: int | None = None,
+        typ: str = "at+jwt",
+        rogue: bool = False,
+        **extra: object,
+    ) -> str:
+        now = int(time.time()) if issued_at is None else issued_at
+        claims = {
+            "iss": self.issuer, "sub": sub, "aud": aud, "client_id": client_id, "scope": scope,
+            "iat": now, "nbf": now, "exp": now + ttl_seconds, "jti": str(uuid.uuid4()), **extra,
+        }
+        key = self.rogue_key if rogue else self.key
+        return jwt.encode({"alg": "ES256", "kid": key.kid, "typ": typ}, claims, key)
+
+    def expired_token(self, **kw: object) -> str:
+        return self.token(issued_at=int(time.time()) - 3600, ttl_seconds=600, **kw)
+
+    def rotate(self) -> None:
+        """A new signing key becomes active; the old one stays published."""
+        new = ECKey.generate_key("P-256", parameters={"alg": "ES256", "use": "sig"})
+        new.ensure_kid()
+        self.key = new
+        self.published = [new, *self.published]

@@ -1,0 +1,118 @@
+"""SQLAlchemy tables, all in schema ``auth`` (created by ``migrations/versions/0001``)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from bsopt_auth.config import SCHEMA
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(schema=SCHEMA)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    username: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    #: argon2id PHC string (argon2-cffi PasswordHasher).
+    password_hash: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class Client(Base):
+    __tablename__ = "clients"
+    __table_args__ = (
+        CheckConstraint("client_type IN ('public', 'confidential')", name="clients_client_type_check"),
+        CheckConstraint(
+            "(client_type = 'public') = (client_secret_hash IS NULL)", name="clients_secret_matches_type"
+        ),
+    )
+
+    client_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: argon2id hash of the client secret; NULL for public clients.
+    client_secret_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
+    client_type: Mapped[str] = mapped_column(String(16), nullable=False)
+    redirect_uris: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list)
+    grant_types: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list)
+    allowed_scopes: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list)
+    allowed_resources: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list)
+    #: RFC 7591 name: none | client_secret_basic | client_secret_post.
+    token_endpoint_auth_method: Mapped[str] = mapped_column(String(32), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    @property
+    def is_public(self) -> bool:
+        return self.client_type == "public"
+
+
+class AuthorizationCode(Base):
+    __tablename__ = "authorization_codes"
+    __table_args__ = (Index("authorization_codes_expires_at_idx", "expires_at"),)
+
+    #: Hex SHA-256 of the code; the code itself is never stored.
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(
+        ForeignKey(f"{SCHEMA}.clients.client_id", ondelete="CASCADE"), nullable=False
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey(f"{SCHEMA}.users.id", ondelete="CASCADE"), nullable=False
+    )
+    redirect_uri: Mapped[str] = mapped_column(Text, nullable=False)
+    code_challenge: Mapped[str] = mapped_column(String(128), nullable=False)
+    code_challenge_method: Mapped[str] = mapped_column(String(8), nullable=False)
+    #: Granted scope, space-separated.
+    scope: Mapped[str] = mapped_column(Text, nullable=False)
+    #: Granted resources (RFC 8707): the access token's audience.
+    resource: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    nonce: Mapped[str | None] = mapped_column(Text, nullable=True)
+    auth_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    #: Set when redeemed; a code is single use.
+    consumed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class SigningKey(Base):
+    __tablename__ = "signing_keys"
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'previous', 'retired')", name="signing_keys_status_check"),
+        # At most one active key at any time.
+        Index(
+            "signing_keys_one_active_idx", "status", unique=True,
+            postgresql_where=text("status = 'active'"),
+        ),
+    )
+
+    #: RFC 7638 JWK thumbprint of the public key.
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: Private JWK (RFC 7517) as JSON.
+    private_jwk: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    alg: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )

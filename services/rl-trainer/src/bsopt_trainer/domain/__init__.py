@@ -1,0 +1,18 @@
+"""Pure learning logic of the rl-trainer service: no network, no Kafka, no database.
+
+Modules
+-------
+``env``         :class:`~bsopt_trainer.domain.env.TradingEnv`, a long/flat trading
+                environment over a bars frame, and the market features it observes.
+``extractors``  feature extractors (Transformer, MLP) behind a name registry.
+``ppo``         PPO with GAE, :func:`~bsopt_trainer.domain.ppo.train_ppo` and the
+                checkpointable :class:`~bsopt_trainer.domain.ppo.TrainedPolicy`.
+``evaluation``  equity-curve metrics with transaction costs, policy evaluation and the
+                buy-and-hold benchmark.
+``job``         one training job: train/test split with a no-look-ahead rule, PPO with the
+                Transformer extractor against an MLP baseline and buy-and-hold, checkpoints,
+                paper-trading positions.
+
+Submodules are imported lazily by callers (``from bsopt_trainer.domain.job import ...``);
+importing this package does not import torch.
+"""
