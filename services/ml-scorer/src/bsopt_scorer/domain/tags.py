@@ -19,25 +19,30 @@ Rules (defaults in :class:`BiasThresholds`; every comparison is inclusive except
 - **DISCIPLINE**: trading against the short-term emotion, as a plan would.
   ``discipline.buy_pullback``  BUY with RSI <= 45 and Bollinger position <= 0.35 and no
   crash (change_1d > -3% and change_5d > -7%, i.e. neither PANIC drop rule's condition);
-  ``discipline.sell_strength`` SELL with RSI >= 60 and change_5d > 0.
+  ``discipline.sell_strength`` SELL with RSI >= 65 and change_5d > 0.
 - **NONE**: nothing fired.
 
 Order of precedence: BUY: FOMO > DISCIPLINE > NONE; SELL: PANIC > DISCIPLINE > NONE (an
 emotional trigger outweighs a plan-like pattern: selling on a -4% day after a rally is
-PANIC even though RSI may still be >= 60). Within a label the rules are tried in the order
+PANIC even though RSI may still be >= 65). Within a label the rules are tried in the order
 listed above; the first that fires is ``TagResult.rule`` and every rule that fired is
 named in the explanation, with the numbers.
 
-Why these defaults: they are the textbook levels (Wilder's RSI 70/30; Bollinger's
-"outside the 2-sigma band"), plus return thresholds chosen so that each label stays the
-exception on large US stocks. On the real daily bars shipped with the project (GOOGL
-2009-2018, SPY 1999-2020, AAPL 2012-2014) a BUY on a random day is FOMO on roughly 15-20%
-of days and a SELL is PANIC on roughly 15-20%: a +5% week or a -3% day is about a
-1.5-2 sigma move for these names (daily volatility ~1-2%); -7% over 5 days is
-symmetric-in-sigma to +5% once the fatter left tail of equity returns is taken into
-account. The pullback band (RSI <= 45, lower third of the bands) and the strength band
-(RSI >= 60 and up on the week) are the usual "buy weakness, sell strength" zones short
-of the extreme 30/70 levels.
+Why these defaults: FOMO/PANIC use the textbook extremes (Wilder's RSI 70/30; a close
+outside Bollinger's 2-sigma bands) plus return thresholds that are roughly 1.5-2 standard
+deviations for large US stocks (daily sigma ~1.1-1.7%, 5-day sigma ~2.5-3.9% on the
+bundled data): +5% in a week is a run-up worth flagging; -3% in a day or -7% in a week
+is a drop that triggers selling (the PANIC side sits a little further out because
+equity drops are fatter-tailed and a flag there must not fire on ordinary weeks).
+DISCIPLINE bands sit between the extremes and the median RSI (~54 on these upward-
+drifting stocks): buy at RSI <= 45 in the lower third of the bands, sell at RSI >= 65
+while up on the week (60 tagged ~30% of random sells as DISCIPLINE, too common to mean
+anything; 65 makes the two sides symmetric around the median).
+Measured on the real daily bars (GOOGL 2009-2018, SPY 1999-2020, AAPL/IBM/MSFT
+2012-2014), a trade on a random day is tagged: BUY FOMO 9-25% (GOOGL 19%), BUY
+DISCIPLINE 16-29% (GOOGL 18%), SELL PANIC 5-11% (GOOGL 8%), SELL DISCIPLINE 10-24%
+(GOOGL 21%); the rest NONE. Labels stay the exception, as tags meant to prompt
+reflection should.
 """
 
 from __future__ import annotations
@@ -50,8 +55,7 @@ from bsopt_scorer.domain.features import TradeFeatures
 
 Label = Literal["FOMO", "PANIC", "DISCIPLINE", "NONE"]
 Side = Literal["BUY", "SELL"]
-#: Every label, in the order of ``BiasLabel`` numbers 1..4 is NONE, FOMO, PANIC, DISCIPLINE;
-#: this tuple is the display order.
+#: Every label name, in display order; the proto enum value is ``"BIAS_LABEL_" + name``.
 LABELS: tuple[str, ...] = ("FOMO", "PANIC", "DISCIPLINE", "NONE")
 
 RULE_NONE = "none"
@@ -76,7 +80,7 @@ class BiasThresholds:
         pullback_band_max: DISCIPLINE BUY needs Bollinger position at or below this
             (default 0.35, the lower third of the bands). A "crash" (change_1d <=
             ``panic_change_1d`` or change_5d <= ``panic_change_5d``) disqualifies it.
-        strength_rsi_min: DISCIPLINE SELL needs RSI at or above this (default 60).
+        strength_rsi_min: DISCIPLINE SELL needs RSI at or above this (default 65).
         strength_change_5d_min: DISCIPLINE SELL needs change_5d strictly above this
             (default 0.0: up on the week).
 
@@ -95,7 +99,7 @@ class BiasThresholds:
     panic_band_position: float = 0.0
     pullback_rsi_max: float = 45.0
     pullback_band_max: float = 0.35
-    strength_rsi_min: float = 60.0
+    strength_rsi_min: float = 65.0
     strength_change_5d_min: float = 0.0
 
     def __post_init__(self) -> None:

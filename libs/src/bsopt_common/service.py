@@ -1,0 +1,125 @@
+"""Wiring shared by every service's ``bootstrap.py``: the pieces built from settings
+(engine, verifier, token provider, publisher, outbox relay, consumers) and their
+lifecycle. Nothing connects until :meth:`ServiceRuntime.start`.
+
+Order on start: database reachable -> migrations -> JWKS verifier -> publisher ->
+outbox relay -> consumers. Order on stop (drain): consumers stop (their in-flight
+message finishes and commits) -> relay flushes once -> publisher stops -> pool disposed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from google.protobuf.message import Message
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from bsopt_common import migrations
+from bsopt_common.db import create_db_engine, make_session_factory, wait_for_database
+from bsopt_common.events import EventConsumer, EventPublisher, Handler, Outbox, OutboxRelay, dlq_topic
+from bsopt_common.security import AccessTokenVerifier, ClientCredentialsTokenProvider, JWKSCache
+from bsopt_common.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+def make_verifier(settings: ServiceSettings, audience: str) -> AccessTokenVerifier:
+    jwks = JWKSCache(settings.resolved_jwks_url,
+                     min_refetch_interval_seconds=settings.jwks_min_refetch_interval_seconds)
+    return AccessTokenVerifier(settings.issuer, audience, jwks, leeway_seconds=settings.token_leeway_seconds)
+
+
+def make_token_provider(settings: ServiceSettings) -> ClientCredentialsTokenProvider:
+    if not settings.client_id or settings.client_secret is None:
+        raise RuntimeError(
+            f"{settings.service_name}: client credentials are not configured; set "
+            f"{settings.model_config.get('env_prefix', '')}CLIENT_ID and ..._CLIENT_SECRET"
+        )
+    return ClientCredentialsTokenProvider(settings.token_url, settings.client_id, settings.client_secret)
+
+
+@dataclass
+class ConsumerSpec:
+    group_id: str
+    topics: Mapping[str, type[Message]]
+    allowed_producers: Mapping[str, Iterable[str]]
+    handler: Handler
+
+
+@dataclass
+class ServiceRuntime:
+    settings: ServiceSettings
+    schema: str
+    migrations_package: str
+    audience: str | None = None
+    engine: Engine | None = None
+    session_factory: sessionmaker[Session] | None = None
+    verifier: AccessTokenVerifier | None = None
+    token_provider: ClientCredentialsTokenProvider | None = None
+    publisher: EventPublisher | None = None
+    outbox: Outbox | None = None
+    consumers: list[EventConsumer] = field(default_factory=list)
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+    _relay: OutboxRelay | None = None
+
+    def connect_database(self) -> None:
+        self.engine = create_db_engine(self.settings.require_database_url(), application_name=self.settings.service_name)
+        wait_for_database(self.engine)
+        migrations.upgrade(self.migrations_package, self.engine, self.schema)
+        self.session_factory = make_session_factory(self.engine)
+        self.outbox = Outbox(self.schema)
+
+    async def start(self, consumer_specs: Iterable[ConsumerSpec] = (), *, publish: bool = True) -> None:
+        await asyncio.to_thread(self.connect_database)
+        if self.audience is not None:
+            self.verifier = make_verifier(self.settings, self.audience)
+        if publish or consumer_specs:
+            self.token_provider = make_token_provider(self.settings)
+            bootstrap = self.settings.require_kafka()
+            self.publisher = EventPublisher(bootstrap, source=f"/bsopt/{self.settings.service_name}",
+                                            token_provider=self.token_provider)
+            await self.publisher.start()
+            self._relay = OutboxRelay(self.outbox, self.session_factory, self.publisher)
+            self._tasks.append(asyncio.create_task(self._relay.run(), name="outbox-relay"))
+            events_verifier = make_verifier(self.settings, "urn:bsopt:events")
+            for spec in consumer_specs:
+                consumer = EventConsumer(
+                    bootstrap_servers=bootstrap, group_id=spec.group_id, topics=spec.topics,
+                    allowed_producers=spec.allowed_producers, handler=spec.handler,
+                    session_factory=self.session_factory, schema=self.schema, verifier=events_verifier,
+                    dlq_publisher=self.publisher, outbox=self.outbox,
+                )
+                await consumer.start()
+                self.consumers.append(consumer)
+                self._tasks.append(asyncio.create_task(consumer.run(), name=f"consumer-{spec.group_id}"))
+
+    async def stop(self) -> None:
+        for consumer in self.consumers:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+        if self._relay is not None:
+            self._relay.stop()
+            with contextlib.suppress(Exception):
+                await self._relay.relay_once()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.publisher is not None:
+            await self.publisher.stop()
+        if self.token_provider is not None:
+            await self.token_provider.aclose()
+        if self.verifier is not None:
+            await self.verifier.jwks.aclose()
+        if self.engine is not None:
+            self.engine.dispose()
+
+    def topics_for_dlq(self, topics: Iterable[str]) -> list[str]:
+        return [dlq_topic(t) for t in topics]
+
+
+TopicFilter = Callable[[str], bool]

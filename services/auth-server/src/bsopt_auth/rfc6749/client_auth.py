@@ -1,0 +1,86 @@
+"""Client authentication at the token endpoint (RFC 6749 §2.3, OAuth 2.1 §2.4).
+
+Methods (RFC 7591 names): ``client_secret_basic`` (HTTP Basic, form-urlencoded id and
+secret), ``client_secret_post`` (``client_id`` + ``client_secret`` in the body) and
+``none`` (public clients: ``client_id`` only). A confidential client may use either secret
+method. Using two methods at once is ``invalid_request``; any failure is
+``invalid_client``. Unknown clients cost one dummy argon2 verification.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
+
+from sqlalchemy.orm import Session
+
+from bsopt_auth.models import Client
+from bsopt_auth.passwords import verify_secret
+from bsopt_auth.rfc6749.errors import InvalidClientError, InvalidRequestError
+
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+SECRET_METHODS = ("client_secret_basic", "client_secret_post")
+
+
+@dataclass(frozen=True)
+class AuthenticatedClient:
+    client: Client
+    method: str
+
+
+def parse_basic_authorization(header: str) -> tuple[str, str]:
+    """Decode ``Authorization: Basic ...`` into (client_id, client_secret) (RFC 6749 §2.3.1:
+    both are application/x-www-form-urlencoded before base64)."""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        raise InvalidClientError("unsupported authorization scheme")
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise InvalidClientError("malformed basic credentials") from None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep or not client_id:
+        raise InvalidClientError("malformed basic credentials")
+    return unquote_plus(client_id), unquote_plus(secret)
+
+
+def authenticate_client(
+    session: Session, authorization: str | None, form: Mapping[str, str]
+) -> AuthenticatedClient:
+    """Identify and authenticate the client of a token request."""
+    form_id = form.get("client_id")
+    form_secret = form.get("client_secret")
+    if authorization:
+        if form_secret is not None:
+            raise InvalidRequestError("use only one client authentication method")
+        client_id, secret = parse_basic_authorization(authorization)
+        if form_id is not None and form_id != client_id:
+            raise InvalidRequestError("client_id does not match the authenticated client")
+        method: str = "client_secret_basic"
+    elif form_secret is not None:
+        if not form_id:
+            raise InvalidClientError("client_id is required")
+        client_id, secret, method = form_id, form_secret, "client_secret_post"
+    elif form_id:
+        client_id, secret, method = form_id, None, "none"
+    else:
+        raise InvalidClientError("client authentication is required")
+
+    client = session.get(Client, client_id)
+    if method == "none":
+        if client is None or not client.is_public:
+            raise InvalidClientError("client authentication failed")
+        return AuthenticatedClient(client, method)
+
+    stored = client.client_secret_hash if client is not None and not client.is_public else None
+    ok = verify_secret(stored, secret or "")  # dummy verification when unknown or public
+    if not ok or client is None or client.token_endpoint_auth_method not in SECRET_METHODS:
+        raise InvalidClientError("client authentication failed")
+    return AuthenticatedClient(client, method)
+
+
+__all__ = ["AUTH_METHODS", "SECRET_METHODS", "AuthenticatedClient", "authenticate_client",
+           "parse_basic_authorization"]
