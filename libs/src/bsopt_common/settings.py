@@ -48,6 +48,8 @@ class ServiceSettings(BaseSettings):
     issuer: str = DEV_ISSUER
     #: Override for the JWKS URL (defaults to ``<issuer>/.well-known/jwks.json``).
     jwks_url: str | None = None
+    #: Override for the token endpoint (defaults to ``<issuer>/oauth2/token``).
+    token_endpoint: str | None = None
     #: This service's OAuth client (client credentials grant).
     client_id: str | None = None
     client_secret: SecretStr | None = None
@@ -81,7 +83,7 @@ class ServiceSettings(BaseSettings):
 
     @property
     def token_url(self) -> str:
-        return self.issuer.rstrip("/") + "/oauth2/token"
+        return self.token_endpoint or self.issuer.rstrip("/") + "/oauth2/token"
 
     def require_database_url(self) -> str:
         if not self.database_url:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import psycopg
 import pytest
@@ -96,3 +96,55 @@ def test_issuer():
 
     with TestIssuer() as issuer:
         yield issuer
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1) -> dict[str, int]:
+    """Create ``names`` (``partitions`` each) if missing; return ``{topic: partition count}``.
+
+    Works for a real Kafka (CreateTopics) and for the embedded mock cluster of this
+    process; see :func:`bsopt_common.embedded.kafka.ensure_topics` for the details
+    and errors raised.
+    """
+    from bsopt_common.embedded.kafka import ensure_topics
+
+    return ensure_topics(bootstrap, names, partitions)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers (``"host:port[,host:port]"``) of a Kafka-protocol broker.
+
+    ``TEST_KAFKA_BOOTSTRAP_SERVERS`` if set; else testcontainers Kafka (KRaft) when a
+    Docker engine is reachable; else an :class:`~bsopt_common.embedded.kafka.EmbeddedKafka`
+    (librdkafka mock cluster, one broker on 127.0.0.1) for the session. The broker is
+    shared by the whole session: use unique topic and group names per test. On the
+    embedded broker topics a client merely names are auto-created with 4 partitions,
+    so create them up front with ``kafka_topics`` when the count matters.
+    """
+    if bootstrap := os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS"):
+        yield bootstrap
+        return
+    if docker_available():
+        from testcontainers.community.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    from bsopt_common.embedded.kafka import EmbeddedKafka
+
+    with EmbeddedKafka() as kafka:
+        yield kafka.bootstrap_servers
+
+
+@pytest.fixture
+def kafka_topics(kafka_bootstrap: str) -> Callable[..., dict[str, int]]:
+    """Factory ``kafka_topics(names, partitions=1) -> {topic: partition count}`` creating
+    topics on ``kafka_bootstrap`` up front (existing topics are left as they are)."""
+
+    def _create(names: Iterable[str], partitions: int = 1) -> dict[str, int]:
+        return create_topics(kafka_bootstrap, [names] if isinstance(names, str) else names, partitions)
+
+    return _create

@@ -4,10 +4,12 @@ signed by a key that is not in the JWKS) for the refusal tests every service has
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
 import uuid
+from urllib.parse import parse_qsl
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from joserfc import jwt
@@ -26,6 +28,7 @@ class TestIssuer:
         self.rogue_key.ensure_kid()
         self.published = [self.key]
         self.jwks_requests = 0
+        self.token_requests = 0
         self._server: ThreadingHTTPServer | None = None
 
     # --- JWKS over HTTP -----------------------------------------------------------
@@ -42,6 +45,28 @@ class TestIssuer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_POST(self) -> None:  # noqa: N802 - client credentials (RFC 6749 §4.4)
+                length = int(self.headers.get("content-length") or 0)
+                form = dict(parse_qsl(self.rfile.read(length).decode()))
+                client_id = None
+                auth = self.headers.get("authorization", "")
+                if auth.lower().startswith("basic "):
+                    client_id = base64.b64decode(auth[6:]).decode().split(":", 1)[0]
+                client_id = client_id or form.get("client_id")
+                if form.get("grant_type") != "client_credentials" or not client_id:
+                    status, body = 400, {"error": "invalid_request"}
+                else:
+                    owner.token_requests += 1
+                    token = owner.token(aud=form.get("resource", ""), scope=form.get("scope", ""),
+                                        sub=client_id, client_id=client_id)
+                    status, body = 200, {"access_token": token, "token_type": "Bearer", "expires_in": 300}
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def log_message(self, *args) -> None:  # noqa: ANN002
                 pass
 
@@ -54,6 +79,20 @@ class TestIssuer:
         if self._server is None:
             raise RuntimeError("TestIssuer.start() first")
         return f"http://127.0.0.1:{self._server.server_address[1]}/.well-known/jwks.json"
+
+    @property
+    def base_url(self) -> str:
+        return self.jwks_url.rsplit("/.well-known/", 1)[0]
+
+    @property
+    def token_url(self) -> str:
+        """Client-credentials endpoint: any client id is accepted and gets a token for the
+        requested ``resource`` and ``scope``, issued as ``iss`` = :attr:`issuer`."""
+        return self.base_url + "/oauth2/token"
+
+    def service_env(self) -> dict[str, str]:
+        """Settings values that point a service at this issuer."""
+        return {"issuer": self.issuer, "jwks_url": self.jwks_url}
 
     def stop(self) -> None:
         if self._server is not None:

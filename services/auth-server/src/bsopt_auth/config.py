@@ -36,16 +36,19 @@ class AuthSettings(ServiceSettings):
     #: Cache lifetime the JWKS and metadata documents advertise to clients, seconds.
     discovery_max_age_seconds: int = Field(300, ge=0)
 
+    # Endpoint URLs derive from the issuer. (Names differ from ServiceSettings'
+    # ``token_endpoint`` / ``jwks_url``, which are a resource server's overrides.)
+
     @property
     def base_url(self) -> str:
         return self.issuer.rstrip("/")
 
     @property
-    def authorization_endpoint(self) -> str:
+    def authorization_endpoint_url(self) -> str:
         return self.base_url + "/authorize"
 
     @property
-    def token_endpoint(self) -> str:
+    def token_endpoint_url(self) -> str:
         return self.base_url + "/oauth2/token"
 
     @property
@@ -53,5 +56,5 @@ class AuthSettings(ServiceSettings):
         return self.base_url + "/.well-known/jwks.json"
 
     @property
-    def userinfo_endpoint(self) -> str:
+    def userinfo_endpoint_url(self) -> str:
         return self.base_url + "/userinfo"

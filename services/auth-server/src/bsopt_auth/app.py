@@ -1,0 +1,88 @@
+"""FastAPI assembly. ``create_app`` builds the application; nothing connects until the
+first request (or the lifespan start, which makes sure a signing key exists)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine, text
+from starlette.concurrency import run_in_threadpool
+
+from bsopt_common.db import make_session_factory
+from bsopt_common.security.jwt import AccessTokenVerifier, JWKSCache
+
+from bsopt_auth import __version__
+from bsopt_auth.config import AuthSettings
+from bsopt_auth.rfc7517 import ensure_active_key
+from bsopt_auth.routes import authorize, discovery, token, userinfo
+from bsopt_auth.routes.state import AppState
+
+log = logging.getLogger(__name__)
+
+#: The verifier fetches this server's own JWKS in-process; the host is never resolved.
+_SELF_JWKS_URL = "http://auth-server.internal/.well-known/jwks.json"
+
+
+def _self_verifier(app: FastAPI, settings: AuthSettings) -> tuple[AccessTokenVerifier, httpx.AsyncClient]:
+    """The shared RFC 9068 verifier, for tokens whose audience is this issuer (UserInfo).
+    No refetch rate limit: an unknown kid costs one in-process JWKS read."""
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), timeout=5.0)
+    jwks = JWKSCache(_SELF_JWKS_URL, http_client=client, min_refetch_interval_seconds=0)
+    verifier = AccessTokenVerifier(
+        settings.issuer, settings.issuer, jwks, leeway_seconds=settings.token_leeway_seconds
+    )
+    return verifier, client
+
+
+def create_app(settings: AuthSettings, engine: Engine) -> FastAPI:
+    """The authorization server as an ASGI app over ``engine`` (already migrated)."""
+    state = AppState(settings=settings, engine=engine, session_factory=make_session_factory(engine))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        kid = await run_in_threadpool(ensure_active_key, state.session_factory, settings.signing_alg)
+        log.info("auth-server ready issuer=%s signing kid=%s", settings.issuer, kid)
+        try:
+            yield
+        finally:
+            await self_client.aclose()
+
+    app = FastAPI(
+        title="bsopt auth-server",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.auth = state
+    app.state.token_verifier, self_client = _self_verifier(app, settings)
+    for module in (discovery, authorize, token, userinfo):
+        app.include_router(module.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        def ping() -> None:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+
+        try:
+            await run_in_threadpool(ping)
+        except Exception as exc:  # noqa: BLE001 - report, do not crash the probe
+            log.warning("readiness check failed: %s", type(exc).__name__)
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    return app
+
+
+__all__ = ["create_app"]

@@ -1,0 +1,196 @@
+"""Token endpoint logic (RFC 6749 §3.2, §4.1.3, §4.4; OAuth 2.1 §3.2), HTTP-agnostic.
+
+Grants: ``authorization_code`` (with PKCE, RFC 7636) and ``client_credentials``. Every
+failure raises an :class:`~bsopt_auth.rfc6749.errors.OAuth2Error` subclass; the HTTP
+layer renders it as RFC 6749 §5.2 JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from bsopt_common.db import session_scope
+
+from bsopt_auth.config import AuthSettings
+from bsopt_auth.models import AuthorizationCode, Client
+from bsopt_auth.oidc import OPENID_SCOPE, issue_id_token
+from bsopt_auth.rfc6749.authorization import MULTI_PARAMS, hash_code
+from bsopt_auth.rfc6749.client_auth import authenticate_client
+from bsopt_auth.rfc6749.errors import (
+    InvalidGrantError,
+    InvalidRequestError,
+    UnauthorizedClientError,
+    UnsupportedGrantTypeError,
+)
+from bsopt_auth.rfc6749.scope import parse_scope, resolve_scope, to_scope_string
+from bsopt_auth.rfc7517 import get_active_key
+from bsopt_auth.rfc7636 import verify_code_verifier
+from bsopt_auth.rfc8707 import InvalidTargetError, resolve_resources
+from bsopt_auth.rfc9068 import issue_access_token
+
+GRANT_TYPES_SUPPORTED = ("authorization_code", "client_credentials")
+
+
+def _parse(items: Iterable[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
+    params: dict[str, str] = {}
+    resources: list[str] = []
+    for name, value in items:
+        if name in MULTI_PARAMS:
+            resources.append(value)
+        elif name in params:
+            raise InvalidRequestError(f"parameter {name!r} must not repeat")
+        else:
+            params[name] = value
+    return params, resources
+
+
+def _require(params: Mapping[str, str], name: str) -> str:
+    value = params.get(name)
+    if not value:
+        raise InvalidRequestError(f"{name} is required")
+    return value
+
+
+def handle_token_request(
+    session_factory: sessionmaker[Session],
+    settings: AuthSettings,
+    authorization: str | None,
+    items: Iterable[tuple[str, str]],
+) -> dict[str, Any]:
+    """Process a token request; returns the RFC 6749 §5.1 response body."""
+    params, resources = _parse(items)
+    grant_type = _require(params, "grant_type")
+    if grant_type not in GRANT_TYPES_SUPPORTED:
+        raise UnsupportedGrantTypeError(f"grant_type {grant_type!r} is not supported")
+
+    with session_scope(session_factory) as session:
+        client = authenticate_client(session, authorization, params).client
+        session.expunge(client)
+    if grant_type not in client.grant_types:
+        raise UnauthorizedClientError(f"client may not use the {grant_type} grant")
+
+    if grant_type == "client_credentials":
+        return _client_credentials(session_factory, settings, client, params, resources)
+    return _authorization_code(session_factory, settings, client, params, resources)
+
+
+def _token_response(access_token: str, expires_in: int, scope: str, **extra: str) -> dict[str, Any]:
+    return {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in,
+            "scope": scope, **extra}
+
+
+def _client_credentials(
+    session_factory: sessionmaker[Session],
+    settings: AuthSettings,
+    client: Client,
+    params: Mapping[str, str],
+    resources: list[str],
+) -> dict[str, Any]:
+    if client.is_public:
+        raise UnauthorizedClientError("public clients may not use client_credentials")
+    scope = resolve_scope(params.get("scope"), client.allowed_scopes)
+    if OPENID_SCOPE in scope:
+        raise UnauthorizedClientError("openid needs a user; use the authorization code grant")
+    audiences = resolve_resources(resources, client.allowed_resources)
+    with session_scope(session_factory) as session:
+        key = get_active_key(session, settings.signing_alg)
+    token = issue_access_token(
+        key,
+        issuer=settings.issuer,
+        subject=client.client_id,
+        audiences=audiences,
+        client_id=client.client_id,
+        scope=to_scope_string(scope),
+        ttl_seconds=settings.access_token_ttl_seconds,
+    )
+    return _token_response(token.token, token.expires_in, to_scope_string(scope))
+
+
+def _consume_code(session_factory: sessionmaker[Session], code: str) -> AuthorizationCode:
+    """Mark the code consumed in its own committed transaction (so a failed exchange still
+    burns it) and return it; a missing or already consumed code is ``invalid_grant``."""
+    code_hash = hash_code(code)
+    with session_scope(session_factory) as session:
+        row = session.scalars(
+            update(AuthorizationCode)
+            .where(AuthorizationCode.code_hash == code_hash, AuthorizationCode.consumed_at.is_(None))
+            .values(consumed_at=datetime.now(UTC))
+            .returning(AuthorizationCode),
+        ).one_or_none()
+        if row is None:
+            used = session.scalar(
+                select(AuthorizationCode.consumed_at).where(AuthorizationCode.code_hash == code_hash)
+            )
+            # RFC 6749 §4.1.2: a code used twice is denied. Access tokens are stateless JWTs
+            # and are not revoked; their lifetime bounds the damage.
+            raise InvalidGrantError("authorization code already used" if used else "invalid authorization code")
+        session.expunge(row)
+        return row
+
+
+def _authorization_code(
+    session_factory: sessionmaker[Session],
+    settings: AuthSettings,
+    client: Client,
+    params: Mapping[str, str],
+    resources: list[str],
+) -> dict[str, Any]:
+    code = _require(params, "code")
+    redirect_uri = _require(params, "redirect_uri")
+    code_verifier = _require(params, "code_verifier")
+    grant = _consume_code(session_factory, code)
+
+    if grant.client_id != client.client_id:
+        raise InvalidGrantError("authorization code was issued to another client")
+    if grant.expires_at <= datetime.now(UTC):
+        raise InvalidGrantError("authorization code expired")
+    if grant.redirect_uri != redirect_uri:
+        raise InvalidGrantError("redirect_uri does not match the authorization request")
+    verify_code_verifier(code_verifier, grant.code_challenge, grant.code_challenge_method)
+
+    audiences = list(grant.resource)
+    if resources:  # RFC 8707 §2.2: may narrow, never widen, what was authorized
+        if any(r not in grant.resource for r in resources):
+            raise InvalidTargetError("resource was not part of the authorization grant")
+        audiences = list(dict.fromkeys(resources))
+    scope = parse_scope(grant.scope)
+    openid = OPENID_SCOPE in scope
+    if openid:
+        audiences.append(settings.issuer)  # so the UserInfo endpoint accepts the token
+
+    auth_time = int(grant.auth_time.timestamp())
+    subject = str(grant.user_id)
+    with session_scope(session_factory) as session:
+        key = get_active_key(session, settings.signing_alg)
+    token = issue_access_token(
+        key,
+        issuer=settings.issuer,
+        subject=subject,
+        audiences=audiences,
+        client_id=client.client_id,
+        scope=grant.scope,
+        ttl_seconds=settings.access_token_ttl_seconds,
+        auth_time=auth_time,
+    )
+    extra: dict[str, str] = {}
+    if openid:
+        extra["id_token"] = issue_id_token(
+            key,
+            issuer=settings.issuer,
+            subject=subject,
+            client_id=client.client_id,
+            auth_time=auth_time,
+            ttl_seconds=settings.id_token_ttl_seconds,
+            nonce=grant.nonce,
+            access_token=token.token,
+            now=token.claims["iat"],
+        )
+    return _token_response(token.token, token.expires_in, grant.scope, **extra)
+
+
+__all__ = ["GRANT_TYPES_SUPPORTED", "handle_token_request"]

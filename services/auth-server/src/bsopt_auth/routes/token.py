@@ -1,0 +1,45 @@
+"""POST /oauth2/token: the token endpoint."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from bsopt_auth.rfc6749.errors import NO_STORE_HEADERS, InvalidRequestError, OAuth2Error
+from bsopt_auth.rfc6749.token import handle_token_request
+from bsopt_auth.routes.state import AppState
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+
+def error_response(exc: OAuth2Error) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers())
+
+
+@router.post("/oauth2/token")
+async def token(request: Request) -> JSONResponse:
+    state = AppState.of(request)
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    try:
+        if content_type != FORM_CONTENT_TYPE:
+            raise InvalidRequestError(f"the request body must be {FORM_CONTENT_TYPE}")
+        form = await request.form()
+        items = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+        body = await run_in_threadpool(
+            handle_token_request, state.session_factory, state.settings,
+            request.headers.get("authorization"), items,
+        )
+    except OAuth2Error as exc:
+        # Never log the request: it carries secrets, codes and verifiers.
+        log.info("token request refused: %s", exc.error)
+        return error_response(exc)
+    return JSONResponse(body, headers=NO_STORE_HEADERS)
+
+
+__all__ = ["error_response", "router"]

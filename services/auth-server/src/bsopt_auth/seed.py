@@ -1,0 +1,140 @@
+"""Development data: the demo user and the suite's OAuth clients (``seed-dev``).
+
+The client table below is the single place the suite's clients are declared; add a
+:class:`DevClient` to register one more. Confidential clients get the placeholder secret
+``dev-<client_id>-secret`` (only its argon2id hash is stored; settings reject such
+placeholders outside dev and test).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from bsopt_common.db import session_scope
+from bsopt_common.settings import (
+    BROKER_GATEWAY_AUDIENCE,
+    EVENTS_AUDIENCE,
+    ML_SCORER_AUDIENCE,
+    RESOURCE_API_AUDIENCE,
+    RL_TRAINER_AUDIENCE,
+)
+
+from bsopt_auth.models import Client, User
+from bsopt_auth.passwords import hash_secret, verify_secret
+
+log = logging.getLogger(__name__)
+
+DEMO_USERNAME = "demo"
+DEMO_PASSWORD = "demo-password"  # noqa: S105 - documented dev credential
+CLI_CLIENT_ID = "bsopt-cli"
+CLI_REDIRECT_URI = "http://127.0.0.1/callback"
+
+
+@dataclass(frozen=True)
+class DevClient:
+    client_id: str
+    scopes: str
+    resources: tuple[str, ...]
+    #: public: no secret, authorization code + PKCE; confidential: client credentials.
+    public: bool = False
+    redirect_uris: tuple[str, ...] = ()
+
+    @property
+    def grant_types(self) -> list[str]:
+        return ["authorization_code"] if self.public else ["client_credentials"]
+
+    @property
+    def token_endpoint_auth_method(self) -> str:
+        return "none" if self.public else "client_secret_basic"
+
+
+def dev_client_secret(client_id: str) -> str:
+    """The placeholder secret a dev confidential client is seeded with."""
+    return f"dev-{client_id}-secret"
+
+
+DEV_CLIENTS: tuple[DevClient, ...] = (
+    DevClient(
+        CLI_CLIENT_ID,
+        scopes="openid profile trades:read trades:write training:read training:write",
+        resources=(RESOURCE_API_AUDIENCE,),
+        public=True,
+        redirect_uris=(CLI_REDIRECT_URI,),  # loopback: any port (RFC 8252 §7.3)
+    ),
+    DevClient(
+        "resource-api",
+        scopes="broker:accounts broker:orders broker:import scorer:read trainer:jobs.read trainer:jobs.write",
+        resources=(BROKER_GATEWAY_AUDIENCE, ML_SCORER_AUDIENCE, RL_TRAINER_AUDIENCE),
+    ),
+    DevClient(
+        "rl-trainer",
+        scopes="broker:accounts broker:orders events:publish",
+        resources=(BROKER_GATEWAY_AUDIENCE, EVENTS_AUDIENCE),
+    ),
+    DevClient("broker-gateway", scopes="events:publish", resources=(EVENTS_AUDIENCE,)),
+    DevClient("ml-scorer", scopes="events:publish", resources=(EVENTS_AUDIENCE,)),
+    DevClient("digest-worker", scopes="events:publish", resources=(EVENTS_AUDIENCE,)),
+)
+
+
+def _ensure_user(session: Session, username: str, password: str) -> bool:
+    user = session.scalars(select(User).where(User.username == username)).one_or_none()
+    if user is None:
+        session.add(User(username=username, password_hash=hash_secret(password)))
+        return True
+    if not verify_secret(user.password_hash, password):
+        user.password_hash = hash_secret(password)
+    return False
+
+
+def _ensure_client(session: Session, spec: DevClient) -> bool:
+    client = session.get(Client, spec.client_id)
+    created = client is None
+    if client is None:
+        client = Client(client_id=spec.client_id)
+        session.add(client)
+    client.client_type = "public" if spec.public else "confidential"
+    client.redirect_uris = list(spec.redirect_uris)
+    client.grant_types = spec.grant_types
+    client.allowed_scopes = spec.scopes.split()
+    client.allowed_resources = list(spec.resources)
+    client.token_endpoint_auth_method = spec.token_endpoint_auth_method
+    if spec.public:
+        client.client_secret_hash = None
+    else:
+        secret = dev_client_secret(spec.client_id)
+        if not client.client_secret_hash or not verify_secret(client.client_secret_hash, secret):
+            client.client_secret_hash = hash_secret(secret)
+    return created
+
+
+def seed_dev(session_factory: sessionmaker[Session]) -> dict[str, list[str]]:
+    """Create (or bring back in line) the demo user and every :data:`DEV_CLIENTS` entry.
+
+    Idempotent. Returns the names created in this call: ``{"users": [...], "clients": [...]}``.
+    """
+    created: dict[str, list[str]] = {"users": [], "clients": []}
+    with session_scope(session_factory) as session:
+        if _ensure_user(session, DEMO_USERNAME, DEMO_PASSWORD):
+            created["users"].append(DEMO_USERNAME)
+        for spec in DEV_CLIENTS:
+            if _ensure_client(session, spec):
+                created["clients"].append(spec.client_id)
+    log.info("seed-dev: created users=%s clients=%s", created["users"], created["clients"])
+    return created
+
+
+__all__ = [
+    "CLI_CLIENT_ID",
+    "CLI_REDIRECT_URI",
+    "DEMO_PASSWORD",
+    "DEMO_USERNAME",
+    "DEV_CLIENTS",
+    "DevClient",
+    "dev_client_secret",
+    "seed_dev",
+]

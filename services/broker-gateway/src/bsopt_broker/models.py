@@ -1,0 +1,80 @@
+"""Tables of schema ``broker`` (owned by broker-gateway only)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger, Column, DateTime, Float, ForeignKey, Integer, MetaData, String, Table, UniqueConstraint, func,
+)
+
+SCHEMA = "broker"
+metadata = MetaData(schema=SCHEMA)
+
+accounts = Table(
+    "accounts", metadata,
+    Column("account_id", String(36), primary_key=True),
+    Column("user_id", String(64), nullable=False, index=True),
+    Column("broker", String(16), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("cash_usd", Float, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+positions = Table(
+    "positions", metadata,
+    Column("account_id", String(36), ForeignKey("broker.accounts.account_id"), primary_key=True),
+    Column("symbol", String(16), primary_key=True),
+    Column("quantity", BigInteger, nullable=False),
+    Column("average_price_usd", Float, nullable=False),
+)
+
+orders = Table(
+    "orders", metadata,
+    Column("order_id", String(36), primary_key=True),
+    Column("client_order_id", String(64), nullable=False),
+    Column("account_id", String(36), ForeignKey("broker.accounts.account_id"), nullable=False),
+    Column("symbol", String(16), nullable=False),
+    Column("side", String(4), nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("reject_reason", String(300), nullable=False, server_default=""),
+    Column("submitted_at", DateTime(timezone=True), nullable=False),
+    Column("filled_at", DateTime(timezone=True)),
+    Column("fill_latency_ms", Float),
+    UniqueConstraint("account_id", "client_order_id", name="orders_client_order_id_key"),
+)
+
+fills = Table(
+    "fills", metadata,
+    Column("trade_id", String(36), primary_key=True),
+    Column("order_id", String(36), ForeignKey("broker.orders.order_id"), nullable=False),
+    Column("account_id", String(36), nullable=False, index=True),
+    Column("symbol", String(16), nullable=False),
+    Column("side", String(4), nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("price_usd", Float, nullable=False),
+    Column("fee_usd", Float, nullable=False),
+    Column("executed_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+imports = Table(
+    "imports", metadata,
+    Column("import_id", String(36), primary_key=True),
+    Column("account_id", String(36), nullable=False),
+    Column("user_id", String(64), nullable=False),
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    Column("trades_imported", Integer, nullable=False),
+    Column("duplicates_skipped", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# One row per broker trade id ever imported: the dedupe key.
+imported_trades = Table(
+    "imported_trades", metadata,
+    Column("broker", String(16), primary_key=True),
+    Column("trade_id", String(64), primary_key=True),
+    Column("account_id", String(36), nullable=False),
+    Column("user_id", String(64), nullable=False),
+    Column("import_id", String(36), nullable=False),
+    Column("imported_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

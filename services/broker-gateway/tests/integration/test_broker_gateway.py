@@ -1,0 +1,157 @@
+"""broker-gateway over real gRPC, with real Postgres and a Kafka-protocol broker."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+from aiokafka import AIOKafkaConsumer
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from bsopt.broker_gateway.v1 import broker_gateway_pb2 as pb
+from bsopt.broker_gateway.v1 import broker_gateway_pb2_grpc as pb_grpc
+from bsopt.broker_gateway.v1 import events_pb2
+from bsopt_broker.bootstrap import serve
+from bsopt_broker.config import BrokerSettings
+from bsopt_common.marketdata import bundled_provider
+from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
+from bsopt_common.testing.services import ServiceThread, free_port
+
+ALL_SCOPES = "broker:accounts broker:orders broker:import"
+
+
+@pytest.fixture(scope="module")
+def gateway(postgres_url, kafka_bootstrap, test_issuer):
+    port = free_port()
+    settings = BrokerSettings(
+        database_url=postgres_url, kafka_bootstrap_servers=kafka_bootstrap, port=port,
+        issuer=test_issuer.issuer, jwks_url=test_issuer.jwks_url, token_endpoint=test_issuer.token_url,
+        client_id="broker-gateway", client_secret="dev-broker-gateway-secret", paper_commission_bps=10.0,
+    )
+    with ServiceThread(lambda stop: serve(settings, stop), port=port):
+        yield f"127.0.0.1:{port}"
+
+
+def ts(day: str) -> Timestamp:
+    t = Timestamp()
+    t.FromDatetime(datetime.fromisoformat(day).replace(tzinfo=UTC))
+    return t
+
+
+async def call(target: str, method: str, request, token: str | None):
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.BrokerGatewayServiceStub(channel)
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        return await getattr(stub, method)(request, metadata=metadata, timeout=30)
+
+
+def good_token(issuer, scope=ALL_SCOPES):
+    return issuer.token(aud=BROKER_GATEWAY_AUDIENCE, scope=scope, client_id="resource-api", sub="resource-api")
+
+
+@pytest.mark.parametrize("kind", ["none", "wrong-aud", "expired", "unknown-key"])
+async def test_refuses_bad_tokens(gateway, test_issuer, kind):
+    token = {
+        "none": None,
+        "wrong-aud": test_issuer.token(aud="urn:bsopt:ml-scorer", scope=ALL_SCOPES),
+        "expired": test_issuer.expired_token(aud=BROKER_GATEWAY_AUDIENCE, scope=ALL_SCOPES),
+        "unknown-key": test_issuer.token(aud=BROKER_GATEWAY_AUDIENCE, scope=ALL_SCOPES, rogue=True),
+    }[kind]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(gateway, "CreateAccount", pb.CreateAccountRequest(user_id="u1", initial_cash_usd=100), token)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_missing_scope_is_permission_denied(gateway, test_issuer):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(gateway, "PlaceOrder", pb.PlaceOrderRequest(), good_token(test_issuer, "broker:accounts"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_orders_fill_at_real_close_behind_the_balance_guard(gateway, test_issuer):
+    tok = good_token(test_issuer)
+    acct = await call(gateway, "CreateAccount", pb.CreateAccountRequest(user_id="trader-1", initial_cash_usd=10_000),
+                      tok)
+    close = bundled_provider().fetch_snapshot("GOOGL", datetime(2017, 1, 3)).close
+    buy = pb.PlaceOrderRequest(account_id=acct.account_id, user_id="trader-1", client_order_id="o-1",
+                               symbol="GOOGL", side=pb.SIDE_BUY, quantity=10, as_of=ts("2017-01-03"))
+    resp = await call(gateway, "PlaceOrder", buy, tok)
+    assert resp.order.status == pb.ORDER_STATUS_FILLED
+    assert resp.fills[0].price_usd == pytest.approx(close)
+    assert resp.order.fill_latency_ms >= 0
+    assert resp.order.filled_at.ToMilliseconds() >= resp.order.submitted_at.ToMilliseconds()
+    assert resp.account.cash_usd == pytest.approx(10_000 - 10 * close * 1.001)
+    assert resp.account.positions[0].quantity == 10
+
+    # retrying the same client_order_id does not trade twice
+    again = await call(gateway, "PlaceOrder", buy, tok)
+    assert again.order.order_id == resp.order.order_id
+    assert again.account.cash_usd == pytest.approx(resp.account.cash_usd)
+
+    too_big = pb.PlaceOrderRequest(account_id=acct.account_id, user_id="trader-1", client_order_id="o-2",
+                                   symbol="GOOGL", side=pb.SIDE_BUY, quantity=100, as_of=ts("2017-01-04"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(gateway, "PlaceOrder", too_big, tok)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "insufficient buying power" in err.value.details()
+
+    oversell = pb.PlaceOrderRequest(account_id=acct.account_id, user_id="trader-1", client_order_id="o-3",
+                                    symbol="GOOGL", side=pb.SIDE_SELL, quantity=11, as_of=ts("2017-01-04"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(gateway, "PlaceOrder", oversell, tok)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    weekend = pb.PlaceOrderRequest(account_id=acct.account_id, user_id="trader-1", client_order_id="o-4",
+                                   symbol="GOOGL", side=pb.SIDE_SELL, quantity=1, as_of=ts("2017-01-07"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(gateway, "PlaceOrder", weekend, tok)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # another user's account is invisible
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(gateway, "GetAccount", pb.GetAccountRequest(account_id=acct.account_id, user_id="someone-else"),
+                   tok)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_import_dedupes_by_trade_id_and_publishes_events(gateway, test_issuer, kafka_bootstrap):
+    tok = good_token(test_issuer)
+    acct = await call(gateway, "CreateAccount", pb.CreateAccountRequest(user_id="trader-2", initial_cash_usd=50_000),
+                      tok)
+    days = ["2017-02-01", "2017-02-02", "2017-02-03"]
+    for i, day in enumerate(days):
+        side = pb.SIDE_BUY if i != 2 else pb.SIDE_SELL
+        await call(gateway, "PlaceOrder", pb.PlaceOrderRequest(
+            account_id=acct.account_id, user_id="trader-2", client_order_id=f"imp-{i}", symbol="GOOGL",
+            side=side, quantity=3, as_of=ts(day)), tok)
+    window = pb.ImportTradesRequest(account_id=acct.account_id, user_id="trader-2",
+                                    start=ts("2017-02-01"), end=ts("2017-02-04"))
+    first = await call(gateway, "ImportTrades", window, tok)
+    assert (first.trades_imported, first.duplicates_skipped) == (3, 0)
+    second = await call(gateway, "ImportTrades", window, tok)
+    assert (second.trades_imported, second.duplicates_skipped) == (0, 3)
+
+    consumer = AIOKafkaConsumer("trades.imported.v1", bootstrap_servers=kafka_bootstrap,
+                                group_id="test-broker-import", auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        seen = {}
+        deadline = asyncio.get_running_loop().time() + 20
+        while len(seen) < 3 and asyncio.get_running_loop().time() < deadline:
+            for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                for m in msgs:
+                    ev = events_pb2.TradeImported.FromString(m.value)
+                    if ev.account_id == acct.account_id:
+                        seen[ev.trade_id] = (ev, dict(m.headers), m.key)
+    finally:
+        await consumer.stop()
+    assert len(seen) == 3  # exactly one event per trade, none for the duplicate import
+    ev, headers, key = next(iter(seen.values()))
+    assert key == b"trader-2"
+    assert headers["ce_type"] == b"bsopt.broker_gateway.v1.TradeImported"
+    assert headers["ce_source"] == b"/bsopt/broker-gateway"
+    assert headers["traceparent"].startswith(b"00-")
+    assert headers["authorization"].startswith(b"Bearer ")
+    assert ev.price_usd > 0 and ev.executed_at.ToDatetime().year == 2017

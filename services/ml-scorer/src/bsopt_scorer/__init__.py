@@ -1,0 +1,1 @@
+"""bsopt service package."""

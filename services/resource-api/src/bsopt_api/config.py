@@ -1,0 +1,52 @@
+"""Settings of resource-api (environment prefix ``BSOPT_API_``).
+
+``DATABASE_URL`` and ``KAFKA_BOOTSTRAP_SERVERS`` also work unprefixed (see
+:class:`bsopt_common.settings.ServiceSettings`). Building settings reads the
+environment only; it never connects.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from bsopt_common.settings import ServiceSettings
+
+#: Postgres schema holding every table of this service.
+SCHEMA = "api"
+
+
+class ApiSettings(ServiceSettings):
+    """Environment: ``BSOPT_API_<FIELD>``, e.g. ``BSOPT_API_PORT=8000``,
+    ``BSOPT_API_CLIENT_SECRET=...``, ``BSOPT_API_RL_TRAINER_TARGET=rl-trainer:50053``."""
+
+    model_config = SettingsConfigDict(env_prefix="BSOPT_API_", extra="ignore")
+
+    service_name: str = "resource-api"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    #: OAuth client of this service (client credentials grant towards the backends).
+    client_id: str | None = "resource-api"
+
+    #: gRPC targets (``host:port``) of the backends.
+    broker_gateway_target: str = "127.0.0.1:50051"
+    ml_scorer_target: str = "127.0.0.1:50052"
+    rl_trainer_target: str = "127.0.0.1:50053"
+    #: Deadline of an ordinary backend call, seconds.
+    grpc_timeout_seconds: float = Field(10.0, gt=0)
+    #: Deadline of RunPaperTrading (a whole test window of orders), seconds.
+    paper_trading_timeout_seconds: float = Field(300.0, gt=0)
+
+    #: Consume trades.scored.v1 and digests.ready.v1 (needs Kafka). Off only for
+    #: local poking at the REST API without a broker.
+    consume_events: bool = True
+    #: Kafka consumer group of this service.
+    consumer_group: str = "resource-api"
+
+    #: Pending coach messages per WebSocket before a slow client is disconnected
+    #: (close code 1013; it resumes with ``?after=<last seq>``).
+    ws_max_pending_messages: int = Field(256, ge=1)
+    #: Messages replayed at most on one ``?after=`` connect.
+    ws_replay_limit: int = Field(1000, ge=1)
+    #: On SIGTERM, how long in-flight requests may take to finish, seconds.
+    shutdown_grace_seconds: float = Field(20.0, gt=0)

@@ -1,0 +1,63 @@
+"""Tables of schema ``api`` (created by ``migrations/versions/0001_initial``).
+
+Both are projections of events, written only by :mod:`bsopt_api.consumers`:
+
+* ``coach_messages``: one coach message per scored trade (``trades.scored.v1``).
+  ``seq`` is a bigserial: the cursor WebSocket clients resume from (``?after=<seq>``).
+* ``digests``: the latest version of each weekly digest (``digests.ready.v1``).
+
+The consumer's ``processed_events`` (idempotency) and ``outbox`` tables come from
+:func:`bsopt_common.events.event_tables`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from bsopt_api.config import SCHEMA
+
+metadata = MetaData(schema=SCHEMA)
+
+coach_messages = Table(
+    "coach_messages", metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=True),
+    Column("user_id", String(255), nullable=False),
+    Column("trade_id", String(255), nullable=False, unique=True),
+    #: The ``coach.reflect`` message without ``seq`` (see encoding.coach_message).
+    Column("payload", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("coach_messages_user_seq_idx", "user_id", "seq"),
+)
+
+digests = Table(
+    "digests", metadata,
+    Column("digest_id", String(255), primary_key=True),
+    Column("user_id", String(255), nullable=False),
+    #: ISO week, Monday .. Sunday.
+    Column("period_start", Date, nullable=False),
+    Column("period_end", Date, nullable=False),
+    Column("trades", Integer, nullable=False),
+    #: Trades per bias label name ("FOMO", "PANIC", "DISCIPLINE", "NONE").
+    Column("label_counts", JSONB, nullable=False),
+    #: Sells minus buys, USD.
+    Column("net_cash_flow_usd", Float, nullable=False),
+    Column("summary", Text, nullable=False),
+    #: Monotonic per digest_id; the row keeps the highest seen.
+    Column("version", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=True),
+    Index("digests_user_period_idx", "user_id", "period_start"),
+)
