@@ -1,9 +1,9 @@
 """Typed settings from the environment (pydantic-settings), one class per service.
 
 Each service subclasses :class:`ServiceSettings` with its own ``env_prefix`` (for example
-``BSOPT_BROKER_``). Two settings are shared by the whole suite and may also be given
-without the prefix, as platform teams expect: ``DATABASE_URL`` and
-``KAFKA_BOOTSTRAP_SERVERS``. The prefixed name wins when both are set.
+``BSOPT_BROKER_``). Three settings are shared by the whole suite and may also be given
+without the prefix, as platform teams expect: ``DATABASE_URL``,
+``KAFKA_BOOTSTRAP_SERVERS`` and ``BSOPT_ISSUER``. The prefixed name wins when both are set.
 
 Building a settings object reads the environment only; it never connects.
 """
@@ -36,6 +36,7 @@ class ServiceSettings(BaseSettings):
     _UNPREFIXED: ClassVar[dict[str, str]] = {
         "database_url": "DATABASE_URL",
         "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+        "issuer": "BSOPT_ISSUER",
     }
 
     service_name: str = "bsopt"
@@ -45,7 +46,7 @@ class ServiceSettings(BaseSettings):
     #: Comma-separated host:port list.
     kafka_bootstrap_servers: str | None = None
     #: The authorization server's issuer identifier; its JWKS is found from metadata.
-    issuer: str = DEV_ISSUER
+    issuer: str | None = None
     #: Override for the JWKS URL (defaults to ``<issuer>/.well-known/jwks.json``).
     jwks_url: str | None = None
     #: Override for the token endpoint (defaults to ``<issuer>/oauth2/token``).
@@ -75,6 +76,12 @@ class ServiceSettings(BaseSettings):
                     f"{self.service_name}: client_secret is a dev placeholder; set a real secret "
                     f"for environment={self.environment!r}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _default_issuer(self) -> ServiceSettings:
+        if self.issuer is None:
+            self.issuer = DEV_ISSUER
         return self
 
     @property

@@ -142,7 +142,7 @@ class OAuth:
         params: dict[str, Any] = {
             "response_type": "code",
             "client_id": CLI_CLIENT_ID,
-            "redirect_uri": redirect_uri or self.loopback(),
+            "redirect_uri": self.loopback() if redirect_uri is None else redirect_uri,
             "scope": "openid profile trades:read",
             "state": "st-" + secrets.token_hex(4),
             "code_challenge": create_s256_code_challenge(verifier or new_verifier()),

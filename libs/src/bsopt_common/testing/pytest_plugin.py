@@ -16,6 +16,7 @@ mock cluster (``kafka_bootstrap``).
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -148,3 +149,30 @@ def kafka_topics(kafka_bootstrap: str) -> Callable[..., dict[str, int]]:
         return create_topics(kafka_bootstrap, [names] if isinstance(names, str) else names, partitions)
 
     return _create
+
+
+_KAFKA_GROUP_SKIP = (
+    "kafka_group: consumer-group rebalancing needs a real Kafka; set TEST_KAFKA_BOOTSTRAP_SERVERS=host:port "
+    "(or make a Docker engine reachable). The embedded librdkafka mock cluster fails SyncGroup "
+    "(INVALID_REQUEST) when a second member joins a live group."
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _docker_available_once() -> bool:
+    return docker_available()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "kafka_group: needs a real Kafka (consumer-group rebalancing)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip ``@pytest.mark.kafka_group`` tests when ``kafka_bootstrap`` would be the
+    embedded mock cluster (no TEST_KAFKA_BOOTSTRAP_SERVERS, no Docker)."""
+    if (
+        item.get_closest_marker("kafka_group") is not None
+        and not os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS")
+        and not _docker_available_once()
+    ):
+        pytest.skip(_KAFKA_GROUP_SKIP)

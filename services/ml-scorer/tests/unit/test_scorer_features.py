@@ -175,9 +175,8 @@ def test_datetime_during_the_day_maps_to_the_daily_bar(googl: pd.DataFrame) -> N
 def test_intraday_bars_need_an_exact_time() -> None:
     idx = pd.date_range("2017-01-02 00:00", periods=60, freq="h", name="time")
     close = 1.05 + 0.001 * np.sin(np.arange(60))
-    bars = pd.DataFrame(
-        {"open": close, "high": close + 0.0005, "low": close - 0.0005, "close": close, "volume": 1.0}, index=idx
-    )
+    cols = {"open": close, "high": close + 0.0005, "low": close - 0.0005, "close": close, "volume": 1.0}
+    bars = pd.DataFrame(cols, index=idx)
     f = features_at(bars, datetime(2017, 1, 3, 5))
     assert f.close_usd == pytest.approx(close[29])
     with pytest.raises(BarNotFoundError):

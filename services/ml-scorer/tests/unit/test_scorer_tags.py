@@ -195,7 +195,8 @@ def test_custom_thresholds() -> None:
 def test_default_thresholds_documented_values() -> None:
     th = BiasThresholds()
     assert (th.fomo_change_5d, th.fomo_rsi, th.fomo_band_position) == (0.05, 70.0, 1.0)
-    assert (th.panic_change_1d, th.panic_change_5d, th.panic_rsi, th.panic_band_position) == (-0.03, -0.07, 30.0, 0.0)
+    panic = (th.panic_change_1d, th.panic_change_5d, th.panic_rsi, th.panic_band_position)
+    assert panic == (-0.03, -0.07, 30.0, 0.0)
     assert (th.pullback_rsi_max, th.pullback_band_max) == (45.0, 0.35)
     assert (th.strength_rsi_min, th.strength_change_5d_min) == (65.0, 0.0)
 

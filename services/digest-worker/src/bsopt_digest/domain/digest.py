@@ -144,7 +144,9 @@ def digest_id(user_id: str, period_start: date) -> str:
         raise ValueError("user_id must be non-empty")
     start = _utc_date(period_start)
     if start.weekday() != 0:
-        raise ValueError(f"period_start must be a Monday (ISO week start), got {start.isoformat()} ({start:%A})")
+        raise ValueError(
+            f"period_start must be a Monday (ISO week start), got {start.isoformat()} ({start:%A})"
+        )
     return str(uuid.uuid5(DIGEST_NAMESPACE, f"{user_id}/{start.isoformat()}"))
 
 
@@ -193,7 +195,9 @@ def _symbols(records: list[ScoredTradeRecord], label: str) -> str:
     return ", ".join(s for s, _ in sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def _summary(monday: date, sunday: date, records: list[ScoredTradeRecord], counts: dict[str, int], net: float) -> str:
+def _summary(
+    monday: date, sunday: date, records: list[ScoredTradeRecord], counts: dict[str, int], net: float
+) -> str:
     n = len(records)
     parts = [
         f"{_plural(n, 'trade')} in the week {monday.isoformat()} to {sunday.isoformat()}: "
@@ -213,14 +217,15 @@ def _summary(monday: date, sunday: date, records: list[ScoredTradeRecord], count
         disc = counts["DISCIPLINE"]
         if disc:
             parts.append(
-                f"{_plural(disc, 'trade')} followed a plan-like pattern (buying pullbacks or selling into strength). "
-                "Suggestion: keep writing down entry, stop and target before each trade so the habit holds "
-                "when the market gets loud."
+                f"{_plural(disc, 'trade')} followed a plan-like pattern (buying pullbacks or selling "
+                "into strength). Suggestion: keep writing down entry, stop and target before each "
+                "trade so the habit holds when the market gets loud."
             )
         else:
             parts.append(
-                "Suggestion: before each trade, write one sentence on why you are making it and where you would "
-                "exit; next week's review will show whether the plan or the market made the decision."
+                "Suggestion: before each trade, write one sentence on why you are making it and where "
+                "you would exit; next week's review will show whether the plan or the market made the "
+                "decision."
             )
         return " ".join(parts)
     leaders = [b for b in BIAS_LABELS if counts[b] == top]
@@ -230,7 +235,8 @@ def _summary(monday: date, sunday: date, records: list[ScoredTradeRecord], count
         parts.append(f"Suggestion: {_SUGGESTIONS[b]}.")
     else:
         on = "; ".join(f"{b} on {_symbols(records, b)}" for b in leaders)
-        parts.append(f"Most frequent bias: {' and '.join(leaders)}, tied at {top} of {_plural(n, 'trade')} each ({on}).")
+        names = " and ".join(leaders)
+        parts.append(f"Most frequent bias: {names}, tied at {top} of {_plural(n, 'trade')} each ({on}).")
         parts.append("Suggestions: " + "; and ".join(_SUGGESTIONS[b] for b in leaders) + ".")
     return " ".join(parts)
 
@@ -277,7 +283,8 @@ def build_weekly_digests(records: Iterable[ScoredTradeRecord]) -> list[WeeklyDig
     groups: dict[tuple[str, date], list[ScoredTradeRecord]] = {}
     for r in latest.values():
         groups.setdefault((r.user_id, iso_week(r.executed_at)[0]), []).append(r)
-    return [_digest(user, monday, sorted(recs, key=_record_order)) for (user, monday), recs in sorted(groups.items())]
+    ordered = sorted(groups.items())
+    return [_digest(user, monday, sorted(recs, key=_record_order)) for (user, monday), recs in ordered]
 
 
 def _record_order(r: ScoredTradeRecord) -> tuple[datetime, str]:

@@ -40,8 +40,9 @@ _BAND_REL_EPSILON = 1e-12
 def _as_series(x: pd.Series | Sequence[float] | np.ndarray, name: str) -> pd.Series:
     s = x if isinstance(x, pd.Series) else pd.Series(np.asarray(x, dtype="float64"))
     s = s.astype("float64")
-    if np.isnan(s.to_numpy()).any():
-        raise ValueError(f"{name}: input contains NaN at position {int(np.flatnonzero(np.isnan(s.to_numpy()))[0])}")
+    nan = np.isnan(s.to_numpy())
+    if nan.any():
+        raise ValueError(f"{name}: input contains NaN at position {int(np.flatnonzero(nan)[0])}")
     return s
 
 
@@ -156,7 +157,9 @@ def atr(high: pd.Series, low: pd.Series, close: pd.Series, period: int = 14) -> 
     return pd.Series(out, index=tr.index, name=f"atr_{period}", dtype="float64")
 
 
-def bollinger(close: pd.Series, period: int = 20, nbdev: float = 2.0) -> tuple[pd.Series, pd.Series, pd.Series]:
+def bollinger(
+    close: pd.Series, period: int = 20, nbdev: float = 2.0
+) -> tuple[pd.Series, pd.Series, pd.Series]:
     """Bollinger bands (Bollinger 2001), as TA-Lib ``BBANDS`` with ``matype=SMA`` and
     ``nbdevup = nbdevdn = nbdev``.
 

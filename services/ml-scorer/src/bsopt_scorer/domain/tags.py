@@ -115,7 +115,9 @@ class BiasThresholds:
         if self.panic_change_1d >= 0 or self.panic_change_5d >= 0:
             raise ValueError("BiasThresholds.panic_change_1d and panic_change_5d must be < 0")
         if self.panic_rsi >= self.fomo_rsi:
-            raise ValueError(f"BiasThresholds.panic_rsi ({self.panic_rsi}) must be below fomo_rsi ({self.fomo_rsi})")
+            raise ValueError(
+                f"BiasThresholds.panic_rsi ({self.panic_rsi}) must be below fomo_rsi ({self.fomo_rsi})"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,56 +146,77 @@ def _band_words(bp: float) -> str:
 
 
 def _context(f: TradeFeatures) -> str:
+    bp = f.bollinger_position
     return (
-        f"RSI {f.rsi_14:.1f}, Bollinger position {f.bollinger_position:.2f} ({_band_words(f.bollinger_position)}), "
-        f"1-day {f.change_1d:+.1%}, 5-day {f.change_5d:+.1%}, close ${f.close_usd:,.2f}, ATR ${f.atr_14:,.2f}"
+        f"RSI {f.rsi_14:.1f}, Bollinger position {bp:.2f} ({_band_words(bp)}), "
+        f"1-day {f.change_1d:+.1%}, 5-day {f.change_5d:+.1%}, "
+        f"close ${f.close_usd:,.2f}, ATR ${f.atr_14:,.2f}"
     )
 
 
 def _fomo_rules(f: TradeFeatures, th: BiasThresholds) -> list[tuple[str, str]]:
+    bp, c5, rsi = f.bollinger_position, f.change_5d, f.rsi_14
     out = []
-    if f.change_5d >= th.fomo_change_5d:
-        out.append(
-            ("fomo.run_up_5d", f"bought after a {f.change_5d:+.1%} 5-day run-up (rule: 5-day >= {th.fomo_change_5d:+.1%})")
+    if c5 >= th.fomo_change_5d:
+        text = f"bought after a {c5:+.1%} 5-day run-up (rule: 5-day >= {th.fomo_change_5d:+.1%})"
+        out.append(("fomo.run_up_5d", text))
+    if rsi >= th.fomo_rsi:
+        text = f"bought with RSI {rsi:.1f}, overbought (rule: RSI >= {th.fomo_rsi:g})"
+        out.append(("fomo.rsi_overbought", text))
+    if bp >= th.fomo_band_position:
+        text = (
+            f"bought at Bollinger position {bp:.2f}, {_band_words(bp)} "
+            f"(rule: position >= {th.fomo_band_position:.2f})"
         )
-    if f.rsi_14 >= th.fomo_rsi:
-        out.append(("fomo.rsi_overbought", f"bought with RSI {f.rsi_14:.1f}, overbought (rule: RSI >= {th.fomo_rsi:g})"))
-    if f.bollinger_position >= th.fomo_band_position:
-        out.append(
-            (
-                "fomo.above_upper_band",
-                f"bought at Bollinger position {f.bollinger_position:.2f}, {_band_words(f.bollinger_position)} "
-                f"(rule: position >= {th.fomo_band_position:.2f})",
-            )
-        )
+        out.append(("fomo.above_upper_band", text))
     return out
 
 
 def _panic_rules(f: TradeFeatures, th: BiasThresholds) -> list[tuple[str, str]]:
+    bp, c1, c5, rsi = f.bollinger_position, f.change_1d, f.change_5d, f.rsi_14
     out = []
-    if f.change_1d <= th.panic_change_1d:
-        out.append(
-            ("panic.drop_1d", f"sold after a {f.change_1d:+.1%} one-day drop (rule: 1-day <= {th.panic_change_1d:+.1%})")
+    if c1 <= th.panic_change_1d:
+        text = f"sold after a {c1:+.1%} one-day drop (rule: 1-day <= {th.panic_change_1d:+.1%})"
+        out.append(("panic.drop_1d", text))
+    if c5 <= th.panic_change_5d:
+        text = f"sold after a {c5:+.1%} 5-day slide (rule: 5-day <= {th.panic_change_5d:+.1%})"
+        out.append(("panic.drop_5d", text))
+    if rsi <= th.panic_rsi:
+        text = f"sold with RSI {rsi:.1f}, oversold (rule: RSI <= {th.panic_rsi:g})"
+        out.append(("panic.rsi_oversold", text))
+    if bp <= th.panic_band_position:
+        text = (
+            f"sold at Bollinger position {bp:.2f}, {_band_words(bp)} "
+            f"(rule: position <= {th.panic_band_position:.2f})"
         )
-    if f.change_5d <= th.panic_change_5d:
-        out.append(
-            ("panic.drop_5d", f"sold after a {f.change_5d:+.1%} 5-day slide (rule: 5-day <= {th.panic_change_5d:+.1%})")
-        )
-    if f.rsi_14 <= th.panic_rsi:
-        out.append(("panic.rsi_oversold", f"sold with RSI {f.rsi_14:.1f}, oversold (rule: RSI <= {th.panic_rsi:g})"))
-    if f.bollinger_position <= th.panic_band_position:
-        out.append(
-            (
-                "panic.below_lower_band",
-                f"sold at Bollinger position {f.bollinger_position:.2f}, {_band_words(f.bollinger_position)} "
-                f"(rule: position <= {th.panic_band_position:.2f})",
-            )
-        )
+        out.append(("panic.below_lower_band", text))
     return out
 
 
 def _is_crash(f: TradeFeatures, th: BiasThresholds) -> bool:
     return f.change_1d <= th.panic_change_1d or f.change_5d <= th.panic_change_5d
+
+
+def _pullback_rule(f: TradeFeatures, th: BiasThresholds) -> list[tuple[str, str]]:
+    if f.rsi_14 > th.pullback_rsi_max or f.bollinger_position > th.pullback_band_max or _is_crash(f, th):
+        return []
+    text = (
+        f"bought a pullback: RSI {f.rsi_14:.1f} <= {th.pullback_rsi_max:g} and Bollinger position "
+        f"{f.bollinger_position:.2f} <= {th.pullback_band_max:.2f}, without a crash "
+        f"(1-day {f.change_1d:+.1%} > {th.panic_change_1d:+.1%}, "
+        f"5-day {f.change_5d:+.1%} > {th.panic_change_5d:+.1%})"
+    )
+    return [("discipline.buy_pullback", text)]
+
+
+def _strength_rule(f: TradeFeatures, th: BiasThresholds) -> list[tuple[str, str]]:
+    if f.rsi_14 < th.strength_rsi_min or not f.change_5d > th.strength_change_5d_min:
+        return []
+    text = (
+        f"sold into strength: RSI {f.rsi_14:.1f} >= {th.strength_rsi_min:g} after a "
+        f"{f.change_5d:+.1%} 5-day gain (rule: 5-day > {th.strength_change_5d_min:+.1%})"
+    )
+    return [("discipline.sell_strength", text)]
 
 
 def _result(label: Label, fired: list[tuple[str, str]], f: TradeFeatures) -> TagResult:
@@ -242,23 +265,14 @@ def tag_trade(side: Side, f: TradeFeatures, th: BiasThresholds = BiasThresholds(
         fired = _fomo_rules(f, th)
         if fired:
             return _result("FOMO", fired, f)
-        if f.rsi_14 <= th.pullback_rsi_max and f.bollinger_position <= th.pullback_band_max and not _is_crash(f, th):
-            text = (
-                f"bought a pullback: RSI {f.rsi_14:.1f} <= {th.pullback_rsi_max:g} and Bollinger position "
-                f"{f.bollinger_position:.2f} <= {th.pullback_band_max:.2f}, without a crash "
-                f"(1-day {f.change_1d:+.1%} > {th.panic_change_1d:+.1%}, 5-day {f.change_5d:+.1%} > {th.panic_change_5d:+.1%})"
-            )
-            return _result("DISCIPLINE", [("discipline.buy_pullback", text)], f)
+        fired = _pullback_rule(f, th)
     else:
         fired = _panic_rules(f, th)
         if fired:
             return _result("PANIC", fired, f)
-        if f.rsi_14 >= th.strength_rsi_min and f.change_5d > th.strength_change_5d_min:
-            text = (
-                f"sold into strength: RSI {f.rsi_14:.1f} >= {th.strength_rsi_min:g} after a {f.change_5d:+.1%} "
-                f"5-day gain (rule: 5-day > {th.strength_change_5d_min:+.1%})"
-            )
-            return _result("DISCIPLINE", [("discipline.sell_strength", text)], f)
+        fired = _strength_rule(f, th)
+    if fired:
+        return _result("DISCIPLINE", fired, f)
     verb = "bought" if side == "BUY" else "sold"
     return TagResult("NONE", f"NONE: no bias rule fired; {verb} with {_context(f)}.", RULE_NONE)
 
@@ -281,35 +295,37 @@ def reflection(side: Side, tag: TagResult, f: TradeFeatures) -> str:
     """
     side = _check_side(side)
     _check_features(f)
+    rsi, bp, c1, c5 = f.rsi_14, f.bollinger_position, f.change_1d, f.change_5d
     atr_pct = f.atr_14 / f.close_usd if f.close_usd else 0.0
     one_atr = f"one ATR (${f.atr_14:,.2f}, {atr_pct:.1%} of the price)"
     if tag.label == "FOMO":
         return (
-            f"You bought after the price moved {f.change_5d:+.1%} in 5 days, with RSI at {f.rsi_14:.1f} and the close "
-            f"at Bollinger position {f.bollinger_position:.2f}. Was this entry in your plan before the run-up began, "
-            f"and where is your exit if the price falls back {one_atr}?"
+            f"You bought after the price moved {c5:+.1%} in 5 days, with RSI at {rsi:.1f} and the "
+            f"close at Bollinger position {bp:.2f}. Was this entry in your plan before the run-up "
+            f"began, and where is your exit if the price falls back {one_atr}?"
         )
     if tag.label == "PANIC":
         return (
-            f"You sold after a {f.change_1d:+.1%} day ({f.change_5d:+.1%} over 5 days, RSI {f.rsi_14:.1f}). "
-            f"Did the reason you owned this position change, or did the drop itself make the decision? "
-            f"Would you still sell if the price were {one_atr} higher?"
+            f"You sold after a {c1:+.1%} day ({c5:+.1%} over 5 days, RSI {rsi:.1f}). "
+            f"Did the reason you owned this position change, or did the drop itself make the "
+            f"decision? Would you still sell if the price were {one_atr} higher?"
+        )
+    if tag.label == "DISCIPLINE" and side == "BUY":
+        return (
+            f"You bought a pullback (RSI {rsi:.1f}, Bollinger position {bp:.2f}, {c5:+.1%} over "
+            f"5 days). What told you this was a dip in an intact trend rather than the start of a "
+            f"decline, and was your stop, for example {one_atr} lower, set before you entered?"
         )
     if tag.label == "DISCIPLINE":
-        if side == "BUY":
-            return (
-                f"You bought a pullback (RSI {f.rsi_14:.1f}, Bollinger position {f.bollinger_position:.2f}, "
-                f"{f.change_5d:+.1%} over 5 days). What told you this was a dip in an intact trend rather than the "
-                f"start of a decline, and was your stop, for example {one_atr} lower, set before you entered?"
-            )
         return (
-            f"You sold into strength (RSI {f.rsi_14:.1f}, {f.change_5d:+.1%} over 5 days). Was this a target you "
-            f"set in advance, and what is your plan if the price keeps rising another {one_atr}?"
+            f"You sold into strength (RSI {rsi:.1f}, {c5:+.1%} over 5 days). Was this a target "
+            f"you set in advance, and what is your plan if the price keeps rising another {one_atr}?"
         )
     if tag.label == "NONE":
         verb = "buy" if side == "BUY" else "sell"
         return (
-            f"No bias rule fired (RSI {f.rsi_14:.1f}, {f.change_1d:+.1%} on the day, {f.change_5d:+.1%} over 5 days). "
-            f"What was your reason for this {verb}, and would you make the same trade again at ${f.close_usd:,.2f}?"
+            f"No bias rule fired (RSI {rsi:.1f}, {c1:+.1%} on the day, {c5:+.1%} over 5 days). "
+            f"What was your reason for this {verb}, and would you make the same trade again "
+            f"at ${f.close_usd:,.2f}?"
         )
     raise ValueError(f"unknown tag label {tag.label!r}; expected one of {LABELS}")

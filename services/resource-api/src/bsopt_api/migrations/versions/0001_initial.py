@@ -27,7 +27,7 @@ def upgrade() -> None:
 
     op.create_table(
         "coach_messages",
-        sa.Column("seq", sa.BigInteger(), sa.Identity(always=False), primary_key=True),
+        sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=True),  # bigserial
         sa.Column("user_id", sa.String(255), nullable=False),
         sa.Column("trade_id", sa.String(255), nullable=False),
         sa.Column("payload", postgresql.JSONB(), nullable=False),

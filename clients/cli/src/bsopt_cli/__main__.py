@@ -1,0 +1,141 @@
+"""``bsopt``: the command line (typer).
+
+    bsopt login      code + PKCE login (opens a browser; --username/--password for headless)
+    bsopt up         run the whole stack in the foreground until Ctrl-C
+    bsopt demo       run the main job end to end and write demo-report/summary.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bsopt_cli.demo import DemoOptions, run_demo
+from bsopt_cli.login import LoginError, login as pkce_login
+from bsopt_cli.stack import DEMO_USER, Stack, StackError
+
+app = typer.Typer(add_completion=False, help="bsopt: trading research and coaching platform.")
+console = Console()
+
+
+@app.command()
+def login(
+    issuer: str = typer.Option(os.environ.get("BSOPT_ISSUER", "http://127.0.0.1:9000")),
+    username: str | None = typer.Option(None, help="headless: submit the login form with these credentials"),
+    password: str | None = typer.Option(None, envvar="BSOPT_PASSWORD"),
+) -> None:
+    """Log in with authorization code + PKCE and print the access token's scopes."""
+    try:
+        tokens = pkce_login(issuer, username=username, password=password)
+    except LoginError as exc:
+        console.print(f"[red]login failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"logged in; scopes: {tokens.scope}; expires in {tokens.expires_in}s")
+
+
+def _print_urls(stack: Stack) -> None:
+    p = stack.ports
+    t = Table(title="bsopt stack", show_lines=False)
+    t.add_column("service")
+    t.add_column("address")
+    for name, addr in [("auth-server (issuer)", stack.issuer), ("resource-api", stack.api_url),
+                       ("broker-gateway (gRPC)", f"127.0.0.1:{p.broker}"), ("ml-scorer (gRPC)", f"127.0.0.1:{p.scorer}"),
+                       ("rl-trainer (gRPC)", f"127.0.0.1:{p.trainer}"),
+                       ("digest-worker (gRPC health)", f"127.0.0.1:{p.digest}")]:
+        t.add_row(name, addr)
+    console.print(t)
+    console.print(f"demo user: [bold]{DEMO_USER[0]}[/bold] / [bold]{DEMO_USER[1]}[/bold]  "
+                  f"(public client bsopt-cli; service clients use dev-<client>-secret)")
+    console.print(f"logs: {stack.log_dir}/<service>.log")
+
+
+@app.command()
+def up(state_dir: Path = typer.Option(Path(".state"))) -> None:
+    """Start Postgres, Kafka and the six services in the foreground; Ctrl-C stops all."""
+    stack = Stack(state_dir=state_dir)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        with console.status("starting the stack..."):
+            stack.start()
+        _print_urls(stack)
+        console.print("[green]running[/green] - press Ctrl-C to stop")
+        while not stop.wait(0.5):
+            for child in stack.children:
+                if child.proc.poll() is not None:
+                    console.print(f"[red]{child.name} exited ({child.proc.returncode}); see {child.log_path}[/red]")
+                    stop.set()
+    except KeyboardInterrupt:
+        pass
+    except StackError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        console.print("stopping...")
+        stack.stop()
+
+
+@app.command()
+def demo(
+    timesteps: int = typer.Option(40_000, help="PPO timesteps per model (agent and MLP baseline each)"),
+    seed: int = typer.Option(0),
+    state_dir: Path = typer.Option(Path(".state")),
+    report_dir: Path = typer.Option(Path("demo-report")),
+) -> None:
+    """Run the main job end to end on real data and write demo-report/summary.json."""
+    stack = Stack(state_dir=state_dir)
+    try:
+        with console.status("starting the stack (embedded Postgres, Kafka, six services)..."):
+            stack.start()
+        _print_urls(stack)
+        opts = DemoOptions(issuer=stack.issuer, api_url=stack.api_url, username=DEMO_USER[0],
+                           password=DEMO_USER[1], total_timesteps=timesteps, seed=seed, report_dir=report_dir)
+        summary = asyncio.run(run_demo(opts, log=console.print))
+    except (StackError, LoginError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        stack.stop()
+    print_report(summary)
+    console.print(f"written: {report_dir / 'summary.json'}")
+
+
+def print_report(s: dict) -> None:
+    tr = s["training"]
+    t = Table(title=f"Held-out test {s['data']['test_start']} .. {s['data']['test_end']} "
+                    f"({s['data']['symbol']}, {tr['transaction_cost_bps']} bps costs, seed {tr['seed']})")
+    for col in ("strategy", "total return", "Sharpe", "max drawdown", "trades"):
+        t.add_column(col, justify="right" if col != "strategy" else "left")
+    for name, key in (("PPO + Transformer (agent)", "agent"), ("PPO + MLP (baseline)", "mlp_baseline"),
+                      ("buy and hold", "buy_and_hold")):
+        m = tr["test"][key]
+        t.add_row(name, f"{100 * m['total_return']:+.1f}%", f"{m['sharpe']:.2f}", f"{100 * m['max_drawdown']:.1f}%",
+                  str(m["trades"]))
+    console.print(t)
+    agent, bh = tr["test"]["agent"]["total_return"], tr["test"]["buy_and_hold"]["total_return"]
+    verdict = "beat" if agent > bh else "lost to"
+    console.print(f"The agent {verdict} buy-and-hold on the held-out dates "
+                  f"({100 * agent:+.1f}% vs {100 * bh:+.1f}%), one seed, {tr['timesteps']} timesteps "
+                  f"trained in {tr['seconds']:.0f}s.")
+    console.print(f"paper trading: {s['paper_trading']['orders']} orders, {s['paper_trading']['fills']} fills; "
+                  f"imported {s['import']['trades_imported']}, re-import skipped {s['import']['duplicates_skipped']}")
+    console.print(f"bias tags: {json.dumps(s['bias'])}; coach.reflect messages over WebSocket: "
+                  f"{s['events']['ws_messages']}")
+    d = s["digest"]
+    console.print(f"latest weekly digest {d['period_start']} .. {d['period_end']}: {d['trades']} trades. {d['summary']}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The main job, end to end on real market data (``make demo``).
+
+Logs in as the demo user exactly as the CLI does (code + PKCE over real HTTP), then, all
+through resource-api with that user's token:
+
+* researcher journey: submit a training job (PPO + Transformer over 16-bar windows on
+  GOOGL daily bars, train before 2017, test 2017-01 .. 2018-08) and wait for its honest
+  evaluation against an MLP-extractor PPO and buy-and-hold;
+* trader journey: open a paper account, let the trained agent paper-trade the test
+  period through broker-gateway, import the fills (twice: the second import must skip
+  every trade), wait for each trade's bias tag and its ``coach.reflect`` WebSocket push,
+  and read the latest weekly digest.
+
+Every number in the report comes from the run. The report is printed and written to
+``demo-report/summary.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import httpx
+from websockets.asyncio.client import connect as ws_connect
+
+from bsopt_cli.login import login
+
+SYMBOL = "GOOGL"
+TRAIN_START = date(2009, 5, 22)
+TRAIN_END = date(2016, 11, 30)
+TEST_START = date(2017, 1, 3)
+TEST_END = date(2018, 8, 29)
+WINDOW = 16
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed; the message names the step."""
+
+
+@dataclass
+class DemoOptions:
+    issuer: str
+    api_url: str
+    username: str
+    password: str
+    total_timesteps: int = 40_000
+    seed: int = 0
+    transaction_cost_bps: float = 10.0
+    initial_cash_usd: float = 100_000.0
+    report_dir: Path = Path("demo-report")
+    train_start: date = TRAIN_START
+    train_end: date = TRAIN_END
+    test_start: date = TEST_START
+    test_end: date = TEST_END
+    timeout_seconds: float = 900.0
+
+
+def _check(resp: httpx.Response, step: str) -> dict:
+    if resp.status_code >= 400:
+        raise DemoError(f"{step}: HTTP {resp.status_code} {resp.text[:500]}")
+    return resp.json()
+
+
+async def _poll(fetch, done, step: str, timeout_seconds: float, interval: float = 0.5, on_poll=None):  # noqa: ANN001
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        value = await fetch()
+        if on_poll:
+            on_poll(value)
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise DemoError(f"{step}: not done after {timeout_seconds:.0f}s (last: {str(value)[:300]})")
+        await asyncio.sleep(interval)
+
+
+async def run_demo(opts: DemoOptions, log=print) -> dict:  # noqa: ANN001
+    t0 = time.monotonic()
+    tokens = await asyncio.to_thread(login, opts.issuer, username=opts.username, password=opts.password)
+    headers = {"authorization": f"Bearer {tokens.access_token}"}
+    async with httpx.AsyncClient(base_url=opts.api_url, headers=headers, timeout=60.0) as api:
+        me = _check(await api.get("/v1/me"), "GET /v1/me")
+        log(f"logged in with code + PKCE as {opts.username} (sub {me['sub']}), scopes: {' '.join(me['scopes'])}")
+
+        # --- researcher journey -------------------------------------------------------
+        spec = {
+            "symbol": SYMBOL, "train_start": opts.train_start.isoformat(), "train_end": opts.train_end.isoformat(),
+            "test_start": opts.test_start.isoformat(), "test_end": opts.test_end.isoformat(),
+            "window_size": WINDOW, "total_timesteps": opts.total_timesteps,
+            "transaction_cost_bps": opts.transaction_cost_bps, "seed": opts.seed,
+        }
+        job = _check(await api.post("/v1/training-jobs", json=spec), "POST /v1/training-jobs")
+        job_id = job["job_id"]
+        log(f"training job {job_id} submitted: {opts.total_timesteps} timesteps per model")
+        last = {"p": -1.0}
+
+        def show(j: dict) -> None:
+            p = round(float(j.get("progress") or 0.0), 1)
+            if p != last["p"]:
+                last["p"] = p
+                log(f"  training {j['status']} {100 * float(j.get('progress') or 0):.0f}%")
+
+        job = await _poll(lambda: _get_json(api, f"/v1/training-jobs/{job_id}"),
+                          lambda j: j["status"] in ("succeeded", "failed"), "training", opts.timeout_seconds,
+                          interval=1.0, on_poll=show)
+        if job["status"] != "succeeded":
+            raise DemoError(f"training failed: {job.get('error')}")
+        results = job["results"]
+
+        # --- trader journey -----------------------------------------------------------
+        account = _check(await api.post("/v1/accounts", json={"broker": "paper",
+                                                              "initial_cash_usd": opts.initial_cash_usd}),
+                         "POST /v1/accounts")
+        account_id = account["account_id"]
+        ws_messages: list[dict] = []
+        ws_url = opts.api_url.replace("http", "ws", 1) + "/v1/ws/coach"
+        async with ws_connect(ws_url, additional_headers=headers) as ws:
+            reader = asyncio.create_task(_read_ws(ws, ws_messages))
+            paper = _check(await api.post(f"/v1/training-jobs/{job_id}/paper-trading",
+                                          json={"account_id": account_id}, timeout=600.0),
+                           "POST paper-trading")
+            log(f"paper trading: {paper['orders']} orders, {paper['fills']} fills, "
+                f"final equity {paper['final_equity_usd']:.2f} USD")
+            window = {"start": opts.test_start.isoformat(), "end": (opts.test_end + timedelta(days=1)).isoformat()}
+            first = _check(await api.post(f"/v1/accounts/{account_id}/imports", json=window), "first import")
+            second = _check(await api.post(f"/v1/accounts/{account_id}/imports", json=window), "second import")
+            log(f"import: {first['trades_imported']} trades imported; re-import skipped "
+                f"{second['duplicates_skipped']} duplicates, imported {second['trades_imported']}")
+            expected = first["trades_imported"]
+            trades = await _poll(lambda: _get_json(api, "/v1/trades"), lambda t: len(t) >= expected,
+                                 "scoring", 180.0)
+            await _poll(_const(ws_messages), lambda m: len(m) >= expected, "coach.reflect pushes", 120.0)
+            reader.cancel()
+        last_week = max(t["executed_at"] for t in trades)[:10] if trades else None
+
+        async def latest_digest():
+            resp = await api.get("/v1/digests/latest")
+            return resp.json() if resp.status_code == 200 else None
+
+        digest = await _poll(latest_digest, lambda d: d is not None and (last_week is None or
+                                                                         d["period_end"] >= last_week),
+                             "weekly digest", 120.0)
+
+    bias = Counter(t["label"] for t in trades)
+    summary = {
+        "auth": {"issuer": opts.issuer, "pkce_login": True, "subject": me["sub"]},
+        "data": {"symbol": SYMBOL, "source": "gym-anytrading STOCKS_GOOGL.csv (daily bars)",
+                 "train_start": opts.train_start.isoformat(), "train_end": opts.train_end.isoformat(),
+                 "test_start": opts.test_start.isoformat(), "test_end": opts.test_end.isoformat()},
+        "training": {
+            "job_id": job_id, "status": job["status"], "model": results["model"], "window": results["window"],
+            "timesteps": results["timesteps"], "seconds": results["seconds"],
+            "transaction_cost_bps": opts.transaction_cost_bps, "seed": opts.seed,
+            "test": {k: results[k] for k in ("agent", "mlp_baseline", "buy_and_hold")},
+        },
+        "paper_trading": {"account_id": account_id, **paper},
+        "import": {"trades_imported": first["trades_imported"], "duplicates_skipped": second["duplicates_skipped"],
+                   "second_import_trades_imported": second["trades_imported"]},
+        "bias": {label: bias.get(label, 0) for label in ("FOMO", "PANIC", "DISCIPLINE", "NONE")},
+        "digest": {"period_start": digest["period_start"], "period_end": digest["period_end"],
+                   "trades": digest["trades"], "label_counts": digest.get("label_counts", {}),
+                   "summary": digest.get("summary", "")},
+        "events": {"ws_messages": len(ws_messages)},
+        "elapsed_seconds": round(time.monotonic() - t0, 1),
+    }
+    opts.report_dir.mkdir(parents=True, exist_ok=True)
+    (opts.report_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _const(value):  # noqa: ANN001, ANN202
+    async def get():
+        return value
+    return get
+
+
+async def _get_json(api: httpx.AsyncClient, path: str):  # noqa: ANN202
+    return _check(await api.get(path), f"GET {path}")
+
+
+async def _read_ws(ws, sink: list[dict]) -> None:  # noqa: ANN001
+    async for raw in ws:
+        msg = json.loads(raw)
+        if msg.get("type") == "coach.reflect":
+            sink.append(msg)

@@ -1,0 +1,245 @@
+"""The local stack: embedded infrastructure plus the six services, each its own process.
+
+``Stack.start()``:
+
+1. Postgres: ``DATABASE_URL`` if set, else an embedded server (the ``pgserver`` wheel)
+   with its data under ``<state_dir>/postgres``, and a ``bsopt`` database in it;
+2. Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else the embedded Kafka-protocol broker
+   (librdkafka's mock cluster) as a child process;
+3. auth-server migrations and dev seed (clients, demo user), then the six services as
+   child processes; each service runs its own migrations on start;
+4. waits until every service answers (HTTP metadata, gRPC health).
+
+``Stack.stop()`` sends SIGTERM to every child in reverse start order, waits for them to
+drain, and kills what is left; children also get SIGTERM if this process dies
+(``PR_SET_PDEATHSIG``), so no orphan survives the supervisor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.engine import make_url
+
+DEMO_USER = ("demo", "demo-password")
+#: Confidential clients seeded by ``bsopt_auth seed-dev`` (dev secrets only).
+SERVICE_CLIENTS = ("resource-api", "broker-gateway", "rl-trainer", "ml-scorer", "digest-worker")
+
+
+class StackError(RuntimeError):
+    """The stack could not start; the message names the service and its log file."""
+
+
+@dataclass
+class Ports:
+    auth: int = 9000
+    api: int = 8000
+    broker: int = 50051
+    scorer: int = 50052
+    trainer: int = 50053
+    digest: int = 50054
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+
+
+def _set_pdeathsig() -> None:  # runs in the child between fork and exec (Linux)
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Stack:
+    state_dir: Path = Path(".state")
+    ports: Ports = field(default_factory=Ports)
+    database_url: str | None = None
+    kafka_bootstrap: str | None = None
+    log_level: str = "INFO"
+    children: list[Child] = field(default_factory=list)
+    _pg: object | None = None
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.ports.auth}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.api}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    # --- infrastructure --------------------------------------------------------------
+    def _start_postgres(self) -> str:
+        if url := (self.database_url or os.environ.get("DATABASE_URL")):
+            return url
+        from bsopt_common.embedded.postgres import EmbeddedPostgres
+
+        pg = EmbeddedPostgres.start(self.state_dir / "postgres")
+        self._pg = pg
+        admin = make_url(pg.url)
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bsopt'").first() is None:
+                conn.execute('CREATE DATABASE "bsopt"')
+        return admin.set(database="bsopt").render_as_string(hide_password=False)
+
+    def _start_kafka(self) -> str:
+        if bootstrap := (self.kafka_bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")):
+            return bootstrap
+        child = self._spawn("kafka", [sys.executable, "-m", "bsopt_common.embedded.kafka"], {},
+                            stdout=subprocess.PIPE)
+        line = child.proc.stdout.readline().decode().strip() if child.proc.stdout else ""
+        if not line:
+            raise StackError(f"embedded Kafka did not start; see {child.log_path}")
+        return line
+
+    # --- services ----------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str], stdout=None) -> Child:  # noqa: ANN001
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        log = open(log_path, "ab")  # noqa: SIM115 - owned by the child's lifetime
+        proc = subprocess.Popen(
+            argv, env={**os.environ, **env}, stdout=stdout or log, stderr=log, stdin=subprocess.DEVNULL,
+            preexec_fn=_set_pdeathsig if sys.platform == "linux" else None,
+        )
+        child = Child(name, proc, log_path)
+        self.children.append(child)
+        return child
+
+    def _run_once(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "ab") as log:
+            rc = subprocess.call(argv, env={**os.environ, **env}, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        if rc != 0:
+            raise StackError(f"{name} failed (exit {rc}); see {log_path}")
+
+    def service_env(self, database_url: str, kafka: str) -> dict[str, dict[str, str]]:
+        p = self.ports
+        common = {
+            "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": kafka, "BSOPT_ISSUER": self.issuer,
+            "BSOPT_LOG_LEVEL": self.log_level,
+        }
+        secret = {c: f"dev-{c}-secret" for c in SERVICE_CLIENTS}
+        return {
+            "auth-server": {**common, "BSOPT_AUTH_PORT": str(p.auth), "BSOPT_AUTH_ISSUER": self.issuer},
+            "broker-gateway": {**common, "BSOPT_BROKER_PORT": str(p.broker),
+                               "BSOPT_BROKER_CLIENT_SECRET": secret["broker-gateway"]},
+            "ml-scorer": {**common, "BSOPT_SCORER_PORT": str(p.scorer),
+                          "BSOPT_SCORER_CLIENT_SECRET": secret["ml-scorer"]},
+            "rl-trainer": {**common, "BSOPT_TRAINER_PORT": str(p.trainer),
+                           "BSOPT_TRAINER_CLIENT_SECRET": secret["rl-trainer"],
+                           "BSOPT_TRAINER_BROKER_GATEWAY_TARGET": f"127.0.0.1:{p.broker}",
+                           "BSOPT_TRAINER_ARTIFACTS_DIR": str((self.state_dir / "artifacts").resolve())},
+            "digest-worker": {**common, "BSOPT_DIGEST_HEALTH_PORT": str(p.digest),
+                              "BSOPT_DIGEST_CLIENT_SECRET": secret["digest-worker"]},
+            "resource-api": {**common, "BSOPT_API_PORT": str(p.api),
+                             "BSOPT_API_CLIENT_SECRET": secret["resource-api"],
+                             "BSOPT_API_BROKER_GATEWAY_TARGET": f"127.0.0.1:{p.broker}",
+                             "BSOPT_API_ML_SCORER_TARGET": f"127.0.0.1:{p.scorer}",
+                             "BSOPT_API_RL_TRAINER_TARGET": f"127.0.0.1:{p.trainer}"},
+        }
+
+    def start(self, timeout_seconds: float = 120.0) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._check_ports_free()
+        try:
+            database_url = self._start_postgres()
+            kafka = self._start_kafka()
+            envs = self.service_env(database_url, kafka)
+            py = sys.executable
+            self._run_once("auth-server-migrate", [py, "-m", "bsopt_auth", "migrate"], envs["auth-server"])
+            self._run_once("auth-server-seed", [py, "-m", "bsopt_auth", "seed-dev"], envs["auth-server"])
+            self._spawn("auth-server", [py, "-m", "bsopt_auth", "serve"], envs["auth-server"])
+            self._wait_http(self.issuer + "/.well-known/openid-configuration", "auth-server", timeout_seconds)
+            modules = {"broker-gateway": "bsopt_broker", "ml-scorer": "bsopt_scorer", "rl-trainer": "bsopt_trainer",
+                       "digest-worker": "bsopt_digest", "resource-api": "bsopt_api"}
+            for name, module in modules.items():
+                self._spawn(name, [py, "-m", module], envs[name])
+            for name, port in (("broker-gateway", self.ports.broker), ("ml-scorer", self.ports.scorer),
+                               ("rl-trainer", self.ports.trainer), ("digest-worker", self.ports.digest)):
+                self._wait_grpc_health(name, port, timeout_seconds)
+            self._wait_http(self.api_url + "/healthz", "resource-api", timeout_seconds)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _check_ports_free(self) -> None:
+        import socket
+
+        for name, port in vars(self.ports).items():
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    raise StackError(f"port {port} ({name}) is already in use on 127.0.0.1; is another stack running?")
+
+    def _child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
+    def _check_alive(self, name: str) -> None:
+        child = self._child(name)
+        if child.proc.poll() is not None:
+            tail = child.log_path.read_text(errors="replace")[-2000:]
+            raise StackError(f"{name} exited with code {child.proc.returncode}; log {child.log_path}:\n{tail}")
+
+    def _wait_http(self, url: str, name: str, timeout_seconds: float) -> None:
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            self._check_alive(name)
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise StackError(f"{name} did not answer {url} within {timeout_seconds:.0f}s")
+
+    def _wait_grpc_health(self, name: str, port: int, timeout_seconds: float) -> None:
+        deadline = time.monotonic() + timeout_seconds
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                self._check_alive(name)
+                with contextlib.suppress(grpc.RpcError):
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == \
+                            health_pb2.HealthCheckResponse.SERVING:
+                        return
+                time.sleep(0.2)
+        raise StackError(f"{name} was not SERVING on 127.0.0.1:{port} within {timeout_seconds:.0f}s")
+
+    def stop(self, grace_seconds: float = 20.0) -> None:
+        for child in reversed(self.children):
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace_seconds
+            while child.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if child.proc.poll() is None:
+                child.proc.kill()
+                child.proc.wait()
+        self.children.clear()
+        if self._pg is not None:
+            self._pg.stop()
+            self._pg = None
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,109 @@
+"""Reads and writes of the ``api`` schema's projections. Functions take an open
+:class:`~sqlalchemy.orm.Session` and never commit: the caller owns the transaction
+(the consumer's idempotent transaction, or a read-only ``session_scope``).
+
+Errors: ``ValueError`` for an event that cannot be projected (empty ids, a date that
+is not ISO), which the consumer retries and then dead-letters.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from bsopt.digest_worker.v1 import events_pb2 as digest_events
+from bsopt.ml_scorer.v1 import ml_scorer_pb2 as scorer_pb
+from bsopt_api import encoding
+from bsopt_api.models import coach_messages, digests
+
+
+def _with_seq(payload: dict[str, Any], seq: int) -> dict[str, Any]:
+    message = {"type": payload.get("type", encoding.COACH_MESSAGE_TYPE), "seq": seq}
+    message.update((k, v) for k, v in payload.items() if k != "type")
+    return message
+
+
+# --- coach messages ---------------------------------------------------------------------
+
+
+def record_coach_message(session: Session, trade: scorer_pb.ScoredTrade) -> dict[str, Any] | None:
+    """Store the coach message of ``trade``; return it with its ``seq``, or None when
+    this trade already has one (one message per trade id, whatever the event id)."""
+    if not trade.trade_id or not trade.user_id:
+        raise ValueError("ScoredTrade without trade_id or user_id cannot be delivered to a user")
+    payload = encoding.coach_message(trade)
+    row = session.execute(
+        pg_insert(coach_messages)
+        .values(user_id=trade.user_id, trade_id=trade.trade_id, payload=payload)
+        .on_conflict_do_nothing(index_elements=[coach_messages.c.trade_id])
+        .returning(coach_messages.c.seq)
+    ).first()
+    return None if row is None else _with_seq(payload, row.seq)
+
+
+def coach_messages_after(session: Session, user_id: str, after: int, limit: int) -> list[dict[str, Any]]:
+    """The user's stored messages with ``seq > after``, oldest first, at most ``limit``."""
+    rows = session.execute(
+        select(coach_messages.c.seq, coach_messages.c.payload)
+        .where(coach_messages.c.user_id == user_id, coach_messages.c.seq > after)
+        .order_by(coach_messages.c.seq)
+        .limit(limit)
+    ).all()
+    return [_with_seq(r.payload, r.seq) for r in rows]
+
+
+# --- digests ------------------------------------------------------------------------------
+
+
+def upsert_digest(session: Session, d: digest_events.DigestReady) -> None:
+    """Insert the digest or replace the stored one, keeping the highest ``version`` per
+    ``digest_id`` (an older version arriving late changes nothing)."""
+    if not d.digest_id or not d.user_id:
+        raise ValueError("DigestReady without digest_id or user_id")
+    values = {
+        "digest_id": d.digest_id,
+        "user_id": d.user_id,
+        "period_start": date.fromisoformat(d.period_start),
+        "period_end": date.fromisoformat(d.period_end),
+        "trades": d.trades,
+        "label_counts": dict(sorted(d.label_counts.items())),
+        "net_cash_flow_usd": d.net_cash_flow_usd,
+        "summary": d.summary,
+        "version": d.version,
+        "updated_at": d.updated_at.ToDatetime(tzinfo=UTC) if d.HasField("updated_at") else None,
+    }
+    stmt = pg_insert(digests).values(**values)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[digests.c.digest_id],
+            set_={k: stmt.excluded[k] for k in values if k != "digest_id"},
+            where=digests.c.version < stmt.excluded.version,
+        )
+    )
+
+
+def latest_digest(session: Session, user_id: str) -> dict[str, Any] | None:
+    """The user's digest of the most recent week, or None."""
+    row = session.execute(
+        select(digests)
+        .where(digests.c.user_id == user_id)
+        .order_by(digests.c.period_start.desc(), digests.c.version.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return {
+        "digest_id": row.digest_id,
+        "period_start": row.period_start.isoformat(),
+        "period_end": row.period_end.isoformat(),
+        "trades": row.trades,
+        "label_counts": row.label_counts,
+        "net_cash_flow_usd": row.net_cash_flow_usd,
+        "summary": row.summary,
+        "version": row.version,
+        "updated_at": row.updated_at.astimezone(UTC).isoformat().replace("+00:00", "Z") if row.updated_at else None,
+    }
