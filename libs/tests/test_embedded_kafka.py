@@ -280,11 +280,11 @@ async def test_two_live_consumers_split_partitions(kafka_bootstrap: str, kafka_t
     assert kafka_topics([topic], partitions=2) == {topic: 2}
     a = _consumer(kafka_bootstrap, topic, group)
     b = _consumer(kafka_bootstrap, topic, group)
-    await a.start()
     try:
+        await a.start()
         await asyncio.wait_for(_until_assigned(a, 2), 60)
-        await b.start()
         try:
+            await b.start()
 
             async def _balanced() -> None:
                 while not (len(a.assignment()) == 1 and len(b.assignment()) == 1):

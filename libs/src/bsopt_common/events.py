@@ -285,6 +285,10 @@ class OutboxRelay:
 
 Handler = Callable[[Event, Session], None]
 
+#: ``session.info`` key: a handler appends callables here to run after its transaction
+#: commits (in the worker thread, before the offset is committed).
+AFTER_COMMIT = "after_commit"
+
 
 class EventConsumer:
     """Idempotent consumer of some topics for one consumer group.
@@ -409,7 +413,10 @@ class EventConsumer:
                 self.skipped_duplicates += 1
                 return
             self.handler(event, session)
+            after_commit = list(session.info.pop(AFTER_COMMIT, ()))
         self.handled += 1
+        for callback in after_commit:
+            callback()
 
     async def _dead_letter(self, msg, error: str) -> None:  # noqa: ANN001
         log.error("dead-lettering %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)

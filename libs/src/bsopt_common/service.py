@@ -74,8 +74,11 @@ class ServiceRuntime:
         self.session_factory = make_session_factory(self.engine)
         self.outbox = Outbox(self.schema)
 
-    async def start(self, consumer_specs: Iterable[ConsumerSpec] = (), *, publish: bool = True) -> None:
-        await asyncio.to_thread(self.connect_database)
+    async def start(self, consumer_specs: Iterable[ConsumerSpec] = (), *, publish: bool = True,
+                    connect: bool = True) -> None:
+        """``connect=False`` when :meth:`connect_database` was already called."""
+        if connect:
+            await asyncio.to_thread(self.connect_database)
         if self.audience is not None:
             self.verifier = make_verifier(self.settings, self.audience)
         if publish or consumer_specs:

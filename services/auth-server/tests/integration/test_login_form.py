@@ -18,7 +18,8 @@ async def test_bad_credentials_show_the_form_again_with_401(oauth, username: str
     fields = dict(form.fields())
     assert fields["state"] == "keep-me"
     assert fields.get("password", "") == ""  # never echoed back
-    assert password not in resp.text or password in ("x",)
+    if len(password) > 1:
+        assert password not in resp.text
 
 
 async def test_can_retry_after_a_failed_login(oauth) -> None:

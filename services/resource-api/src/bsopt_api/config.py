@@ -46,7 +46,7 @@ class ApiSettings(ServiceSettings):
     #: Pending coach messages per WebSocket before a slow client is disconnected
     #: (close code 1013; it resumes with ``?after=<last seq>``).
     ws_max_pending_messages: int = Field(256, ge=1)
-    #: Messages replayed at most on one ``?after=`` connect.
-    ws_replay_limit: int = Field(1000, ge=1)
+    #: Stored messages read per database round trip while replaying ``?after=``.
+    ws_replay_batch_size: int = Field(500, ge=1)
     #: On SIGTERM, how long in-flight requests may take to finish, seconds.
     shutdown_grace_seconds: float = Field(20.0, gt=0)

@@ -1,0 +1,28 @@
+"""Tables of schema ``scorer`` (owned by ml-scorer only)."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, DateTime, Float, MetaData, String, Table, Text, func
+from sqlalchemy.dialects.postgresql import JSONB
+
+SCHEMA = "scorer"
+metadata = MetaData(schema=SCHEMA)
+
+scored_trades = Table(
+    "scored_trades", metadata,
+    Column("trade_id", String(64), primary_key=True),
+    Column("user_id", String(64), nullable=False, index=True),
+    Column("account_id", String(36), nullable=False),
+    Column("symbol", String(16), nullable=False),
+    Column("side", String(4), nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("price_usd", Float, nullable=False),
+    Column("executed_at", DateTime(timezone=True), nullable=False),
+    Column("label", String(12), nullable=False),
+    Column("rule", String(64), nullable=False),
+    Column("explanation", Text, nullable=False),
+    Column("reflection", Text, nullable=False),
+    # The indicator values the tag was computed from (TradeFeatures fields).
+    Column("features", JSONB, nullable=False),
+    Column("scored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -1,0 +1,24 @@
+"""``python -m bsopt_api`` / ``bsopt-resource-api``: serve the API until SIGINT/SIGTERM.
+
+SIGTERM drains: stop accepting connections, close the coach sockets (1001), let
+in-flight requests finish for ``shutdown_grace_seconds``, then stop the consumers
+(their in-flight event commits) and dispose of the pool (see bootstrap.serve).
+"""
+
+from __future__ import annotations
+
+from bsopt_api.bootstrap import serve
+from bsopt_api.config import ApiSettings
+from bsopt_common.runtime import run_until_signalled
+from bsopt_common.telemetry import setup_logging, setup_telemetry
+
+
+def main() -> None:
+    settings = ApiSettings()
+    setup_logging(settings.service_name)
+    setup_telemetry(settings.service_name)
+    run_until_signalled(lambda stop: serve(settings, stop))
+
+
+if __name__ == "__main__":
+    main()

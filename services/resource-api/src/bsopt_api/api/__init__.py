@@ -1,0 +1,1 @@
+"""HTTP and WebSocket surface: pydantic schemas, dependencies, one router per resource."""

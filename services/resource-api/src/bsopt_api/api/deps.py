@@ -1,0 +1,54 @@
+"""What a handler needs, by type (``Annotated`` aliases over FastAPI dependencies).
+
+Principals come from :func:`bsopt_common.security.fastapi.require_scopes`: 401 for a
+missing or invalid token, 403 for a missing scope (RFC 6750 §3), rendered as problem
+details by :mod:`bsopt_api.problems`. The user id is always the token's ``sub``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+from fastapi.requests import HTTPConnection
+from sqlalchemy.orm import Session, sessionmaker
+
+from bsopt_api.clients import BackendClients
+from bsopt_api.config import ApiSettings
+from bsopt_api.hub import CoachHub
+from bsopt_common.security.fastapi import require_scopes
+from bsopt_common.security.jwt import AccessTokenClaims
+
+SCOPE_TRAINING_READ = "training:read"
+SCOPE_TRAINING_WRITE = "training:write"
+SCOPE_TRADES_READ = "trades:read"
+SCOPE_TRADES_WRITE = "trades:write"
+
+#: Any valid token for this API.
+AnyPrincipal = Annotated[AccessTokenClaims, Depends(require_scopes())]
+TrainingReader = Annotated[AccessTokenClaims, Depends(require_scopes(SCOPE_TRAINING_READ))]
+TrainingWriter = Annotated[AccessTokenClaims, Depends(require_scopes(SCOPE_TRAINING_WRITE))]
+TradesReader = Annotated[AccessTokenClaims, Depends(require_scopes(SCOPE_TRADES_READ))]
+TradesWriter = Annotated[AccessTokenClaims, Depends(require_scopes(SCOPE_TRADES_WRITE))]
+
+
+def _settings(conn: HTTPConnection) -> ApiSettings:
+    return conn.app.state.settings
+
+
+def _backends(conn: HTTPConnection) -> BackendClients:
+    return conn.app.state.backends
+
+
+def _session_factory(conn: HTTPConnection) -> sessionmaker[Session]:
+    return conn.app.state.session_factory
+
+
+def _hub(conn: HTTPConnection) -> CoachHub:
+    return conn.app.state.hub
+
+
+Settings = Annotated[ApiSettings, Depends(_settings)]
+Backends = Annotated[BackendClients, Depends(_backends)]
+SessionFactory = Annotated[sessionmaker[Session], Depends(_session_factory)]
+Hub = Annotated[CoachHub, Depends(_hub)]

@@ -1,0 +1,52 @@
+"""``/v1/accounts``: broker-gateway accounts and trade imports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from bsopt.broker_gateway.v1 import broker_gateway_pb2 as pb
+from bsopt_api import encoding
+from bsopt_api.api.deps import Backends, TradesReader, TradesWriter
+from bsopt_api.api.schemas import Account, AccountCreate, TradesImport, TradesImportCreate
+
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=Account)
+async def create_account(
+    body: AccountCreate, principal: TradesWriter, backends: Backends, response: Response
+) -> dict[str, Any]:
+    account = await backends.broker_gateway.CreateAccount(
+        pb.CreateAccountRequest(user_id=principal.subject, broker=body.broker,
+                                initial_cash_usd=body.initial_cash_usd),
+        timeout=backends.timeout_seconds,
+    )
+    response.headers["Location"] = f"{router.prefix}/{account.account_id}"
+    return encoding.account(account)
+
+
+@router.get("/{account_id}", response_model=Account)
+async def get_account(account_id: str, principal: TradesReader, backends: Backends) -> dict[str, Any]:
+    account = await backends.broker_gateway.GetAccount(
+        pb.GetAccountRequest(account_id=account_id, user_id=principal.subject), timeout=backends.timeout_seconds
+    )
+    return encoding.account(account)
+
+
+@router.post("/{account_id}/imports", response_model=TradesImport)
+async def import_trades(
+    account_id: str, body: TradesImportCreate, principal: TradesWriter, backends: Backends
+) -> dict[str, Any]:
+    """Import the account's trades executed in ``[start, end)``; already imported
+    trades are skipped by broker trade id, so a repeated import is harmless."""
+    start, end = Timestamp(), Timestamp()
+    start.FromDatetime(body.start)
+    end.FromDatetime(body.end)
+    result = await backends.broker_gateway.ImportTrades(
+        pb.ImportTradesRequest(account_id=account_id, user_id=principal.subject, start=start, end=end),
+        timeout=backends.timeout_seconds,
+    )
+    return encoding.trades_import(result)

@@ -1,0 +1,58 @@
+"""``/v1/training-jobs``: rl-trainer's PPO jobs and paper-trading runs of their agents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+
+from bsopt.rl_trainer.v1 import rl_trainer_pb2 as pb
+from bsopt_api import encoding
+from bsopt_api.api.deps import Backends, TrainingReader, TrainingWriter
+from bsopt_api.api.schemas import PaperTradingResult, PaperTradingRun, TrainingJob, TrainingJobCreate
+
+router = APIRouter(prefix="/v1/training-jobs", tags=["training-jobs"])
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TrainingJob)
+async def submit_training_job(
+    body: TrainingJobCreate, principal: TrainingWriter, backends: Backends, response: Response
+) -> dict[str, Any]:
+    """Queue a job (202); poll ``Location`` for its status and results."""
+    spec = pb.TrainingJobSpec(
+        symbol=body.symbol,
+        train_start=body.train_start.isoformat(),
+        train_end=body.train_end.isoformat(),
+        test_start=body.test_start.isoformat(),
+        test_end=body.test_end.isoformat(),
+        window_size=body.window_size,
+        total_timesteps=body.total_timesteps,
+        transaction_cost_bps=body.transaction_cost_bps,
+        seed=body.seed,
+    )
+    job = await backends.rl_trainer.SubmitTrainingJob(
+        pb.SubmitTrainingJobRequest(user_id=principal.subject, spec=spec), timeout=backends.timeout_seconds
+    )
+    response.headers["Location"] = f"{router.prefix}/{job.job_id}"
+    return encoding.training_job(job)
+
+
+@router.get("/{job_id}", response_model=TrainingJob)
+async def get_training_job(job_id: str, principal: TrainingReader, backends: Backends) -> dict[str, Any]:
+    job = await backends.rl_trainer.GetTrainingJob(
+        pb.GetTrainingJobRequest(job_id=job_id, user_id=principal.subject), timeout=backends.timeout_seconds
+    )
+    return encoding.training_job(job)
+
+
+@router.post("/{job_id}/paper-trading", response_model=PaperTradingResult)
+async def run_paper_trading(
+    job_id: str, body: PaperTradingRun, principal: TrainingWriter, backends: Backends
+) -> dict[str, Any]:
+    """Trade the job's test window with its trained agent through the paper broker
+    (synchronous: one order decision per bar, so it may take minutes)."""
+    result = await backends.rl_trainer.RunPaperTrading(
+        pb.RunPaperTradingRequest(job_id=job_id, user_id=principal.subject, account_id=body.account_id),
+        timeout=backends.paper_trading_timeout_seconds,
+    )
+    return encoding.paper_trading(result)

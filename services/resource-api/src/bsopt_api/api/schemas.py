@@ -1,0 +1,214 @@
+"""Request and response bodies of ``/v1`` (pydantic). Requests reject unknown fields,
+so a misspelt field is a 422, not a silently ignored default.
+
+Units are in the names: ``_usd`` (US dollars), ``_bps`` (basis points); fractions are
+plain floats (0.1 = 10 %); dates are ISO ``YYYY-MM-DD``; instants RFC 3339.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+# --- requests ------------------------------------------------------------------------------
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainingJobCreate(_Request):
+    """A PPO training job: train on ``[train_start, train_end]``, evaluate on
+    ``[test_start, test_end]`` (inclusive ISO dates; the test window after the train
+    window)."""
+
+    symbol: str = Field(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9.^=\-]+$", examples=["GOOGL"])
+    train_start: date
+    train_end: date
+    test_start: date
+    test_end: date
+    #: Bars in one observation.
+    window_size: int = Field(16, ge=2, le=1024)
+    #: PPO environment steps per model.
+    total_timesteps: int = Field(gt=0, le=100_000_000)
+    #: Cost of every position change, basis points of traded notional.
+    transaction_cost_bps: float = Field(10.0, ge=0, le=10_000)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _windows_in_order(self) -> TrainingJobCreate:
+        if not self.train_start < self.train_end:
+            raise ValueError("train_start must be before train_end")
+        if not self.train_end < self.test_start:
+            raise ValueError("test_start must be after train_end (no overlap of train and test windows)")
+        if not self.test_start <= self.test_end:
+            raise ValueError("test_start must not be after test_end")
+        return self
+
+
+class PaperTradingRun(_Request):
+    #: broker-gateway account (of the caller) that receives the orders.
+    account_id: str = Field(min_length=1, max_length=255)
+
+
+class AccountCreate(_Request):
+    broker: Literal["paper"] = "paper"
+    initial_cash_usd: float = Field(gt=0, le=1e12)
+
+
+def _date_or_datetime(value: object) -> object:
+    """ISO date ``YYYY-MM-DD`` -> that day's midnight UTC; anything else to pydantic."""
+    if isinstance(value, str) and len(value) == 10:
+        try:
+            d = date.fromisoformat(value)
+        except ValueError:
+            return value
+        return datetime(d.year, d.month, d.day, tzinfo=UTC)
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+#: An instant given as an ISO date (midnight UTC) or an RFC 3339 date-time (no offset = UTC).
+Instant = Annotated[datetime, BeforeValidator(_date_or_datetime), AfterValidator(_utc)]
+
+
+class TradesImportCreate(_Request):
+    """Import the account's broker trades executed in the half-open window ``[start, end)``."""
+
+    start: Instant
+    end: Instant
+
+    @model_validator(mode="after")
+    def _window_not_empty(self) -> TradesImportCreate:
+        if not self.start < self.end:
+            raise ValueError("start must be before end (the window [start, end) is empty)")
+        return self
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+class Me(BaseModel):
+    sub: str
+    client_id: str
+    scopes: list[str]
+
+
+class TrainingJobSpec(BaseModel):
+    symbol: str
+    train_start: str
+    train_end: str
+    test_start: str
+    test_end: str
+    window_size: int
+    total_timesteps: int
+    transaction_cost_bps: float
+    seed: int
+
+
+class EvaluationMetrics(BaseModel):
+    #: Compounded return over the test window, fraction.
+    total_return: float
+    #: Annualised Sharpe ratio of daily returns (252 days, zero risk-free rate).
+    sharpe: float
+    #: Largest peak-to-trough fall of equity, fraction (positive).
+    max_drawdown: float
+    #: Number of position changes.
+    trades: int
+
+
+class TrainingResults(BaseModel):
+    model: str
+    window: int
+    timesteps: int
+    #: Wall-clock training time of the agent, seconds.
+    seconds: float
+    agent: EvaluationMetrics
+    mlp_baseline: EvaluationMetrics
+    buy_and_hold: EvaluationMetrics
+    checkpoint_uri: str
+
+
+class TrainingJob(BaseModel):
+    job_id: str
+    status: Literal["unspecified", "queued", "running", "succeeded", "failed"] | str
+    #: Fraction of timesteps done, 0..1.
+    progress: float
+    spec: TrainingJobSpec
+    results: TrainingResults | None
+    error: str | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class PaperTradingResult(BaseModel):
+    orders: int
+    fills: int
+    rejected: int
+    #: Cash + position at the last test bar's close, USD.
+    final_equity_usd: float
+
+
+class Position(BaseModel):
+    symbol: str
+    quantity: int
+    average_price_usd: float
+
+
+class Account(BaseModel):
+    account_id: str
+    broker: str
+    currency: str
+    cash_usd: float
+    positions: list[Position]
+    created_at: str | None
+
+
+class TradesImport(BaseModel):
+    import_id: str
+    trades_imported: int
+    duplicates_skipped: int
+
+
+class TradeFeatures(BaseModel):
+    rsi_14: float
+    atr_14: float
+    bollinger_position: float
+    change_1d: float
+    change_5d: float
+    close_usd: float
+
+
+class ScoredTrade(BaseModel):
+    trade_id: str
+    account_id: str
+    symbol: str
+    side: str
+    quantity: int
+    price_usd: float
+    executed_at: str | None
+    label: Literal["FOMO", "PANIC", "DISCIPLINE", "NONE"] | str
+    explanation: str
+    reflection: str
+    features: TradeFeatures
+    scored_at: str | None
+
+
+class Digest(BaseModel):
+    digest_id: str
+    period_start: str
+    period_end: str
+    trades: int
+    label_counts: dict[str, int]
+    net_cash_flow_usd: float
+    summary: str
+    version: int
+    updated_at: str | None

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import SettingsConfigDict
+
+from bsopt_common.settings import ServiceSettings
+
+
+class TrainerSettings(ServiceSettings):
+    """Environment: ``BSOPT_TRAINER_*`` (plus ``DATABASE_URL``, ``KAFKA_BOOTSTRAP_SERVERS``)."""
+
+    model_config = SettingsConfigDict(env_prefix="BSOPT_TRAINER_", extra="ignore")
+
+    service_name: str = "rl-trainer"
+    host: str = "127.0.0.1"
+    port: int = 50053
+    client_id: str | None = "rl-trainer"
+    broker_gateway_target: str = "127.0.0.1:50051"
+    #: Where checkpoints go: ``<artifacts_dir>/jobs/<job_id>/``.
+    artifacts_dir: Path = Path(".state/artifacts")
+    #: Training jobs run one at a time per replica (CPU-bound).
+    max_concurrent_jobs: int = 1
+    #: Threads torch may use for one training.
+    torch_threads: int = 2

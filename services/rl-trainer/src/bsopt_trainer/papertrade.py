@@ -1,0 +1,80 @@
+"""A trained agent paper-trades its job's test period through broker-gateway.
+
+One decision per test bar, at that bar's close: the agent's target position (0 = flat,
+1 = long) comes from :func:`paper_trading_positions`, the same greedy walk as the
+evaluation. A change of position becomes a market order that the paper broker fills at
+that bar's real close, after its balance guard: going long buys as many whole shares as
+the cash covers (keeping a margin for commission), going flat sells every share held.
+Orders carry ``client_order_id = <run_id>-<date>``, so a retried call never trades twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from bsopt.broker_gateway.v1 import broker_gateway_pb2 as bpb
+from bsopt.broker_gateway.v1 import broker_gateway_pb2_grpc as bpb_grpc
+from bsopt_common.marketdata import MarketDataProvider
+from bsopt_trainer.domain.job import TrainingSpec, paper_trading_positions
+
+#: Fraction of cash held back on each buy to cover commission and rounding.
+CASH_MARGIN = 0.005
+
+
+@dataclass(frozen=True)
+class PaperRunResult:
+    run_id: str
+    orders: int
+    fills: int
+    rejected: int
+    final_equity_usd: float
+
+
+async def run_paper_trading(
+    *, stub: bpb_grpc.BrokerGatewayServiceStub, market_data: MarketDataProvider, spec: TrainingSpec,
+    checkpoint_path: str, account_id: str, user_id: str,
+) -> PaperRunResult:
+    """Raises grpc.aio.AioRpcError from broker-gateway (other than balance-guard
+    rejections, which are counted), ValueError for a checkpoint that does not fit."""
+    bars = market_data.fetch_history(spec.symbol)
+    positions = await asyncio.to_thread(paper_trading_positions, checkpoint_path, bars, spec)
+    account = await stub.GetAccount(bpb.GetAccountRequest(account_id=account_id, user_id=user_id), timeout=30)
+    cash = account.cash_usd
+    shares = next((p.quantity for p in account.positions if p.symbol == spec.symbol), 0)
+    run_id = str(uuid.uuid4())
+    orders = fills = rejected = 0
+    for day, target in positions:
+        close = float(bars.loc[bars.index.normalize() == datetime(day.year, day.month, day.day)].iloc[0]["close"])
+        if target == 1 and shares == 0:
+            side, qty = bpb.SIDE_BUY, math.floor(cash * (1 - CASH_MARGIN) / close)
+        elif target == 0 and shares > 0:
+            side, qty = bpb.SIDE_SELL, shares
+        else:
+            continue
+        if qty <= 0:
+            continue
+        as_of = Timestamp()
+        as_of.FromDatetime(datetime(day.year, day.month, day.day, tzinfo=UTC))
+        orders += 1
+        try:
+            resp = await stub.PlaceOrder(bpb.PlaceOrderRequest(
+                account_id=account_id, user_id=user_id, client_order_id=f"{run_id}-{day.isoformat()}",
+                symbol=spec.symbol, side=side, quantity=qty, as_of=as_of), timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                rejected += 1
+                continue
+            raise
+        fills += len(resp.fills)
+        cash = resp.account.cash_usd
+        shares = next((p.quantity for p in resp.account.positions if p.symbol == spec.symbol), 0)
+    last_close = float(bars.loc[bars.index.normalize() <= datetime(spec.test_end.year, spec.test_end.month,
+                                                                     spec.test_end.day)].iloc[-1]["close"])
+    return PaperRunResult(run_id, orders, fills, rejected, cash + shares * last_close)
