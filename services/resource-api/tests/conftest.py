@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from bsopt_api.bootstrap import ApiRuntime, bootstrap, serve
 from bsopt_api.config import ApiSettings
+from bsopt_common.db import create_db_engine, make_session_factory
 from bsopt_common.security.token_provider import ClientCredentialsTokenProvider
 from bsopt_common.settings import RESOURCE_API_AUDIENCE
 from bsopt_common.testing.services import ServiceThread, free_port
@@ -111,8 +114,20 @@ def make_settings(postgres_url: str, issuer: TestIssuer, **overrides: object) ->
 
 
 @pytest.fixture(scope="module")
-def api_settings(postgres_url: str, test_issuer: TestIssuer) -> ApiSettings:
-    return make_settings(postgres_url, test_issuer)
+def settings_for(postgres_url: str, test_issuer: TestIssuer) -> Callable[..., ApiSettings]:
+    """``settings_for(**overrides)``: settings for this module's database and issuer."""
+    return lambda **overrides: make_settings(postgres_url, test_issuer, **overrides)
+
+
+@pytest.fixture(scope="module")
+def api_settings(settings_for: Callable[..., ApiSettings]) -> ApiSettings:
+    return settings_for()
+
+
+@pytest.fixture(scope="session")
+def token_provider(test_issuer: TestIssuer) -> Callable[[str], ClientCredentialsTokenProvider]:
+    """``token_provider(client_id)``: see :func:`token_provider_for`."""
+    return lambda client_id: token_provider_for(test_issuer, client_id)
 
 
 @dataclass
@@ -142,3 +157,11 @@ def running_api(api_settings: ApiSettings, test_issuer: TestIssuer) -> Iterator[
 async def client(running_api: RunningApi) -> httpx.AsyncClient:
     async with httpx.AsyncClient(base_url=running_api.base_url, timeout=30) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def db(running_api: RunningApi, postgres_url: str) -> Iterator[sessionmaker[Session]]:
+    """Session factory on the module's database, migrated by the running app."""
+    engine = create_db_engine(postgres_url, application_name="bsopt-api-tests")
+    yield make_session_factory(engine)
+    engine.dispose()

@@ -11,19 +11,24 @@ What the mock cluster does and does not do (measured against librdkafka 2.16):
   FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit and
   OffsetFetch, so committed offsets survive a consumer and are resumed by the next
   member of the same group;
-* **topic auto-creation**: a Metadata request that names an unknown topic with
-  ``allow_auto_topic_creation`` set (aiokafka's producer and consumer do) creates it
-  with **4 partitions** (the mock cluster's fixed default; replication factor
-  ``min(3, brokers)``); a Produce to an unknown topic without a preceding Metadata
-  request fails with UNKNOWN_TOPIC_OR_PARTITION. Create topics up front
-  (:meth:`EmbeddedKafka.create_topic`, :func:`ensure_topics`) when the partition
-  count matters;
+* **topic auto-creation**: a Metadata request that names an unknown topic creates it
+  (aiokafka's producer and consumer and confluent-kafka's ``list_topics(topic=...)``
+  all send one before producing or fetching) with **4 partitions**, the mock
+  cluster's fixed default, replication factor ``min(3, brokers)``. Create topics up
+  front (:meth:`EmbeddedKafka.create_topic`, :func:`ensure_topics`) when the
+  partition count matters;
 * **no CreateTopics API**: admin clients get UNSUPPORTED_FEATURE (confluent-kafka)
-  or fail on the controller (aiokafka). Only the process holding the cluster handle
-  can create a topic with a chosen partition count;
+  or IncompatibleBrokerVersion (aiokafka 0.14). Only the process holding the
+  cluster handle can create a topic with a chosen partition count;
 * a second consumer joining a group that already has a live member fails at
-  SyncGroup, so consumer-group *rebalancing* needs a real Kafka (tests marked
-  ``kafka_group``);
+  SyncGroup (INVALID_REQUEST), so consumer-group *rebalancing* needs a real Kafka
+  (tests marked ``kafka_group``);
+* after the last member leaves a group (LeaveGroup), the next JoinGroup is answered
+  only when the rebalance started by the leave times out, i.e. after about the
+  leaver's ``session_timeout_ms`` (aiokafka default 10 s): use a short session
+  timeout for consumers that restart against the mock. The first rebalance of a
+  new group is immediate (``group.initial.rebalance.delay.ms`` is set to 0 here;
+  Kafka's default is 3 s);
 * everything is in memory and lost on :meth:`EmbeddedKafka.close`.
 
 The cluster runs on librdkafka's own threads: the process only has to keep the
@@ -45,6 +50,10 @@ import threading
 from collections.abc import Iterable
 from functools import lru_cache
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +200,9 @@ class EmbeddedKafka:
             # controller that does not exist and admin clients wait for it until
             # they time out, instead of failing fast with UNSUPPORTED_FEATURE.
             lib.rd_kafka_mock_set_controller_id(mcluster, 1)
-            lib.rd_kafka_mock_group_initial_rebalance_delay_ms(mcluster, int(os.environ.get("XDELAY", "0")))
+            # Kafka waits group.initial.rebalance.delay.ms (3 s) before the first
+            # rebalance of a new group; the mock does too unless told otherwise.
+            lib.rd_kafka_mock_group_initial_rebalance_delay_ms(mcluster, 0)
             bootstrap = lib.rd_kafka_mock_cluster_bootstraps(mcluster).decode()
             self._rk, self._mcluster, self._bootstrap = rk, mcluster, bootstrap
             self._n_brokers = n_brokers
@@ -243,11 +254,10 @@ class EmbeddedKafka:
             with _RUNNING_LOCK:
                 if _RUNNING.get(bootstrap) is self:
                     del _RUNNING[bootstrap]
-        lib = _librdkafka() if (mcluster or rk) else None
         if mcluster:
-            lib.rd_kafka_mock_cluster_destroy(mcluster)
+            _librdkafka().rd_kafka_mock_cluster_destroy(mcluster)
         if rk:
-            lib.rd_kafka_destroy(rk)
+            _librdkafka().rd_kafka_destroy(rk)
 
     def __enter__(self) -> EmbeddedKafka:
         """Start one broker unless already started."""
@@ -334,7 +344,7 @@ def ensure_topics(
     return counts
 
 
-def _wait_for_topics(admin: object, names: list[str], timeout_seconds: float) -> dict[str, int]:
+def _wait_for_topics(admin: AdminClient, names: list[str], timeout_seconds: float) -> dict[str, int]:
     """Poll metadata until every topic has a leader for each partition."""
     import time
 
@@ -348,7 +358,7 @@ def _wait_for_topics(admin: object, names: list[str], timeout_seconds: float) ->
                 continue
             # A Metadata request naming the topic; brokers that auto-create topics
             # (the mock cluster always does) create it here.
-            md = admin.list_topics(topic=name, timeout=max(1.0, deadline - time.monotonic()))  # type: ignore[attr-defined]
+            md = admin.list_topics(topic=name, timeout=max(1.0, deadline - time.monotonic()))
             t = md.topics.get(name)
             if t is not None and t.error is None and t.partitions and all(
                 p.leader >= 0 for p in t.partitions.values()

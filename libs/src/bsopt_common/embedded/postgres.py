@@ -101,7 +101,7 @@ def _prune_dead_handles(pgdata: Path) -> None:
         return
     import psutil
 
-    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid) and pid != os.getpid()]
+    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
     if alive != pids:
         path.write_text(json.dumps(alive))
 
@@ -125,7 +125,8 @@ class EmbeddedPostgres:
         ``data_dir`` is the PGDATA directory itself: created (with parents) if missing
         and initialised by ``initdb`` if it has no ``PG_VERSION``; an existing non-empty
         directory without ``PG_VERSION`` makes initdb fail. Data persist across
-        :meth:`stop`. Blocks until the server accepts connections (pg_ctl waits up to
+        :meth:`stop`. A second ``start`` on the same directory in the same process
+        shares pgserver's handle: stopping either stops the server. Blocks until the server accepts connections (pg_ctl waits up to
         10 s). Raises :class:`EmbeddedPostgresError` (pgserver missing, root without
         ``useradd``), ``subprocess.CalledProcessError`` / ``subprocess.TimeoutExpired``
         from initdb or pg_ctl (the server log is in ``data_dir/log``).
@@ -153,7 +154,12 @@ class EmbeddedPostgres:
         _check_root_prerequisites()
         data_dir = data_dir.expanduser().resolve()
         data_dir.parent.mkdir(parents=True, exist_ok=True)
-        _prune_dead_handles(data_dir)
+        lock = getattr(pgserver.PostgresServer, "_lock", None)  # pgserver's inter-process lock
+        if lock is not None:
+            with lock:
+                _prune_dead_handles(data_dir)
+        else:
+            _prune_dead_handles(data_dir)
         server = pgserver.get_server(data_dir, cleanup_mode=cleanup_mode)
         pg = cls(server, data_dir, temp_root=temp_root)
         log.info("embedded Postgres (pgserver) running for %s at %s", data_dir, pg.url)

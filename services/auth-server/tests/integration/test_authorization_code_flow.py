@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from bsopt_common.settings import RESOURCE_API_AUDIENCE
 
@@ -30,8 +30,6 @@ async def test_full_flow_via_login_form(oauth, settings) -> None:
     assert resp.status_code == 302
     location = urlsplit(resp.headers["location"])
     assert f"{location.scheme}://{location.netloc}{location.path}" == redirect_uri
-    from urllib.parse import parse_qs
-
     query = {k: v[0] for k, v in parse_qs(location.query).items()}
     assert query["state"] == "s1"
     assert query["iss"] == settings.issuer  # RFC 9207
@@ -88,8 +86,6 @@ async def test_explicit_resource_indicator(oauth) -> None:
 async def test_resource_not_allowed_at_authorize_redirects_invalid_target(oauth) -> None:
     page = await oauth.authorize_page(resource="urn:bsopt:broker-gateway", state="s9")
     assert page.status_code == 302
-    from urllib.parse import parse_qs
-
     query = parse_qs(urlsplit(page.headers["location"]).query)
     assert query["error"] == ["invalid_target"]
     assert query["state"] == ["s9"]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 from joserfc.errors import JoseError
 from sqlalchemy import func, select
-
-import pytest
 
 from bsopt_common.db import session_scope
 

@@ -7,13 +7,11 @@ import uuid
 
 import httpx
 import pytest
-from joserfc import jwt
 
 from bsopt_common.security.jwt import AccessTokenVerifier, InsufficientScopeError, InvalidTokenError, JWKSCache
 from bsopt_common.settings import EVENTS_AUDIENCE, RESOURCE_API_AUDIENCE
 
 REQUIRED = {"iss", "sub", "aud", "client_id", "scope", "iat", "nbf", "exp", "jti"}
-
 
 
 async def test_user_token_header_and_claims(oauth, settings) -> None:

@@ -1,6 +1,6 @@
 """``python -m bsopt_api`` / ``bsopt-resource-api``: serve the API until SIGINT/SIGTERM.
 
-SIGTERM drains: stop accepting connections, close the coach sockets (1001), let
+SIGTERM drains: stop accepting connections, close the coach sockets (1012), let
 in-flight requests finish for ``shutdown_grace_seconds``, then stop the consumers
 (their in-flight event commits) and dispose of the pool (see bootstrap.serve).
 """

@@ -4,8 +4,9 @@ the backends' gRPC clients) and their start/stop order. Building one connects no
 
 Start: hub bound to the loop -> database reachable -> migrations -> verifier
 (audience ``urn:bsopt:resource-api``) -> consumers (when ``consume_events``) -> gRPC
-channels. Stop (drain): sockets told to close (1001) -> consumers finish their
-in-flight event and commit -> channels closed -> pool disposed.
+channels. Stop (drain; uvicorn has already closed open sockets with 1012): remaining
+sockets told to close (1001) -> consumers finish their in-flight event and commit ->
+channels closed -> pool disposed.
 """
 
 from __future__ import annotations

@@ -104,8 +104,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
                    errors=errors)
 
 
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette's ServerErrorMiddleware sends this, then re-raises for the server's log.
+    return problem(500, "unexpected error; it has been logged", instance=request.url.path)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Render every error of ``app`` as problem+json."""
+    app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(grpc.aio.AioRpcError, _rpc_error)  # type: ignore[arg-type]
     app.add_exception_handler(TokenRequestError, _token_request_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_exception)  # type: ignore[arg-type]

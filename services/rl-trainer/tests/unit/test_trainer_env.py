@@ -29,6 +29,7 @@ def test_observation_shape_and_dtype(random_bars):
         assert np.isfinite(obs).all()
 
 
+@pytest.mark.filterwarnings("ignore:.*Box observation space (minimum|maximum) value:UserWarning")
 def test_passes_gymnasium_env_checker(random_bars):
     check_env(TradingEnv(random_bars, EnvConfig(episode_length=32)), skip_render_check=True)
 

@@ -14,8 +14,6 @@ take a transaction-scoped advisory lock, so concurrent starts do not race.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 

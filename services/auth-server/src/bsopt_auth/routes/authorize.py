@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from bsopt_common.db import session_scope
 
 from bsopt_auth.models import User
-from bsopt_auth.passwords import verify_secret
+from bsopt_auth.passwords import hash_secret, needs_rehash, verify_secret
 from bsopt_auth.rfc6749.authorization import (
     AuthorizationRedirectError,
     AuthorizationRequest,
@@ -94,15 +94,20 @@ def _login(state: AppState, items: list[tuple[str, str]]) -> tuple[str, Any]:
         return "redirect", error_redirect(exc, state.settings.issuer)
 
     form = dict(items)
-    username = form.get("username", "")[:MAX_CREDENTIAL_LENGTH]
-    password = form.get("password", "")[:MAX_CREDENTIAL_LENGTH]
+    username = form.get("username", "")
+    password = form.get("password", "")
+    oversized = len(username) > MAX_CREDENTIAL_LENGTH or len(password) > MAX_CREDENTIAL_LENGTH
     with session_scope(state.session_factory) as session:
-        user = session.scalars(select(User).where(User.username == username)).one_or_none() if username else None
+        user = None
+        if username and not oversized:
+            user = session.scalars(select(User).where(User.username == username)).one_or_none()
         # One argon2 verification whether or not the user exists.
-        ok = verify_secret(user.password_hash if user else None, password)
+        ok = verify_secret(user.password_hash if user else None, password[:MAX_CREDENTIAL_LENGTH])
         if not ok or user is None:
             log.info("login failed for client_id=%s", req.client.client_id)
-            return "form", (req, username)
+            return "form", (req, username[:MAX_CREDENTIAL_LENGTH])
+        if needs_rehash(user.password_hash):
+            user.password_hash = hash_secret(password)
         code = issue_authorization_code(
             session, req, user.id, ttl_seconds=state.settings.authorization_code_ttl_seconds
         )

@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from bsopt_common.db import session_scope
 
-from bsopt_auth.rfc7517 import jwks_document
+from bsopt_auth.rfc7517 import get_active_key, jwks_document
 from bsopt_auth.rfc8414 import known_scopes, server_metadata
 from bsopt_auth.routes.state import AppState
 
@@ -40,7 +40,11 @@ async def jwks(request: Request) -> JSONResponse:
 
     def load() -> dict:
         with session_scope(state.session_factory) as session:
-            return jwks_document(session)
+            document = jwks_document(session)
+            if not document["keys"]:  # first start without the lifespan hook
+                get_active_key(session, state.settings.signing_alg)
+                document = jwks_document(session)
+            return document
 
     document = await run_in_threadpool(load)
     return JSONResponse(document, headers=_cache_headers(state), media_type="application/jwk-set+json")

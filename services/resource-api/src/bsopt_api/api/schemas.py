@@ -138,7 +138,8 @@ class TrainingResults(BaseModel):
 
 class TrainingJob(BaseModel):
     job_id: str
-    status: Literal["unspecified", "queued", "running", "succeeded", "failed"] | str
+    #: "queued", "running", "succeeded" or "failed".
+    status: str
     #: Fraction of timesteps done, 0..1.
     progress: float
     spec: TrainingJobSpec
@@ -191,11 +192,13 @@ class ScoredTrade(BaseModel):
     trade_id: str
     account_id: str
     symbol: str
+    #: "buy" or "sell".
     side: str
     quantity: int
     price_usd: float
     executed_at: str | None
-    label: Literal["FOMO", "PANIC", "DISCIPLINE", "NONE"] | str
+    #: "FOMO", "PANIC", "DISCIPLINE" or "NONE".
+    label: str
     explanation: str
     reflection: str
     features: TradeFeatures

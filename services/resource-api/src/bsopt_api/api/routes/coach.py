@@ -17,7 +17,8 @@ Every message (JSON text frame)::
      "explanation": "...", "reflection": "...", "symbol": "GOOGL", "side": "buy",
      "executed_at": "2024-03-01T00:00:00Z"}
 
-The server closes with 1001 on shutdown, 1013 when the client fell too far behind
+The server closes with 1012 (service restart; 1001 if the runtime stops first) on
+shutdown, 1013 when the client fell too far behind
 (resume with ``after``), and 1008 when the access token expires. Frames from the
 client are ignored.
 """

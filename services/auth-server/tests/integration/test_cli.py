@@ -1,0 +1,101 @@
+"""The command line: migrate / seed-dev / rotate-keys in-process, and ``serve`` as a real
+uvicorn process on a free 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from bsopt_auth.__main__ import cli
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+@pytest.fixture(scope="module")
+def env(postgres_url: str) -> dict[str, str]:
+    return {"BSOPT_AUTH_DATABASE_URL": postgres_url, "BSOPT_AUTH_ENVIRONMENT": "test"}
+
+
+def test_migrate_seed_rotate(env: dict[str, str]) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["migrate"], env=env)
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["seed-dev"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "bsopt-cli" in result.output
+    assert "secret" not in result.output
+    result = runner.invoke(cli, ["seed-dev"], env=env)
+    assert result.exit_code == 0 and "clients=[]" in result.output
+    result = runner.invoke(cli, ["rotate-keys"], env=env)
+    assert result.exit_code == 0 and "kid=" in result.output
+
+
+def test_seed_dev_is_refused_in_prod(env: dict[str, str]) -> None:
+    result = CliRunner().invoke(cli, ["seed-dev"], env={**env, "BSOPT_AUTH_ENVIRONMENT": "prod"})
+    assert result.exit_code == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(env: dict[str, str]) -> Iterator[str]:
+    port = _free_port()
+    issuer = f"http://127.0.0.1:{port}"
+    proc_env = {
+        **os.environ, **env,
+        "BSOPT_AUTH_PORT": str(port), "BSOPT_AUTH_ISSUER": issuer, "BSOPT_AUTH_SEED_DEV_ON_START": "true",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bsopt_auth", "serve"], env=proc_env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail("serve exited early:\n" + (proc.stdout.read() if proc.stdout else ""))
+            try:
+                if httpx.get(issuer + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("serve did not come up")
+            time.sleep(0.2)
+        yield issuer
+    finally:
+        proc.terminate()
+        try:
+            output, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+        # nothing secret ever reaches the logs
+        for secret in ("demo-password", "dev-broker-gateway-secret"):
+            assert secret not in output
+
+
+def test_serve_over_real_http(server: str) -> None:
+    with httpx.Client(base_url=server, timeout=10) as http:
+        meta = http.get("/.well-known/openid-configuration").json()
+        assert meta["issuer"] == server
+        assert meta["token_endpoint"] == server + "/oauth2/token"
+        resp = http.post(meta["token_endpoint"], data={"grant_type": "client_credentials"},
+                         auth=("broker-gateway", "dev-broker-gateway-secret"))
+        assert resp.status_code == 200, resp.text
+        jwks = http.get(meta["jwks_uri"]).json()
+        assert jwks["keys"]

@@ -1,0 +1,65 @@
+"""Migrations into schema ``auth`` and the idempotent dev seed."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, inspect, select
+
+from bsopt_common.db import session_scope
+
+from bsopt_auth.db import migrate
+from bsopt_auth.models import Client, User
+from bsopt_auth.passwords import verify_secret
+from bsopt_auth.seed import DEV_CLIENTS, dev_client_secret, seed_dev
+
+
+def test_tables_live_in_schema_auth(engine) -> None:
+    insp = inspect(engine)
+    assert {"users", "clients", "authorization_codes", "signing_keys", "alembic_version"} <= set(
+        insp.get_table_names(schema="auth")
+    )
+    assert "users" not in insp.get_table_names(schema="public")
+
+
+def test_migrate_is_idempotent(engine) -> None:
+    migrate(engine)
+    migrate(engine)
+
+
+def test_seed_is_idempotent(session_factory) -> None:
+    again = seed_dev(session_factory)
+    assert again == {"users": [], "clients": []}
+    with session_scope(session_factory) as s:
+        assert s.scalar(select(func.count()).select_from(User)) == 1
+        assert s.scalar(select(func.count()).select_from(Client)) >= len(DEV_CLIENTS)
+
+
+def test_seeded_clients(session_factory) -> None:
+    with session_scope(session_factory) as s:
+        clients = {c.client_id: c for c in s.scalars(select(Client))}
+        user = s.scalars(select(User).where(User.username == "demo")).one()
+    cli = clients["bsopt-cli"]
+    assert cli.client_type == "public" and cli.client_secret_hash is None
+    assert cli.redirect_uris == ["http://127.0.0.1/callback"]
+    assert cli.grant_types == ["authorization_code"]
+    assert cli.allowed_resources == ["urn:bsopt:resource-api"]
+    assert cli.token_endpoint_auth_method == "none"
+    assert set(clients["resource-api"].allowed_resources) == {
+        "urn:bsopt:broker-gateway", "urn:bsopt:ml-scorer", "urn:bsopt:rl-trainer"
+    }
+    assert set(clients["rl-trainer"].allowed_scopes) == {"broker:accounts", "broker:orders", "events:publish"}
+    for cid in ("resource-api", "rl-trainer", "broker-gateway", "ml-scorer", "digest-worker"):
+        c = clients[cid]
+        assert c.client_type == "confidential" and c.grant_types == ["client_credentials"]
+        assert c.client_secret_hash.startswith("$argon2id$")
+        assert dev_client_secret(cid) not in c.client_secret_hash
+        assert verify_secret(c.client_secret_hash, dev_client_secret(cid))
+    assert user.password_hash.startswith("$argon2id$")
+    assert verify_secret(user.password_hash, "demo-password")
+
+
+def test_seed_repairs_drifted_metadata(session_factory) -> None:
+    with session_scope(session_factory) as s:
+        s.get(Client, "ml-scorer").allowed_scopes = ["tampered"]
+    seed_dev(session_factory)
+    with session_scope(session_factory) as s:
+        assert s.get(Client, "ml-scorer").allowed_scopes == ["events:publish"]
