@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
-
 from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt_api.bootstrap import ApiRuntime, bootstrap, serve
@@ -154,7 +153,7 @@ def running_api(api_settings: ApiSettings, test_issuer: TestIssuer) -> Iterator[
 
 
 @pytest.fixture
-async def client(running_api: RunningApi) -> httpx.AsyncClient:
+async def client(running_api: RunningApi) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=running_api.base_url, timeout=30) as c:
         yield c
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from bsopt_common.settings import DEV_ISSUER, RESOURCE_API_AUDIENCE, ServiceSettings
@@ -35,6 +36,14 @@ class AuthSettings(ServiceSettings):
     seed_dev_on_start: bool = False
     #: Cache lifetime the JWKS and metadata documents advertise to clients, seconds.
     discovery_max_age_seconds: int = Field(300, ge=0)
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_is_a_plain_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("issuer must be an http(s) URL without query or fragment (RFC 8414 §2)")
+        return value
 
     # Endpoint URLs derive from the issuer. (Names differ from ServiceSettings'
     # ``token_endpoint`` / ``jwks_url``, which are a resource server's overrides.)

@@ -3,19 +3,24 @@ uvicorn process on a free 127.0.0.1 port."""
 
 from __future__ import annotations
 
+import html
 import os
+import re
+import secrets
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
 from bsopt_auth.__main__ import cli
+from bsopt_auth.rfc7636 import create_s256_code_challenge
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -99,3 +104,29 @@ def test_serve_over_real_http(server: str) -> None:
         assert resp.status_code == 200, resp.text
         jwks = http.get(meta["jwks_uri"]).json()
         assert jwks["keys"]
+
+
+def test_code_flow_and_userinfo_over_real_http(server: str) -> None:
+    verifier = secrets.token_urlsafe(48)
+    redirect_uri = "http://127.0.0.1:45678/callback"
+    with httpx.Client(base_url=server, timeout=10) as http:
+        page = http.get("/authorize", params={
+            "response_type": "code", "client_id": "bsopt-cli", "redirect_uri": redirect_uri,
+            "scope": "openid profile", "state": "x", "code_challenge": create_s256_code_challenge(verifier),
+            "code_challenge_method": "S256",
+        })
+        assert page.status_code == 200
+        fields = {html.unescape(n): html.unescape(v) for n, v in
+                  re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', page.text)}
+        fields.update(username="demo", password="demo-password")
+        resp = http.post("/authorize", data=fields)
+        assert resp.status_code == 302
+        code = parse_qs(urlsplit(resp.headers["location"]).query)["code"][0]
+        tokens = http.post("/oauth2/token", data={
+            "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+            "client_id": "bsopt-cli", "code_verifier": verifier,
+        })
+        assert tokens.status_code == 200, tokens.text
+        info = http.get("/userinfo", headers={"Authorization": "Bearer " + tokens.json()["access_token"]})
+        assert info.status_code == 200, info.text
+        assert info.json()["preferred_username"] == "demo"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.templates import render
 
@@ -25,6 +27,12 @@ def test_env_prefix(monkeypatch) -> None:
     assert s.port == 9100 and s.access_token_ttl_seconds == 60
     assert s.authorization_endpoint_url == "https://auth.example.com/authorize"
     assert s.database_url == "postgresql://u@h/db"
+
+
+@pytest.mark.parametrize("issuer", ["ftp://x", "https://x/?a=1", "https://x/#f", "not a url"])
+def test_issuer_must_be_a_plain_url(issuer: str) -> None:
+    with pytest.raises(ValueError):
+        AuthSettings(_env_file=None, issuer=issuer)
 
 
 def test_templates_autoescape() -> None:

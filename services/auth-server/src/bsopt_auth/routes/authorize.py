@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
@@ -84,14 +83,14 @@ async def authorize_get(request: Request) -> Response:
     return _login_page(state, req)
 
 
-def _login(state: AppState, items: list[tuple[str, str]]) -> tuple[str, Any]:
-    """Returns ("redirect", url) | ("form", (request, username)) | ("error", description)."""
+def _login(state: AppState, items: list[tuple[str, str]]) -> Response:
+    """Re-validate the request carried by the form, check the credentials, issue a code."""
     try:
         req = _validate(state, items)
     except UnsafeRedirectError as exc:
-        return "error", exc.description
+        return _error_page(exc.description)
     except AuthorizationRedirectError as exc:
-        return "redirect", error_redirect(exc, state.settings.issuer)
+        return _redirect(error_redirect(exc, state.settings.issuer))
 
     form = dict(items)
     username = form.get("username", "")
@@ -105,14 +104,16 @@ def _login(state: AppState, items: list[tuple[str, str]]) -> tuple[str, Any]:
         ok = verify_secret(user.password_hash if user else None, password[:MAX_CREDENTIAL_LENGTH])
         if not ok or user is None:
             log.info("login failed for client_id=%s", req.client.client_id)
-            return "form", (req, username[:MAX_CREDENTIAL_LENGTH])
+            return _login_page(
+                state, req, status_code=401, error=LOGIN_FAILED, username=username[:MAX_CREDENTIAL_LENGTH]
+            )
         if needs_rehash(user.password_hash):
             user.password_hash = hash_secret(password)
         code = issue_authorization_code(
             session, req, user.id, ttl_seconds=state.settings.authorization_code_ttl_seconds
         )
     log.info("authorization code issued client_id=%s user_id=%s", req.client.client_id, user.id)
-    return "redirect", success_redirect(req, code, state.settings.issuer)
+    return _redirect(success_redirect(req, code, state.settings.issuer))
 
 
 @router.post("/authorize")
@@ -120,13 +121,7 @@ async def authorize_post(request: Request) -> Response:
     state = AppState.of(request)
     form = await request.form()
     items = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-    kind, value = await run_in_threadpool(_login, state, items)
-    if kind == "redirect":
-        return _redirect(value)
-    if kind == "error":
-        return _error_page(value)
-    req, username = value
-    return _login_page(state, req, status_code=401, error=LOGIN_FAILED, username=username)
+    return await run_in_threadpool(_login, state, items)
 
 
 __all__ = ["router"]
