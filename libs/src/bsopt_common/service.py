@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt_common import migrations
 from bsopt_common.db import create_db_engine, make_session_factory, wait_for_database
-from bsopt_common.events import EventConsumer, EventPublisher, Handler, Outbox, OutboxRelay, dlq_topic
+from bsopt_common.events import EventConsumer, EventPublisher, Handler, Outbox, OutboxRelay
 from bsopt_common.security import AccessTokenVerifier, ClientCredentialsTokenProvider, JWKSCache
 from bsopt_common.settings import ServiceSettings
 
@@ -66,6 +66,7 @@ class ServiceRuntime:
     consumers: list[EventConsumer] = field(default_factory=list)
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _relay: OutboxRelay | None = None
+    _events_verifier: AccessTokenVerifier | None = None
 
     def connect_database(self) -> None:
         self.engine = create_db_engine(self.settings.require_database_url(), application_name=self.settings.service_name)
@@ -82,7 +83,7 @@ class ServiceRuntime:
         if self.audience is not None:
             self.verifier = make_verifier(self.settings, self.audience)
         if publish or consumer_specs:
-            self.token_provider = make_token_provider(self.settings)
+            self.token_provider = self.token_provider or make_token_provider(self.settings)
             bootstrap = self.settings.require_kafka()
             self.publisher = EventPublisher(bootstrap, source=f"/bsopt/{self.settings.service_name}",
                                             token_provider=self.token_provider)
@@ -90,6 +91,7 @@ class ServiceRuntime:
             self._relay = OutboxRelay(self.outbox, self.session_factory, self.publisher)
             self._tasks.append(asyncio.create_task(self._relay.run(), name="outbox-relay"))
             events_verifier = make_verifier(self.settings, "urn:bsopt:events")
+            self._events_verifier = events_verifier
             for spec in consumer_specs:
                 consumer = EventConsumer(
                     bootstrap_servers=bootstrap, group_id=spec.group_id, topics=spec.topics,
@@ -116,13 +118,9 @@ class ServiceRuntime:
             await self.publisher.stop()
         if self.token_provider is not None:
             await self.token_provider.aclose()
-        if self.verifier is not None:
-            await self.verifier.jwks.aclose()
+        for verifier in (self.verifier, self._events_verifier):
+            if verifier is not None:
+                await verifier.jwks.aclose()
         if self.engine is not None:
             self.engine.dispose()
 
-    def topics_for_dlq(self, topics: Iterable[str]) -> list[str]:
-        return [dlq_topic(t) for t in topics]
-
-
-TopicFilter = Callable[[str], bool]

@@ -49,7 +49,8 @@ def token_provider_for(issuer: TestIssuer, client_id: str) -> ClientCredentialsT
         form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
         if form.get("grant_type") != "client_credentials":
             return httpx.Response(400, json={"error": "unsupported_grant_type"})
-        token = issuer.token(aud=form["resource"], scope=form.get("scope", ""), sub=client_id, client_id=client_id)
+        token = issuer.token(aud=form["resource"], scope=form.get("scope", ""), sub=client_id,
+                             client_id=client_id)
         return httpx.Response(200, json={"access_token": token, "token_type": "Bearer", "expires_in": 300})
 
     return ClientCredentialsTokenProvider(

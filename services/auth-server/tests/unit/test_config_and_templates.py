@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bsopt_auth.config import AuthSettings
-from bsopt_auth.templates import render
+from bsopt_auth.pages import render
 
 
 def test_defaults(monkeypatch) -> None:

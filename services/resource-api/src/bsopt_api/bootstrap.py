@@ -88,8 +88,8 @@ def bootstrap(settings: ApiSettings, *, token_provider: TokenSource | None = Non
     """An unstarted runtime for ``settings``."""
     service = ServiceRuntime(settings, schema=SCHEMA, migrations_package="bsopt_api",
                              audience=RESOURCE_API_AUDIENCE)
-    return ApiRuntime(settings=settings, service=service, hub=CoachHub(max_pending=settings.ws_max_pending_messages),
-                      token_provider=token_provider)
+    hub = CoachHub(max_pending=settings.ws_max_pending_messages)
+    return ApiRuntime(settings=settings, service=service, hub=hub, token_provider=token_provider)
 
 
 async def serve(settings: ApiSettings, stop: asyncio.Event, *, runtime: ApiRuntime | None = None) -> None:

@@ -33,7 +33,9 @@ class Backend:
     scope: str
 
 
-BROKER_GATEWAY = Backend("broker-gateway", BROKER_GATEWAY_AUDIENCE, "broker:accounts broker:orders broker:import")
+BROKER_GATEWAY = Backend(
+    "broker-gateway", BROKER_GATEWAY_AUDIENCE, "broker:accounts broker:orders broker:import"
+)
 ML_SCORER = Backend("ml-scorer", ML_SCORER_AUDIENCE, "scorer:read")
 RL_TRAINER = Backend("rl-trainer", RL_TRAINER_AUDIENCE, "trainer:jobs.read trainer:jobs.write")
 
@@ -61,7 +63,9 @@ class BackendClients:
         self._trainer: trainer_grpc.RlTrainerServiceStub | None = None
 
     def _channel(self, target: str, backend: Backend) -> aio.Channel:
-        channel = authorized_channel(target, self.token_provider, backend.audience, backend.scope)  # type: ignore[arg-type]
+        channel = authorized_channel(
+            target, self.token_provider, backend.audience, backend.scope  # type: ignore[arg-type]
+        )
         self._channels.append(channel)
         return channel
 
@@ -70,7 +74,9 @@ class BackendClients:
         if self._channels:
             return
         s = self.settings
-        self._broker = broker_grpc.BrokerGatewayServiceStub(self._channel(s.broker_gateway_target, BROKER_GATEWAY))
+        self._broker = broker_grpc.BrokerGatewayServiceStub(
+            self._channel(s.broker_gateway_target, BROKER_GATEWAY)
+        )
         self._scorer = scorer_grpc.MlScorerServiceStub(self._channel(s.ml_scorer_target, ML_SCORER))
         self._trainer = trainer_grpc.RlTrainerServiceStub(self._channel(s.rl_trainer_target, RL_TRAINER))
 

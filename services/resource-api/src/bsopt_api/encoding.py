@@ -71,7 +71,12 @@ def training_spec(spec: trainer_pb.TrainingJobSpec) -> dict[str, Any]:
 
 
 def evaluation_metrics(m: trainer_pb.EvaluationMetrics) -> dict[str, Any]:
-    return {"total_return": m.total_return, "sharpe": m.sharpe, "max_drawdown": m.max_drawdown, "trades": m.trades}
+    return {
+        "total_return": m.total_return,
+        "sharpe": m.sharpe,
+        "max_drawdown": m.max_drawdown,
+        "trades": m.trades,
+    }
 
 
 def training_results(r: trainer_pb.TrainingResults) -> dict[str, Any]:

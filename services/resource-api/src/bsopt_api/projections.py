@@ -105,5 +105,7 @@ def latest_digest(session: Session, user_id: str) -> dict[str, Any] | None:
         "net_cash_flow_usd": row.net_cash_flow_usd,
         "summary": row.summary,
         "version": row.version,
-        "updated_at": row.updated_at.astimezone(UTC).isoformat().replace("+00:00", "Z") if row.updated_at else None,
+        "updated_at": (
+            row.updated_at.astimezone(UTC).isoformat().replace("+00:00", "Z") if row.updated_at else None
+        ),
     }

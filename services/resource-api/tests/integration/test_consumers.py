@@ -27,7 +27,8 @@ from bsopt_common.db import session_scope
 from bsopt_common.events import EventConsumer, EventPublisher, dlq_topic
 from bsopt_common.testing.pytest_plugin import create_topics
 
-TOPICS = [TRADES_SCORED_TOPIC, DIGESTS_READY_TOPIC, dlq_topic(TRADES_SCORED_TOPIC), dlq_topic(DIGESTS_READY_TOPIC)]
+TOPICS = [TRADES_SCORED_TOPIC, DIGESTS_READY_TOPIC,
+          dlq_topic(TRADES_SCORED_TOPIC), dlq_topic(DIGESTS_READY_TOPIC)]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,8 @@ async def publisher_for(kafka_bootstrap, token_provider) -> AsyncIterator[Callab
     started: list[EventPublisher] = []
 
     async def make(client_id: str) -> EventPublisher:
-        pub = EventPublisher(kafka_bootstrap, source=f"/bsopt/{client_id}", token_provider=token_provider(client_id))
+        pub = EventPublisher(kafka_bootstrap, source=f"/bsopt/{client_id}",
+                             token_provider=token_provider(client_id))
         await pub.start()
         started.append(pub)
         return pub
@@ -64,7 +66,8 @@ def trade_scored(user_id: str, trade_id: str | None = None) -> scorer_events.Tra
     executed = Timestamp()
     executed.FromJsonString("2024-03-04T00:00:00Z")
     return scorer_events.TradeScored(trade=scorer_pb.ScoredTrade(
-        trade_id=trade_id or f"t-{uuid.uuid4().hex[:10]}", user_id=user_id, account_id="acct-1", symbol="MSFT",
+        trade_id=trade_id or f"t-{uuid.uuid4().hex[:10]}", user_id=user_id, account_id="acct-1",
+        symbol="MSFT",
         side=broker_pb.SIDE_SELL, quantity=5, price_usd=402.1, executed_at=executed,
         label=scorer_pb.BIAS_LABEL_PANIC, explanation="sold after -6.2% in 1 day (RSI 24)",
         reflection="Was the plan to sell at this level?",
@@ -100,7 +103,8 @@ def stored_count(db, user_id: str) -> int:
 
 
 async def open_live_socket(running_api, tokens, user_id: str):
-    ws = await connect(running_api.ws_url, additional_headers=tokens.bearer(tokens.user("trades:read", sub=user_id)))
+    headers = tokens.bearer(tokens.user("trades:read", sub=user_id))
+    ws = await connect(running_api.ws_url, additional_headers=headers)
     await eventually(lambda: running_api.runtime.hub.connections(user_id) >= 1, 5)
     return ws
 
@@ -116,8 +120,9 @@ async def test_scored_trade_is_stored_and_pushed_to_that_users_socket_only(
 
         message = await recv_json(mine)
         assert message == {
-            "type": "coach.reflect", "seq": message["seq"], "trade_id": event.trade.trade_id, "label": "PANIC",
-            "explanation": "sold after -6.2% in 1 day (RSI 24)", "reflection": "Was the plan to sell at this level?",
+            "type": "coach.reflect", "seq": message["seq"], "trade_id": event.trade.trade_id,
+            "label": "PANIC", "explanation": "sold after -6.2% in 1 day (RSI 24)",
+            "reflection": "Was the plan to sell at this level?",
             "symbol": "MSFT", "side": "sell", "executed_at": "2024-03-04T00:00:00Z",
         }
         with pytest.raises(TimeoutError):
@@ -159,7 +164,8 @@ async def test_redelivered_event_is_neither_stored_nor_pushed_twice(
     assert stored_count(db, user) == 1
 
 
-async def test_digest_projection_keeps_the_highest_version(running_api, client, tokens, publisher_for, consumer):
+async def test_digest_projection_keeps_the_highest_version(
+        running_api, client, tokens, publisher_for, consumer):
     user = tokens.new_user()
     headers = tokens.bearer(tokens.user("trades:read", sub=user))
     publisher = await publisher_for("digest-worker")

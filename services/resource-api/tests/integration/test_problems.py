@@ -30,7 +30,8 @@ BACKEND_CALLS = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "body"), BACKEND_CALLS, ids=[f"{m} {p}" for m, p, _ in BACKEND_CALLS])
+@pytest.mark.parametrize(("method", "path", "body"), BACKEND_CALLS,
+                         ids=[f"{m} {p}" for m, p, _ in BACKEND_CALLS])
 async def test_unreachable_backend_is_503_problem(client, tokens, method, path, body, running_api):
     resp = await client.request(method, path, json=body, headers=tokens.bearer(tokens.user()))
     assert resp.status_code == 503, resp.text
@@ -56,14 +57,16 @@ INVALID_BODIES = [
     ("POST", "/v1/training-jobs/job-1/paper-trading", {}, None),
     ("POST", "/v1/accounts", {"broker": "alpaca", "initial_cash_usd": 10}, None),
     ("POST", "/v1/accounts", {"broker": "paper", "initial_cash_usd": 0}, None),
-    ("POST", "/v1/accounts/acct-1/imports", {"start": "2024-02-01", "end": "2024-01-01"}, "start must be before end"),
+    ("POST", "/v1/accounts/acct-1/imports", {"start": "2024-02-01", "end": "2024-01-01"},
+     "start must be before end"),
     ("POST", "/v1/accounts/acct-1/imports", {"start": "last week", "end": "2024-01-01"}, None),
     ("GET", "/v1/trades?limit=0", None, None),
 ]
 
 
 @pytest.mark.parametrize(("method", "path", "body", "message"), INVALID_BODIES)
-async def test_invalid_request_is_422_problem_before_any_backend_call(client, tokens, method, path, body, message):
+async def test_invalid_request_is_422_problem_before_any_backend_call(
+        client, tokens, method, path, body, message):
     resp = await client.request(method, path, json=body, headers=tokens.bearer(tokens.user()))
     assert resp.status_code == 422, resp.text
     assert resp.headers["content-type"] == "application/problem+json"

@@ -9,7 +9,8 @@ def test_defaults(monkeypatch):
     for name in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"):
         monkeypatch.delenv(name, raising=False)
     s = ApiSettings(_env_file=None)
-    assert (s.host, s.port, s.service_name, s.client_id) == ("127.0.0.1", 8000, "resource-api", "resource-api")
+    assert (s.host, s.port) == ("127.0.0.1", 8000)
+    assert (s.service_name, s.client_id) == ("resource-api", "resource-api")
     assert (s.broker_gateway_target, s.ml_scorer_target, s.rl_trainer_target) == (
         "127.0.0.1:50051", "127.0.0.1:50052", "127.0.0.1:50053")
     assert s.paper_trading_timeout_seconds >= 300

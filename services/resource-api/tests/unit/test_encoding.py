@@ -58,16 +58,19 @@ def test_finished_job_has_all_three_evaluations():
                                                                     mlp_baseline=m, buy_and_hold=m,
                                                                     checkpoint_uri="file:///ckpt/j1.pt"))
     results = encoding.training_job(job)["results"]
-    assert set(results) == {"model", "window", "timesteps", "seconds", "agent", "mlp_baseline", "buy_and_hold",
-                            "checkpoint_uri"}
+    assert set(results) == {
+        "model", "window", "timesteps", "seconds", "agent", "mlp_baseline", "buy_and_hold", "checkpoint_uri",
+    }
     assert results["agent"] == {"total_return": 0.12, "sharpe": 1.3, "max_drawdown": 0.08, "trades": 14}
 
 
 def test_scored_trade_json():
-    t = scorer_pb.ScoredTrade(trade_id="t1", user_id="u1", symbol="GOOGL", side=broker_pb.SIDE_BUY, quantity=3,
-                              price_usd=140.0, label=scorer_pb.BIAS_LABEL_FOMO,
+    t = scorer_pb.ScoredTrade(trade_id="t1", user_id="u1", symbol="GOOGL", side=broker_pb.SIDE_BUY,
+                              quantity=3, price_usd=140.0, label=scorer_pb.BIAS_LABEL_FOMO,
                               features=scorer_pb.TradeFeatures(rsi_14=71.2, close_usd=140.0))
     out = encoding.scored_trade(t)
     assert (out["side"], out["label"], out["executed_at"]) == ("buy", "FOMO", None)
-    assert set(out["features"]) == {"rsi_14", "atr_14", "bollinger_position", "change_1d", "change_5d", "close_usd"}
+    assert set(out["features"]) == {
+        "rsi_14", "atr_14", "bollinger_position", "change_1d", "change_5d", "close_usd",
+    }
     assert "user_id" not in out

@@ -25,7 +25,8 @@ def test_table_is_exactly_the_documented_mapping():
     assert dict(GRPC_TO_HTTP) == EXPECTED
 
 
-@pytest.mark.parametrize("code", [c for c in grpc.StatusCode if c not in EXPECTED and c != grpc.StatusCode.OK])
+@pytest.mark.parametrize("code", [c for c in grpc.StatusCode
+                                  if c not in EXPECTED and c != grpc.StatusCode.OK])
 def test_every_other_status_is_bad_gateway(code):
     assert http_status_for(code) == 502
 
@@ -58,9 +59,11 @@ async def test_client_errors_carry_the_backends_message(code):
     }
 
 
-@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN])
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL,
+                                  grpc.StatusCode.UNKNOWN])
 async def test_server_errors_hide_transport_details(code):
-    resp = await _get(_app_raising(code, "failed to connect to all addresses; last error: ipv4:10.0.0.7:50051"))
+    details = "failed to connect to all addresses; last error: ipv4:10.0.0.7:50051"
+    resp = await _get(_app_raising(code, details))
     assert resp.status_code == http_status_for(code)
     assert "10.0.0.7" not in resp.text
     assert resp.json()["grpc_status"] == code.name

@@ -24,7 +24,7 @@ from bsopt_auth.rfc6749.authorization import (
     validate_authorization_request,
 )
 from bsopt_auth.routes.state import AppState
-from bsopt_auth.templates import render
+from bsopt_auth.pages import render
 
 log = logging.getLogger(__name__)
 router = APIRouter()

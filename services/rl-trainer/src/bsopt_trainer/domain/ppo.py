@@ -79,8 +79,11 @@ class PPOConfig:
     gives the value head targets of order 1). Reported episodic returns are unscaled."""
     seed: int = 0
     """Seeds ``random``, ``numpy``, ``torch`` and env ``i`` (with ``seed + i``)."""
-    torch_threads: int = 2
-    """``torch.set_num_threads`` during training (restored afterwards)."""
+    torch_threads: int = 1
+    """``torch.set_num_threads`` during training (restored afterwards). 1 by default: the
+    networks are tiny, and on a 2-core machine shared with other processes two OpenMP
+    threads spin-wait on each other (measured 4-5x slower than one thread under load,
+    only ~1.4x faster on an idle machine)."""
     torch_deterministic: bool = True
     """Set ``torch.backends.cudnn.deterministic`` (CPU kernels are deterministic anyway)."""
 

@@ -31,7 +31,8 @@ async def create_account(
 @router.get("/{account_id}", response_model=Account)
 async def get_account(account_id: str, principal: TradesReader, backends: Backends) -> dict[str, Any]:
     account = await backends.broker_gateway.GetAccount(
-        pb.GetAccountRequest(account_id=account_id, user_id=principal.subject), timeout=backends.timeout_seconds
+        pb.GetAccountRequest(account_id=account_id, user_id=principal.subject),
+        timeout=backends.timeout_seconds,
     )
     return encoding.account(account)
 

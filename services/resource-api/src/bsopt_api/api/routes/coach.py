@@ -92,7 +92,9 @@ async def _replay(ws: WebSocket, factory: sessionmaker[Session], user_id: str, a
             return cursor
 
 
-async def _serve_live(ws: WebSocket, sub: Subscription, last_sent: int | None, *, token_expires_at: int) -> None:
+async def _serve_live(
+    ws: WebSocket, sub: Subscription, last_sent: int | None, *, token_expires_at: int
+) -> None:
     """Until the client leaves, the hub closes the subscription, or the token expires."""
 
     async def send() -> None:

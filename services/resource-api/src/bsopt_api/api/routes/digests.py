@@ -26,5 +26,7 @@ async def latest_digest(principal: TradesReader, factory: SessionFactory) -> dic
 
     digest = await asyncio.to_thread(read)
     if digest is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no weekly digest yet; import and score some trades first")
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, "no weekly digest yet; import and score some trades first"
+        )
     return digest

@@ -20,6 +20,7 @@ async def list_trades(
 ) -> list[dict[str, Any]]:
     """Scored trades, newest ``executed_at`` first, at most ``limit``."""
     resp = await backends.ml_scorer.ListScoredTrades(
-        pb.ListScoredTradesRequest(user_id=principal.subject, page_size=limit), timeout=backends.timeout_seconds
+        pb.ListScoredTradesRequest(user_id=principal.subject, page_size=limit),
+        timeout=backends.timeout_seconds,
     )
     return [encoding.scored_trade(t) for t in resp.trades]
