@@ -5,34 +5,28 @@ driven through httpx. ``oauth`` bundles the protocol steps the tests share."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import secrets
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
 
-if importlib.util.find_spec("bsopt_auth") is None:  # not (yet) installed in the venv
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from joserfc import jwt
+from joserfc.jwk import KeySet
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
-from joserfc import jwt  # noqa: E402
-from joserfc.jwk import KeySet  # noqa: E402
-from sqlalchemy import Engine  # noqa: E402
-from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
+from bsopt_common.db import create_db_engine, make_session_factory
 
-from bsopt_common.db import create_db_engine, make_session_factory  # noqa: E402
-
-from bsopt_auth.app import create_app  # noqa: E402
-from bsopt_auth.config import AuthSettings  # noqa: E402
-from bsopt_auth.db import migrate  # noqa: E402
-from bsopt_auth.rfc7636 import create_s256_code_challenge  # noqa: E402
-from bsopt_auth.seed import CLI_CLIENT_ID, DEMO_PASSWORD, DEMO_USERNAME, seed_dev  # noqa: E402
+from bsopt_auth.app import create_app
+from bsopt_auth.config import AuthSettings
+from bsopt_auth.db import migrate
+from bsopt_auth.rfc7636 import create_s256_code_challenge
+from bsopt_auth.seed import CLI_CLIENT_ID, DEMO_PASSWORD, DEMO_USERNAME, seed_dev
 
 ISSUER = "http://127.0.0.1:9000"
 TOKEN_PATH = "/oauth2/token"
