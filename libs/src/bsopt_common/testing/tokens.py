@@ -137,3 +137,14 @@ class TestIssuer:
         new.ensure_kid()
         self.key = new
         self.published = [new, *self.published]
+
+
+def refusal_tokens(issuer: TestIssuer, audience: str, scope: str) -> dict[str, str | None]:
+    """The four tokens every resource server must refuse, by name: none, one for another
+    audience, an expired one, and one signed by a key that is not in the JWKS."""
+    return {
+        "no-token": None,
+        "wrong-aud": issuer.token(aud="urn:bsopt:somewhere-else", scope=scope),
+        "expired": issuer.expired_token(aud=audience, scope=scope),
+        "unknown-key": issuer.token(aud=audience, scope=scope, rogue=True),
+    }

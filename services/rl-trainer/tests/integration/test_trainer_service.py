@@ -1,0 +1,74 @@
+"""rl-trainer's gRPC server: token refusals, and bad job specs answered with
+INVALID_ARGUMENT before anything is queued."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from bsopt.rl_trainer.v1 import rl_trainer_pb2 as pb
+from bsopt.rl_trainer.v1 import rl_trainer_pb2_grpc as pb_grpc
+from bsopt_common.settings import RL_TRAINER_AUDIENCE
+from bsopt_common.testing.services import ServiceThread, free_port
+from bsopt_common.testing.tokens import refusal_tokens
+from bsopt_trainer.bootstrap import serve
+from bsopt_trainer.config import TrainerSettings
+
+SCOPES = "trainer:jobs.read trainer:jobs.write"
+
+
+@pytest.fixture(scope="module")
+def trainer(postgres_url, kafka_bootstrap, test_issuer, tmp_path_factory):
+    port = free_port()
+    settings = TrainerSettings(
+        database_url=postgres_url, kafka_bootstrap_servers=kafka_bootstrap, port=port, issuer=test_issuer.issuer,
+        jwks_url=test_issuer.jwks_url, token_endpoint=test_issuer.token_url, client_secret="dev-rl-trainer-secret",
+        broker_gateway_target=f"127.0.0.1:{free_port()}", artifacts_dir=tmp_path_factory.mktemp("artifacts"))
+    with ServiceThread(lambda stop: serve(settings, stop), port=port):
+        yield f"127.0.0.1:{port}"
+
+
+def call(target: str, method: str, request, token: str | None):
+    with grpc.insecure_channel(target) as ch:
+        md = (("authorization", f"Bearer {token}"),) if token else ()
+        return getattr(pb_grpc.RlTrainerServiceStub(ch), method)(request, metadata=md, timeout=30)
+
+
+@pytest.mark.parametrize("kind", ["no-token", "wrong-aud", "expired", "unknown-key"])
+def test_refuses(trainer, test_issuer, kind):
+    token = refusal_tokens(test_issuer, RL_TRAINER_AUDIENCE, SCOPES)[kind]
+    with pytest.raises(grpc.RpcError) as err:
+        call(trainer, "GetTrainingJob", pb.GetTrainingJobRequest(job_id="x", user_id="u"), token)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def spec(**kw) -> pb.TrainingJobSpec:
+    base = dict(symbol="GOOGL", train_start="2009-05-22", train_end="2016-11-30", test_start="2017-01-03",
+                test_end="2018-08-29", window_size=16, total_timesteps=1024, transaction_cost_bps=10)
+    return pb.TrainingJobSpec(**{**base, **kw})
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(test_start="2016-12-05"), "window"),          # fewer than 16 bars of gap: look-ahead risk
+    (dict(train_end="2017-02-01"), "after train_end"),  # overlapping windows
+    (dict(test_end="2030-01-01"), "2030"),              # outside the data
+    (dict(train_start="22/05/2009"), "ISO date"),
+    (dict(symbol="NOPE"), "NOPE"),
+])
+def test_bad_specs_are_invalid_argument(trainer, test_issuer, bad, message):
+    tok = test_issuer.token(aud=RL_TRAINER_AUDIENCE, scope=SCOPES)
+    with pytest.raises(grpc.RpcError) as err:
+        call(trainer, "SubmitTrainingJob", pb.SubmitTrainingJobRequest(user_id="u1", spec=spec(**bad)), tok)
+    assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+    assert message in err.value.details()
+
+
+def test_other_users_job_is_not_found(trainer, test_issuer):
+    tok = test_issuer.token(aud=RL_TRAINER_AUDIENCE, scope=SCOPES)
+    job = call(trainer, "SubmitTrainingJob", pb.SubmitTrainingJobRequest(user_id="owner", spec=spec()), tok)
+    assert job.status in (pb.JOB_STATUS_QUEUED, pb.JOB_STATUS_RUNNING)
+    assert call(trainer, "GetTrainingJob", pb.GetTrainingJobRequest(job_id=job.job_id, user_id="owner"),
+                tok).job_id == job.job_id
+    with pytest.raises(grpc.RpcError) as err:
+        call(trainer, "GetTrainingJob", pb.GetTrainingJobRequest(job_id=job.job_id, user_id="intruder"), tok)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
