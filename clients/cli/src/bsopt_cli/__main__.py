@@ -85,7 +85,7 @@ def up(state_dir: Path = typer.Option(Path(".state"))) -> None:
 
 @app.command()
 def demo(
-    timesteps: int = typer.Option(40_000, help="PPO timesteps per model (agent and MLP baseline each)"),
+    timesteps: int = typer.Option(131_072, help="PPO timesteps per model (agent and MLP baseline each)"),
     seed: int = typer.Option(0),
     state_dir: Path = typer.Option(Path(".state")),
     report_dir: Path = typer.Option(Path("demo-report")),

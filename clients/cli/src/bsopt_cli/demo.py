@@ -48,7 +48,7 @@ class DemoOptions:
     api_url: str
     username: str
     password: str
-    total_timesteps: int = 40_000
+    total_timesteps: int = 131_072
     seed: int = 0
     transaction_cost_bps: float = 10.0
     initial_cash_usd: float = 100_000.0

@@ -21,5 +21,5 @@ class TrainerSettings(ServiceSettings):
     artifacts_dir: Path = Path(".state/artifacts")
     #: Training jobs run one at a time per replica (CPU-bound).
     max_concurrent_jobs: int = 1
-    #: Threads torch may use for one training.
-    torch_threads: int = 2
+    #: Threads torch may use for one training (1: two threads spin-wait badly on a busy 2-core host).
+    torch_threads: int = 1

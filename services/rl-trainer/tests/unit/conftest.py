@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-
-# The editable install of bsopt-rl-trainer predates the package directory; make the source
-# tree importable either way.
-if importlib.util.find_spec("bsopt_trainer") is None:  # pragma: no cover - environment dependent
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 
 def bars_from_closes(closes, *, volume=None, start="2020-01-01") -> pd.DataFrame:

@@ -15,7 +15,6 @@ from bsopt_trainer.domain.job import (
     DEFAULT_TRAIN_END,
     TEST_TOTAL_TIMESTEPS,
     JobResult,
-    TrainingSpec,
     default_spec,
     paper_trading_positions,
     run_training_job,
@@ -32,7 +31,8 @@ def test_default_split_respects_no_look_ahead(googl_bars):
     # The warm-up bars of the test slice lie strictly after training, before the test period.
     warm_up = split.test_bars.index[: split.test_range.first]
     assert len(warm_up) == spec.window_size
-    assert (warm_up > pd.Timestamp(DEFAULT_TRAIN_END)).all() and (warm_up < pd.Timestamp(DEFAULT_TEST_START)).all()
+    assert (warm_up > pd.Timestamp(DEFAULT_TRAIN_END)).all()
+    assert (warm_up < pd.Timestamp(DEFAULT_TEST_START)).all()
     assert split.test_dates[0] == date(2017, 1, 3) and split.test_dates[-1] == date(2018, 8, 28)
     assert len(split.test_dates) == len(split.test_range) == 417
 
@@ -78,10 +78,18 @@ def test_gap_rule_is_exactly_window_size(googl_bars):
         _spec(test_start=days[e + 16].date()).validate(googl_bars)
 
 
-def test_run_training_job_on_googl(tmp_path, googl_bars):
+@pytest.fixture(scope="module")
+def googl_job(tmp_path_factory, googl_bars):
+    """One tiny-budget job on real GOOGL bars: (spec, result, progress calls, checkpoint dir)."""
     spec = _spec(train_start=date(2014, 1, 2))  # a subset keeps the test quick
     calls = []
-    result = run_training_job(spec, googl_bars, tmp_path / "ckpt", progress=lambda d, t: calls.append((d, t)))
+    ckpt = tmp_path_factory.mktemp("job") / "ckpt"
+    result = run_training_job(spec, googl_bars, ckpt, progress=lambda d, t: calls.append((d, t)))
+    return spec, result, calls, ckpt
+
+
+def test_run_training_job_on_googl(googl_job, googl_bars):
+    spec, result, calls, ckpt = googl_job
 
     assert isinstance(result, JobResult) and result.model == "ppo-transformer"
     assert result.window == 16 and result.timesteps == TEST_TOTAL_TIMESTEPS
@@ -99,7 +107,7 @@ def test_run_training_job_on_googl(tmp_path, googl_bars):
     expected_bh = math.exp(-1e-3) * close[pd.Timestamp("2018-08-29")] / close[pd.Timestamp("2017-01-03")] - 1
     assert result.buy_and_hold.total_return == pytest.approx(expected_bh, abs=1e-12)
 
-    assert result.checkpoint_path.is_file() and result.checkpoint_path.parent == tmp_path / "ckpt"
+    assert result.checkpoint_path.is_file() and result.checkpoint_path.parent == ckpt
     assert result.mlp_checkpoint_path is not None and result.mlp_checkpoint_path.is_file()
     loaded = TrainedPolicy.load(result.checkpoint_path)
     assert loaded.extractor == "transformer" and loaded.metadata["window_size"] == 16
@@ -125,8 +133,7 @@ def test_test_period_bars_never_reach_training(tmp_path, googl_bars):
     assert a.buy_and_hold != b.buy_and_hold
 
 
-def test_paper_trading_rejects_mismatched_window(tmp_path, googl_bars):
-    spec = _spec(train_start=date(2015, 1, 2), total_timesteps=256)
-    result = run_training_job(spec, googl_bars, tmp_path)
+def test_paper_trading_rejects_mismatched_window(googl_job, googl_bars):
+    spec, result, _, _ = googl_job
     with pytest.raises(ValueError, match="observations"):
         paper_trading_positions(result.checkpoint_path, googl_bars, dataclasses.replace(spec, window_size=8))

@@ -71,12 +71,13 @@ def test_learns_to_stay_out_of_a_downtrend(make_trending_bars):
 def test_training_is_reproducible_and_reports_progress(random_bars):
     calls = []
     cfg = PPOConfig(total_timesteps=512, seed=3, **SMALL)
-    a = train_ppo(cfg, _make_env(random_bars), "mlp", {"hidden": 16}, progress=lambda d, t: calls.append((d, t)))
+    a = train_ppo(cfg, _make_env(random_bars), "mlp", {"hidden": 16}, lambda d, t: calls.append((d, t)))
     b = train_ppo(cfg, _make_env(random_bars), "mlp", {"hidden": 16})
     assert calls == [(128, 512), (256, 512), (384, 512), (512, 512)]
     for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb)
-    for key in ("charts/SPS", "losses/approx_kl", "losses/value_loss", "losses/policy_loss", "losses/entropy"):
+    keys = ("charts/SPS", "losses/approx_kl", "losses/value_loss", "losses/policy_loss", "losses/entropy")
+    for key in keys:
         assert key in a.metrics and np.isfinite(a.metrics[key])
 
 

@@ -100,7 +100,9 @@ class DecisionRange:
         try:
             first, last = value
         except (TypeError, ValueError):
-            raise ValueError(f"decision range must be DecisionRange or (first, last), got {value!r}") from None
+            raise ValueError(
+                f"decision range must be DecisionRange or (first, last), got {value!r}"
+            ) from None
         return cls(int(first), int(last))
 
 
@@ -242,9 +244,8 @@ class TradingEnv(gym.Env):
         else:
             self.decision_range = DecisionRange.coerce(decision_range)
             check_decision_range(n, w, self.decision_range)
-        self.episode_steps = (
-            len(self.decision_range) if mode == "eval" else min(self.config.episode_length, len(self.decision_range))
-        )
+        n_decisions = len(self.decision_range)
+        self.episode_steps = n_decisions if mode == "eval" else min(self.config.episode_length, n_decisions)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(w, N_FEATURES), dtype=np.float32)
         self.action_space = spaces.Discrete(2)
         # held[i] = position held over (i-1, i], i.e. chosen at bar i-1 (0 before the start).

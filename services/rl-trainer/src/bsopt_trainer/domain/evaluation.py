@@ -140,7 +140,9 @@ def evaluate_policy(
     return metrics_from_positions(bars, dr, positions, cost_bps), positions
 
 
-def buy_and_hold(bars: pd.DataFrame, decision_range: DecisionRange | tuple[int, int], cost_bps: float) -> Metrics:
+def buy_and_hold(
+    bars: pd.DataFrame, decision_range: DecisionRange | tuple[int, int], cost_bps: float
+) -> Metrics:
     """Long from the first decision bar's close to the bar after the last decision (one
     entry fee, no exit fee): ``total_return = exp(-cost) * close_{last+1} / close_first - 1``."""
     dr = DecisionRange.coerce(decision_range)

@@ -26,7 +26,9 @@ class FeaturesExtractor(nn.Module):
         super().__init__()
         shape = tuple(int(x) for x in observation_shape)
         if len(shape) != 2 or min(shape) < 1:
-            raise ValueError(f"observation_shape must be (window, n_features) with both >= 1, got {observation_shape!r}")
+            raise ValueError(
+                f"observation_shape must be (window, n_features) with both >= 1, got {observation_shape!r}"
+            )
         self.observation_shape: tuple[int, int] = shape  # (W, F)
         self._features_dim: int | None = None
 

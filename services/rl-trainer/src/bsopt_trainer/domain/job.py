@@ -53,9 +53,10 @@ DEFAULT_TEST_START = date(2017, 1, 1)
 DEFAULT_TEST_END = date(2018, 8, 29)
 
 DEMO_TOTAL_TIMESTEPS = 131_072
-"""Demo budget per model (128 PPO iterations of 8 x 128 steps). Measured on a 2-core CPU:
-the Transformer trains at ~1,500 steps/s and the MLP at ~9,500 steps/s, so both take
-about 100 s together."""
+"""Demo budget per model (128 PPO iterations of 8 x 128 steps). Measured on a shared 2-core
+CPU with one torch thread: the Transformer trains at ~1,300-1,500 steps/s and the MLP at
+~6,000-11,000 steps/s; a whole default GOOGL job took 120 s (Transformer 101 s, MLP 10 s,
+evaluation and checkpoints the rest), leaving a 2x margin under 4 minutes."""
 TEST_TOTAL_TIMESTEPS = 1_024
 """Tiny budget for end-to-end tests (one PPO iteration per model, a couple of seconds)."""
 MIN_TOTAL_TIMESTEPS = 64
@@ -109,13 +110,21 @@ class TrainingSpec:
         if int(w) != w or w < 1:
             raise ValueError(f"window_size must be a positive integer, got {w!r}")
         if int(self.total_timesteps) != self.total_timesteps or self.total_timesteps < MIN_TOTAL_TIMESTEPS:
-            raise ValueError(f"total_timesteps must be an integer >= {MIN_TOTAL_TIMESTEPS}, got {self.total_timesteps!r}")
+            raise ValueError(
+                f"total_timesteps must be an integer >= {MIN_TOTAL_TIMESTEPS}, got {self.total_timesteps!r}"
+            )
         if not math.isfinite(self.transaction_cost_bps) or self.transaction_cost_bps < 0:
-            raise ValueError(f"transaction_cost_bps must be finite and >= 0, got {self.transaction_cost_bps!r}")
+            raise ValueError(
+                f"transaction_cost_bps must be finite and >= 0, got {self.transaction_cost_bps!r}"
+            )
         if self.train_start > self.train_end:
-            raise ValueError(f"training window is reversed: train_start {self.train_start} > train_end {self.train_end}")
+            raise ValueError(
+                f"training window is reversed: train_start {self.train_start} > train_end {self.train_end}"
+            )
         if self.test_start > self.test_end:
-            raise ValueError(f"test window is reversed: test_start {self.test_start} > test_end {self.test_end}")
+            raise ValueError(
+                f"test window is reversed: test_start {self.test_start} > test_end {self.test_end}"
+            )
         if self.test_start <= self.train_end:
             raise ValueError(f"test_start {self.test_start} must be after train_end {self.train_end}")
 
@@ -134,17 +143,16 @@ class TrainingSpec:
                 f"{first_day} .. {last_day} of {self.symbol}"
             )
 
-        ts = lambda d: pd.Timestamp(d)  # noqa: E731
-        s = int(np.searchsorted(days, ts(self.train_start), side="left"))
-        e = int(np.searchsorted(days, ts(self.train_end), side="right")) - 1
+        s = int(np.searchsorted(days, pd.Timestamp(self.train_start), side="left"))
+        e = int(np.searchsorted(days, pd.Timestamp(self.train_end), side="right")) - 1
         n_train = e - s + 1
         if n_train < w + 2:
             raise ValueError(
                 f"training window {self.train_start} .. {self.train_end} has {max(n_train, 0)} bars; "
                 f"needs at least window_size + 2 = {w + 2}"
             )
-        t0 = int(np.searchsorted(days, ts(self.test_start), side="left"))
-        t_last = int(np.searchsorted(days, ts(self.test_end), side="right")) - 1
+        t0 = int(np.searchsorted(days, pd.Timestamp(self.test_start), side="left"))
+        t_last = int(np.searchsorted(days, pd.Timestamp(self.test_end), side="right")) - 1
         gap = t0 - e - 1
         if gap < w:
             raise ValueError(
@@ -155,7 +163,8 @@ class TrainingSpec:
         n_test = t_last - t0 + 1
         if n_test < 2:
             raise ValueError(
-                f"test window {self.test_start} .. {self.test_end} has {max(n_test, 0)} bars; needs at least 2"
+                f"test window {self.test_start} .. {self.test_end} has {max(n_test, 0)} bars; "
+                "needs at least 2"
             )
         train_bars = bars.iloc[s : e + 1]
         test_bars = bars.iloc[t0 - w : t_last + 1]
@@ -166,7 +175,7 @@ class TrainingSpec:
             test_bars=test_bars,
             test_range=test_range,
             gap_bars=gap,
-            test_dates=[ts_.date() for ts_ in test_bars.index[test_range.first : test_range.last + 1]],
+            test_dates=[t.date() for t in test_bars.index[test_range.first : test_range.last + 1]],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,7 +247,9 @@ class JobResult:
             "mlp_baseline": self.mlp_baseline.to_dict(),
             "buy_and_hold": self.buy_and_hold.to_dict(),
             "checkpoint_path": str(self.checkpoint_path),
-            "mlp_checkpoint_path": None if self.mlp_checkpoint_path is None else str(self.mlp_checkpoint_path),
+            "mlp_checkpoint_path": (
+                None if self.mlp_checkpoint_path is None else str(self.mlp_checkpoint_path)
+            ),
             "test_dates": [d.isoformat() for d in self.test_dates],
             "agent_positions": list(self.agent_positions),
             "mlp_positions": list(self.mlp_positions),
@@ -377,7 +388,9 @@ def paper_trading_positions(
         raise ValueError(f"checkpoint expects observations {policy.observation_shape}, spec gives {expected}")
     features = policy.metadata.get("features")
     if features is not None and list(features) != list(FEATURE_NAMES):
-        raise ValueError(f"checkpoint was trained on features {features}, this code computes {list(FEATURE_NAMES)}")
+        raise ValueError(
+            f"checkpoint was trained on features {features}, this code computes {list(FEATURE_NAMES)}"
+        )
     _, positions = evaluate_policy(policy, split.test_bars, split.test_range, spec.window_size,
                                    spec.transaction_cost_bps)
     return [(d, int(p)) for d, p in zip(split.test_dates, positions, strict=True)]

@@ -88,7 +88,9 @@ class PPOConfig:
     """Set ``torch.backends.cudnn.deterministic`` (CPU kernels are deterministic anyway)."""
 
     def __post_init__(self) -> None:
-        positive = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads")
+        positive = (
+            "total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads"
+        )
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -223,8 +225,8 @@ class TrainedPolicy:
         """``obs`` ``(B, W, F)`` float32 -> greedy actions ``(B,)`` int64."""
         arr = np.asarray(obs, dtype=np.float32)
         if arr.ndim != 3 or arr.shape[1:] != self.observation_shape:
-            raise ValueError(f"expected observations of shape (B, {', '.join(map(str, self.observation_shape))}), "
-                             f"got {arr.shape}")
+            shape = ", ".join(map(str, self.observation_shape))
+            raise ValueError(f"expected observations of shape (B, {shape}), got {arr.shape}")
         with torch.no_grad():
             logits = self.model.logits(torch.from_numpy(np.ascontiguousarray(arr)))
         return logits.argmax(dim=-1).numpy().astype(np.int64)
@@ -270,7 +272,10 @@ class TrainedPolicy:
         shape = tuple(spec["observation_shape"])
         extractor = make_extractor(spec["extractor"], shape, **spec["extractor_kwargs"])
         model = ActorCritic(extractor, int(spec["n_actions"]))
-        model.load_state_dict(payload["state_dict"])
+        try:
+            model.load_state_dict(payload["state_dict"])
+        except RuntimeError as exc:
+            raise ValueError(f"{p}: weights do not fit the recorded architecture: {exc}") from None
         return cls(
             model,
             spec["extractor"],
@@ -354,27 +359,30 @@ def train_ppo(
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.torch_threads)
+    envs: list[gym.Env] = []
     try:
-        return _train(config, make_env, extractor, kwargs, progress)
+        # ---- seeding (once), before anything random is built ----------------------
+        seed_everything(config.seed, config.torch_deterministic)
+        envs.extend(make_env(i) for i in range(config.num_envs))
+        return _train(config, envs, extractor, kwargs, progress)
     finally:
         torch.set_num_threads(previous_threads)
+        for env in envs:
+            env.close()
 
 
 def _train(
     config: PPOConfig,
-    make_env: Callable[[int], gym.Env],
+    envs: list[gym.Env],
     extractor_name: str,
     extractor_kwargs: dict[str, Any],
     progress: Callable[[int, int], None] | None,
 ) -> TrainedPolicy:
-    # ---- seeding (once) ------------------------------------------------------------
-    seed_everything(config.seed, config.torch_deterministic)
     # Private streams for action sampling and minibatch shuffling, so that other users of
     # the global RNGs in the process cannot change a training run.
     sample_gen = torch.Generator().manual_seed(config.seed)
     shuffle_rng = np.random.default_rng(config.seed)
 
-    envs = [make_env(i) for i in range(config.num_envs)]
     obs_space, act_space = envs[0].observation_space, envs[0].action_space
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 2:
         raise ValueError(f"envs need a Box observation space of shape (W, F), got {obs_space}")
@@ -467,7 +475,9 @@ def _train(
             shuffle_rng.shuffle(b_inds)
             for start in range(0, config.batch_size, config.minibatch_size):
                 mb_inds = torch.from_numpy(b_inds[start : start + config.minibatch_size])  # (M,)
-                _, newlogprob, entropy, newvalue = model.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+                _, newlogprob, entropy, newvalue = model.get_action_and_value(
+                    b_obs[mb_inds], b_actions[mb_inds]
+                )
                 logratio = newlogprob - b_logprobs[mb_inds]  # (M,)
                 ratio = logratio.exp()
                 with torch.no_grad():
@@ -527,8 +537,7 @@ def _train(
         if progress is not None:
             progress(global_step, total)
 
-    for env in envs:
-        env.close()
     return TrainedPolicy(
-        model, extractor_name, extractor_kwargs, obs_shape, n_actions, config, metrics=metrics, history=history
+        model, extractor_name, extractor_kwargs, obs_shape, n_actions, config,
+        metrics=metrics, history=history,
     )
