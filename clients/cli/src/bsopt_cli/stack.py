@@ -97,7 +97,7 @@ class Stack:
         self._pg = pg
         admin = make_url(pg.url)
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bsopt'").first() is None:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bsopt'").fetchone() is None:
                 conn.execute('CREATE DATABASE "bsopt"')
         return admin.set(database="bsopt").render_as_string(hide_password=False)
 
