@@ -19,3 +19,13 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> Non
         await main(stop)
 
     asyncio.run(runner())
+
+
+def run_service(settings, serve) -> None:  # noqa: ANN001 - ServiceSettings, serve(settings, stop)
+    """Entry point body of every service: logging, telemetry, then ``serve(settings,
+    stop)`` until SIGINT/SIGTERM."""
+    from bsopt_common.telemetry import setup_logging, setup_telemetry
+
+    setup_logging(settings.service_name)
+    setup_telemetry(settings.service_name)
+    run_until_signalled(lambda stop: serve(settings, stop))

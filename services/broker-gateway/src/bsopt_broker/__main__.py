@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from bsopt_broker.bootstrap import serve
 from bsopt_broker.config import BrokerSettings
-from bsopt_common.runtime import run_until_signalled
-from bsopt_common.telemetry import setup_logging, setup_telemetry
+from bsopt_common.runtime import run_service
 
 
 def main() -> None:
-    settings = BrokerSettings()
-    setup_logging(settings.service_name)
-    setup_telemetry(settings.service_name)
-    run_until_signalled(lambda stop: serve(settings, stop))
+    run_service(BrokerSettings(), serve)
 
 
 if __name__ == "__main__":
