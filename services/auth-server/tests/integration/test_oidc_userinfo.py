@@ -60,3 +60,43 @@ async def test_userinfo_follows_key_rotation(oauth, session_factory, settings) -
     for body in (first, second):
         resp = await oauth.client.get("/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"})
         assert resp.status_code == 200, resp.text
+
+
+def _sign(key, kid: str, alg: str, claims: dict) -> str:  # noqa: ANN001
+    from joserfc import jwt
+
+    return jwt.encode({"alg": alg, "kid": kid, "typ": "at+jwt"}, claims, key)
+
+
+def _claims(settings, sub: str, *, iat: int, ttl: int) -> dict:  # noqa: ANN001
+    return {"iss": settings.issuer, "sub": sub, "aud": [settings.issuer], "client_id": "bsopt-cli",
+            "scope": "openid profile", "iat": iat, "nbf": iat, "exp": iat + ttl, "jti": str(uuid.uuid4())}
+
+
+async def test_userinfo_rejects_an_expired_token(oauth, session_factory, settings) -> None:
+    """Signed with the server's own active key, right audience, but expired an hour ago."""
+    import time
+
+    from bsopt_auth.rfc7517 import get_active_key
+
+    sub = (await oauth.decode((await oauth.user_tokens(scope="openid"))["access_token"])).claims["sub"]
+    with session_factory() as s:
+        active = get_active_key(s, settings.signing_alg)
+    token = _sign(active.key, active.kid, active.alg, _claims(settings, sub, iat=int(time.time()) - 7200, ttl=3600))
+    resp = await oauth.client.get("/userinfo", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 401
+    assert "expired" in resp.headers["www-authenticate"]
+
+
+async def test_userinfo_rejects_a_key_not_in_the_jwks(oauth, settings) -> None:
+    """Well-formed claims, signed by a fresh key that the server never published."""
+    import time
+
+    from bsopt_auth.rfc7517 import generate_key
+
+    sub = (await oauth.decode((await oauth.user_tokens(scope="openid"))["access_token"])).claims["sub"]
+    kid, key = generate_key(settings.signing_alg)
+    token = _sign(key, kid, settings.signing_alg, _claims(settings, sub, iat=int(time.time()), ttl=300))
+    resp = await oauth.client.get("/userinfo", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 401
+    assert "JWKS" in resp.headers["www-authenticate"]
