@@ -62,7 +62,9 @@ def up(state_dir: Path = typer.Option(Path(".state"))) -> None:
     """Start Postgres, Kafka and the six services in the foreground; Ctrl-C stops all."""
     stack = Stack(state_dir=state_dir)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Handle both explicitly: a shell may start us with SIGINT ignored (background jobs).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         with console.status("starting the stack..."):
             stack.start()
