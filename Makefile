@@ -12,7 +12,7 @@ GEN    := libs/src/bsopt/.generated
 PYPROJECTS := libs/pyproject.toml $(wildcard services/*/pyproject.toml) clients/cli/pyproject.toml
 SERVICES := auth-server resource-api broker-gateway rl-trainer ml-scorer digest-worker
 
-.PHONY: venv proto test demo up clean lint
+.PHONY: venv proto test demo up clean
 
 venv: $(STAMP) $(GEN)
 
@@ -44,9 +44,6 @@ demo: venv
 
 up: venv
 	$(BIN)/bsopt up
-
-lint: venv
-	$(BIN)/python -m ruff check . || true
 
 clean:
 	rm -rf $(VENV) libs/src/bsopt .state demo-report

@@ -84,7 +84,7 @@ class GrpcServer:
         service_names: Iterable[str],
     ):
         self.server = aio.server(interceptors=[interceptor])
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         for add, servicer in registrations:
             add(servicer, self.server)
@@ -100,9 +100,7 @@ class GrpcServer:
 
     async def _set_all(self, status) -> None:  # noqa: ANN001
         for name in ["", *self.service_names]:
-            result = self.health.set(name, status)
-            if hasattr(result, "__await__"):
-                await result
+            await self.health.set(name, status)
 
     async def start(self) -> None:
         await self.server.start()

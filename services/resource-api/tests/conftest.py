@@ -7,8 +7,8 @@ A module changes what it runs against by overriding ``api_settings`` (e.g. consu
 on, with ``kafka_bootstrap``).
 
 Our client-credentials tokens (towards the backends, and the producers' event tokens)
-come from the real :class:`ClientCredentialsTokenProvider` whose HTTP client is wired to
-a token endpoint that ``test_issuer`` answers (``token_provider_for``).
+come from the real :class:`ClientCredentialsTokenProvider` asking ``test_issuer``'s token
+endpoint over HTTP (``token_provider_for``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from urllib.parse import parse_qs
 
 import httpx
 import pytest
@@ -42,21 +41,9 @@ def closed_port() -> int:
 
 
 def token_provider_for(issuer: TestIssuer, client_id: str) -> ClientCredentialsTokenProvider:
-    """A real client-credentials provider for ``client_id`` whose token endpoint is
-    answered by ``issuer`` (any resource and scope asked are granted)."""
-
-    def token_endpoint(request: httpx.Request) -> httpx.Response:
-        form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
-        if form.get("grant_type") != "client_credentials":
-            return httpx.Response(400, json={"error": "unsupported_grant_type"})
-        token = issuer.token(aud=form["resource"], scope=form.get("scope", ""), sub=client_id,
-                             client_id=client_id)
-        return httpx.Response(200, json={"access_token": token, "token_type": "Bearer", "expires_in": 300})
-
-    return ClientCredentialsTokenProvider(
-        issuer.issuer + "/oauth2/token", client_id, "dev-test-secret",
-        http_client=httpx.AsyncClient(transport=httpx.MockTransport(token_endpoint)),
-    )
+    """A real client-credentials provider for ``client_id`` talking over HTTP to the test
+    issuer's token endpoint (any resource and scope asked are granted)."""
+    return ClientCredentialsTokenProvider(issuer.token_url, client_id, "dev-test-secret")
 
 
 @dataclass

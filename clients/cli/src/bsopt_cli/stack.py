@@ -115,11 +115,11 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str], stdout=None) -> Child:  # noqa: ANN001
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        log = open(log_path, "ab")  # noqa: SIM115 - owned by the child's lifetime
-        proc = subprocess.Popen(
-            argv, env={**os.environ, **env}, stdout=stdout or log, stderr=log, stdin=subprocess.DEVNULL,
-            preexec_fn=_set_pdeathsig if sys.platform == "linux" else None,
-        )
+        with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                argv, env={**os.environ, **env}, stdout=stdout or log, stderr=log, stdin=subprocess.DEVNULL,
+                preexec_fn=_set_pdeathsig if sys.platform == "linux" else None,
+            )
         child = Child(name, proc, log_path)
         self.children.append(child)
         return child

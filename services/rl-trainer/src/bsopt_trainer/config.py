@@ -19,7 +19,5 @@ class TrainerSettings(ServiceSettings):
     broker_gateway_target: str = "127.0.0.1:50051"
     #: Where checkpoints go: ``<artifacts_dir>/jobs/<job_id>/``.
     artifacts_dir: Path = Path(".state/artifacts")
-    #: Training jobs run one at a time per replica (CPU-bound).
-    max_concurrent_jobs: int = 1
     #: Threads torch may use for one training (1: two threads spin-wait badly on a busy 2-core host).
     torch_threads: int = 1

@@ -45,13 +45,14 @@ async def run_paper_trading(
     rejections, which are counted), ValueError for a checkpoint that does not fit."""
     bars = market_data.fetch_history(spec.symbol)
     positions = await asyncio.to_thread(paper_trading_positions, checkpoint_path, bars, spec)
+    close_on = dict(zip(bars.index.date, bars["close"].astype(float), strict=True))
     account = await stub.GetAccount(bpb.GetAccountRequest(account_id=account_id, user_id=user_id), timeout=30)
     cash = account.cash_usd
     shares = next((p.quantity for p in account.positions if p.symbol == spec.symbol), 0)
     run_id = str(uuid.uuid4())
     orders = fills = rejected = 0
     for day, target in positions:
-        close = float(bars.loc[bars.index.normalize() == datetime(day.year, day.month, day.day)].iloc[0]["close"])
+        close = close_on[day]
         if target == 1 and shares == 0:
             side, qty = bpb.SIDE_BUY, math.floor(cash * (1 - CASH_MARGIN) / close)
         elif target == 0 and shares > 0:
@@ -75,6 +76,5 @@ async def run_paper_trading(
         fills += len(resp.fills)
         cash = resp.account.cash_usd
         shares = next((p.quantity for p in resp.account.positions if p.symbol == spec.symbol), 0)
-    last_close = float(bars.loc[bars.index.normalize() <= datetime(spec.test_end.year, spec.test_end.month,
-                                                                     spec.test_end.day)].iloc[-1]["close"])
+    last_close = float(bars.loc[bars.index.date <= spec.test_end, "close"].iloc[-1])
     return PaperRunResult(run_id, orders, fills, rejected, cash + shares * last_close)
