@@ -8,7 +8,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
+# Directories too: their mtime changes when a .proto is added, removed or renamed.
+PROTO_DIRS := $(shell find proto -type d)
 GEN    := libs/src/bsopt/.generated
+CODEGEN := scripts/codegen.py
+# Every extra of bsopt-libs: the dev venv runs every service, the CLI and the tests.
+LIBS_EXTRAS := http,marketdata,embedded,test
 PYPROJECTS := libs/pyproject.toml $(wildcard services/*/pyproject.toml) clients/cli/pyproject.toml
 SERVICES := auth-server resource-api broker-gateway rl-trainer ml-scorer digest-worker
 
@@ -22,18 +27,16 @@ $(STAMP): constraints.txt $(PYPROJECTS)
 	# torch first and exactly pinned, so no other requirement can pull a CUDA build
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt grpcio-tools hatchling \
-	  -e 'libs[embedded,test]' $(addprefix -e services/,$(SERVICES)) -e clients/cli
+	  -e 'libs[$(LIBS_EXTRAS)]' $(addprefix -e services/,$(SERVICES)) -e clients/cli
 	touch $@
 
 # Regenerate the Python code for every contract under proto/ (never hand-edited).
+# The one codegen step, shared with every Dockerfile; it replaces libs/src/bsopt/ as a
+# whole and writes the $(GEN) stamp last.
 proto: $(STAMP)
-	rm -rf libs/src/bsopt
-	mkdir -p libs/src/bsopt
-	$(BIN)/python -m grpc_tools.protoc -I proto \
-	  --python_out=libs/src --pyi_out=libs/src --grpc_python_out=libs/src $(PROTOS)
-	touch $(GEN)
+	$(BIN)/python $(CODEGEN)
 
-$(GEN): $(PROTOS) $(STAMP)
+$(GEN): $(PROTOS) $(PROTO_DIRS) $(CODEGEN) $(STAMP)
 	$(MAKE) proto
 
 test: venv
