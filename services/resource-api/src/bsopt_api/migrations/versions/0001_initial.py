@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from bsopt_common.events import create_event_tables, event_tables
+from bsopt_common.migrations import create_event_tables_op, drop_event_tables_op
 
 revision = "0001"
 down_revision = None
@@ -23,7 +23,7 @@ SCHEMA = "api"
 
 def upgrade() -> None:
     op.execute(f'CREATE SCHEMA IF NOT EXISTS "{SCHEMA}"')
-    create_event_tables(op.get_bind(), SCHEMA)
+    create_event_tables_op(SCHEMA)
 
     op.create_table(
         "coach_messages",
@@ -57,5 +57,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("digests", schema=SCHEMA)
     op.drop_table("coach_messages", schema=SCHEMA)
-    for table in reversed(event_tables(SCHEMA)):
-        table.drop(op.get_bind(), checkfirst=True)
+    drop_event_tables_op(SCHEMA)
