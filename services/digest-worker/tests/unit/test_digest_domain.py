@@ -6,10 +6,15 @@ import dataclasses
 import re
 import uuid
 from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from bsopt_common.errors import InvalidArgument
+from bsopt_common.money import CurrencyMismatch, Money
+from bsopt_common.vocabulary import BiasLabel, Side
+from bsopt_digest.domain import BIAS_LABELS
 from bsopt_digest.domain.digest import (
     DIGEST_NAMESPACE,
     LABELS,
@@ -17,6 +22,7 @@ from bsopt_digest.domain.digest import (
     WeeklyDigest,
     build_weekly_digests,
     digest_id,
+    format_money,
     iso_week,
 )
 
@@ -27,23 +33,28 @@ _counter = iter(range(1, 10_000))
 def rec(
     user: str = "u1",
     at: datetime = datetime(2024, 3, 6, 15, 0),
-    side: str = "BUY",
+    side: Side | str = Side.BUY,
     qty: int = 10,
-    price: float = 100.0,
-    label: str = "NONE",
+    price: Money | str = "100.00",
+    label: BiasLabel | str = BiasLabel.NONE,
     symbol: str = "GOOGL",
     trade_id: str | None = None,
 ) -> ScoredTradeRecord:
+    """A record; ``price`` as a string is an amount in USD."""
     return ScoredTradeRecord(
-        trade_id=trade_id or f"t{next(_counter)}",
+        trade_id=f"t{next(_counter)}" if trade_id is None else trade_id,
         user_id=user,
         symbol=symbol,
         side=side,  # type: ignore[arg-type]
         quantity=qty,
-        price_usd=price,
+        price=usd(price) if isinstance(price, str) else price,
         executed_at=at,
-        label=label,
+        label=label,  # type: ignore[arg-type]
     )
+
+
+def usd(amount: str) -> Money:
+    return Money.of(amount, "USD")
 
 
 # --------------------------------------------------------------------- iso_week
@@ -136,19 +147,57 @@ def test_label_counts_always_have_all_four_keys_in_order() -> None:
 
 def test_net_cash_flow_is_sells_minus_buys() -> None:
     records = [
-        rec(side="BUY", qty=10, price=101.25),  # -1012.50
-        rec(side="SELL", qty=4, price=110.10),  # +440.40
-        rec(side="SELL", qty=3, price=0.1),  # +0.30
-        rec(side="BUY", qty=1, price=0.2),  # -0.20
+        rec(side="BUY", qty=10, price="101.25"),  # -1012.50
+        rec(side="SELL", qty=4, price="110.10"),  # +440.40
+        rec(side="SELL", qty=3, price="0.1"),  # +0.30
+        rec(side="BUY", qty=1, price="0.2"),  # -0.20
     ]
     (d,) = build_weekly_digests(records)
-    assert d.net_cash_flow_usd == pytest.approx(-572.0)
+    assert d.net_cash_flow == usd("-572.00")
     assert "-$572.00" in d.summary and "bought more than you sold" in d.summary
-    (s,) = build_weekly_digests([rec(side="SELL", qty=2, price=1500.0)])
-    assert s.net_cash_flow_usd == pytest.approx(3000.0)
+    (s,) = build_weekly_digests([rec(side="SELL", qty=2, price="1500")])
+    assert s.net_cash_flow == usd("3000")
     assert "+$3,000.00" in s.summary and "sold more than you bought" in s.summary
-    (z,) = build_weekly_digests([rec(side="SELL", qty=2, price=50.0), rec(side="BUY", qty=1, price=100.0)])
-    assert z.net_cash_flow_usd == 0.0 and "balanced" in z.summary
+    (z,) = build_weekly_digests([rec(side="SELL", qty=2, price="50"), rec(side="BUY", qty=1, price="100")])
+    assert z.net_cash_flow == Money.zero("USD") and "balanced" in z.summary
+    assert "Net cash flow $0.00 (buys and sells balanced out)." in z.summary
+
+
+def test_net_cash_flow_is_an_exact_decimal_sum() -> None:
+    # 0.1 + 0.2 != 0.3 in floats; the digest sums Decimals exactly
+    records = [rec(side="SELL", qty=1, price="0.1"), rec(side="SELL", qty=1, price="0.2")]
+    (d,) = build_weekly_digests(records)
+    assert d.net_cash_flow == usd("0.3")
+    assert d.net_cash_flow.amount == Decimal("0.3") and isinstance(d.net_cash_flow.amount, Decimal)
+    # many small amounts, nano precision, cancel exactly
+    tiny = [rec(side="SELL", qty=1, price="0.000000001") for _ in range(10)]
+    (t,) = build_weekly_digests([*tiny, rec(side="BUY", qty=10, price="0.000000001")])
+    assert t.net_cash_flow == Money.zero("USD") and "balanced" in t.summary
+    # a week in another currency keeps that currency
+    (e,) = build_weekly_digests([rec(side="SELL", qty=3, price=Money.of("0.1", "EUR"))])
+    assert e.net_cash_flow == Money.of("0.3", "EUR")
+
+
+def test_mixed_currencies_in_one_week_are_refused() -> None:
+    records = [
+        rec(user="u9", trade_id="T-usd", side="SELL", price="10"),
+        rec(user="u9", trade_id="T-eur", side="BUY", price=Money.of("10", "EUR")),
+    ]
+    with pytest.raises(CurrencyMismatch) as info:
+        build_weekly_digests(records)
+    message = str(info.value)
+    for part in ("u9", "2024-03-04", "EUR and USD", "T-usd", "T-eur", "one currency"):
+        assert part in message
+    assert isinstance(info.value, InvalidArgument) and isinstance(info.value, ValueError)
+    # different users, or different weeks of one user, may use different currencies
+    other_week = rec(user="u9", at=datetime(2024, 3, 12, 10), price=Money.of("10", "EUR"))
+    other_user = rec(user="u8", price=Money.of("10", "EUR"))
+    digests = build_weekly_digests([records[0], other_week, other_user])
+    assert [d.net_cash_flow.currency for d in digests] == ["EUR", "USD", "EUR"]
+    # a re-scored trade replaces its earlier record, currency included
+    fixed = dataclasses.replace(records[1], price=usd("10"))
+    (d,) = build_weekly_digests([*records, fixed])
+    assert d.net_cash_flow == Money.zero("USD")
 
 
 def test_duplicate_trade_ids_counted_once_last_wins() -> None:
@@ -205,6 +254,34 @@ def test_summary_without_bias() -> None:
     assert "No FOMO or PANIC" in none.summary and "Suggestion:" in none.summary
 
 
+@pytest.mark.parametrize(
+    ("money", "text"),
+    [
+        (usd("1234.5"), "+$1,234.50"),
+        (usd("-1234.5"), "-$1,234.50"),
+        (usd("0"), "$0.00"),
+        (usd("-0"), "$0.00"),
+        (usd("0.004"), "$0.00"),  # rounds to zero: no sign
+        (usd("0.005"), "$0.00"),  # half-even
+        (usd("0.015"), "+$0.02"),  # half-even
+        (usd("1234567.891"), "+$1,234,567.89"),
+        (Money.of("1234.5", "EUR"), "+1,234.50 EUR"),
+        (Money.of("-0.1", "GBP"), "-0.10 GBP"),
+        (Money.of("0", "JPY"), "0.00 JPY"),
+    ],
+)
+def test_format_money(money: Money, text: str) -> None:
+    assert format_money(money) == text
+
+
+def test_summary_formats_money_with_its_currency() -> None:
+    (d,) = build_weekly_digests([rec(side="SELL", qty=3, price="411.50")])
+    assert "Net cash flow +$1,234.50 (you sold more than you bought)." in d.summary
+    (e,) = build_weekly_digests([rec(side="BUY", qty=3, price=Money.of("411.50", "EUR"))])
+    assert "Net cash flow -1,234.50 EUR (you bought more than you sold)." in e.summary
+    assert "$" not in e.summary
+
+
 def test_summary_is_deterministic_regardless_of_input_order() -> None:
     pairs = [("FOMO", "B"), ("FOMO", "A"), ("PANIC", "C"), ("NONE", "D")]
     records = [rec(label=lbl, symbol=s, at=datetime(2024, 3, 4 + i, 12)) for i, (lbl, s) in enumerate(pairs)]
@@ -243,26 +320,55 @@ def test_digest_id_errors() -> None:
 @pytest.mark.parametrize(
     ("kw", "exc"),
     [
-        ({"side": "HOLD"}, ValueError),
-        ({"label": "GREED"}, ValueError),
-        ({"qty": 0}, ValueError),
-        ({"qty": -5}, ValueError),
+        ({"side": "HOLD"}, InvalidArgument),
+        ({"side": "buy"}, InvalidArgument),
+        ({"side": 1}, TypeError),
+        ({"label": "GREED"}, InvalidArgument),
+        ({"label": None}, TypeError),
+        ({"qty": 0}, InvalidArgument),
+        ({"qty": -5}, InvalidArgument),
         ({"qty": 1.5}, TypeError),
-        ({"price": float("nan")}, ValueError),
-        ({"price": -1.0}, ValueError),
+        ({"qty": True}, TypeError),
+        ({"price": 100.0}, TypeError),
+        ({"price": Decimal("100")}, TypeError),
+        ({"price": "-1"}, InvalidArgument),
+        ({"price": "9" * 19, "qty": 10}, InvalidArgument),  # notional beyond a Money
         ({"at": date(2024, 3, 4)}, TypeError),
-        ({"user": ""}, ValueError),
+        ({"user": ""}, InvalidArgument),
+        ({"trade_id": ""}, InvalidArgument),
     ],
 )
 def test_record_validation(kw: dict, exc: type[Exception]) -> None:
     with pytest.raises(exc):
         rec(**kw)
+    if exc is InvalidArgument:
+        with pytest.raises(ValueError):  # what callers that predate InvalidArgument catch
+            rec(**kw)
+
+
+def test_record_side_and_label_are_enums() -> None:
+    r = rec(side="SELL", label="PANIC")
+    assert r.side is Side.SELL and r.label is BiasLabel.PANIC
+    assert rec(side=Side.BUY, label=BiasLabel.FOMO).label is BiasLabel.FOMO
+    assert dataclasses.replace(r, label="FOMO").label is BiasLabel.FOMO
+    assert r == dataclasses.replace(r, side=Side.SELL, label=BiasLabel.PANIC)
+    assert BIAS_LABELS == (BiasLabel.FOMO, BiasLabel.PANIC)
+    assert LABELS == tuple(b.value for b in BiasLabel)
 
 
 def test_record_cash_flow_properties() -> None:
-    assert rec(side="BUY", qty=3, price=2.5).signed_cash_flow_usd == -7.5
-    assert rec(side="SELL", qty=3, price=2.5).signed_cash_flow_usd == 7.5
-    assert rec(qty=3, price=2.5).notional_usd == 7.5
+    assert rec(side="BUY", qty=3, price="2.5").signed_cash_flow == usd("-7.5")
+    assert rec(side="SELL", qty=3, price="2.5").signed_cash_flow == usd("7.5")
+    assert rec(qty=3, price="2.5").notional == usd("7.5")
+    assert rec(qty=3, price="0.1").notional.amount == Decimal("0.3")
+    assert rec(qty=2, price=Money.of("1.25", "EUR")).signed_cash_flow == Money.of("-2.5", "EUR")
+    assert rec(price="0").notional == Money.zero("USD")
+
+
+def test_weekly_digest_requires_money() -> None:
+    (d,) = build_weekly_digests([rec()])
+    with pytest.raises(TypeError):
+        dataclasses.replace(d, net_cash_flow=-1000.0)
 
 
 def test_weekly_digest_maps_onto_digest_ready() -> None:
@@ -271,7 +377,7 @@ def test_weekly_digest_maps_onto_digest_ready() -> None:
         pytest.skip(f"contract file not found at {proto}")
     body = re.search(r"message DigestReady \{(.*?)\n\}", proto.read_text(), re.S)
     assert body is not None
-    proto_fields = re.findall(r"^\s*(?:map<[^>]+>|\w+) (\w+) = \d+;", body.group(1), re.M)
+    proto_fields = re.findall(r"^\s*(?:map<[^>]+>|[\w.]+) (\w+) = \d+;", body.group(1), re.M)
     ours = [f.name for f in dataclasses.fields(WeeklyDigest)]
     # digest_id is a property; updated_at and version belong to the publisher
     assert set(proto_fields) - {"digest_id", "updated_at", "version"} == set(ours)
