@@ -66,12 +66,6 @@ SERVICES = [
         "auth-server", "bsopt_auth", "auth", "bsopt_auth.models:Base.metadata",
         # auth-server neither consumes nor publishes events: no event tables.
         event_tables=False,
-        # Revision 0001 gives these ARRAY columns ``DEFAULT '{}'``; the models only have a
-        # Python-side ``default=list``. Fix: ``server_default=text("'{}'")`` in the model.
-        known_drift=frozenset(
-            ("modify_default", "clients", column)
-            for column in ("redirect_uris", "grant_types", "allowed_scopes", "allowed_resources")
-        ),
     ),
 ]
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Numeric, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -154,3 +154,9 @@ def wait_for_database(engine: Engine, timeout_seconds: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def amount_type() -> Numeric:
+    """Column type of a money amount: ``NUMERIC(28, 9)``, exact to one billionth of a unit
+    (see :mod:`bsopt_common.money`); always beside a ``currency`` ``CHAR(3)``-like column."""
+    return Numeric(28, 9, asdecimal=True)

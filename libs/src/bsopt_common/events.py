@@ -7,12 +7,15 @@ Binding" §3.2): ``ce_specversion``, ``ce_id``, ``ce_source``, ``ce_type``, ``ce
 Trace Context ``traceparent`` header and ``authorization: Bearer <token>``, an access
 token of the producing service for audience ``urn:bsopt:events``.
 
+Topics, their payload types, keys and allowed producers come from the registry in
+:mod:`bsopt_common.topics`; nothing here takes a bare topic name from a service.
+
 Consuming (:class:`EventConsumer`), per message:
 
 1. the token is verified against the JWKS as of the event's ``ce_time`` (a token valid
-   when the event was produced stays valid for replay) and its ``client_id`` must be an
-   allowed producer of the topic;
-2. the payload is decoded into the topic's protobuf type;
+   when the event was produced stays valid for replay) and its ``client_id`` must be one
+   of the topic's registered producers;
+2. the payload is decoded into the topic's registered protobuf type;
 3. the handler runs in one database transaction that first records the event id in the
    consumer's own ``processed_events`` table (``INSERT .. ON CONFLICT DO NOTHING``): a
    redelivered event is skipped, so redelivery never doubles an effect;
@@ -33,10 +36,11 @@ import asyncio
 import logging
 import secrets
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
@@ -46,20 +50,19 @@ from sqlalchemy import Column, DateTime, LargeBinary, MetaData, String, Table, f
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
+from bsopt_common.codec import parse_rfc3339, rfc3339
 from bsopt_common.db import session_scope
 from bsopt_common.security.jwt import AccessTokenVerifier, InsufficientScopeError, InvalidTokenError, bearer_token
 from bsopt_common.security.token_provider import ClientCredentialsTokenProvider
 from bsopt_common.settings import EVENTS_AUDIENCE
+from bsopt_common.topics import Topic, dlq_topic
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("bsopt.events")
 
 CONTENT_TYPE = "application/protobuf"
 PUBLISH_SCOPE = "events:publish"
-
-
-def dlq_topic(topic: str) -> str:
-    return f"{topic}.dlq"
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -77,10 +80,6 @@ class Event:
     key: str | None
     payload: Message
     producer_client_id: str
-
-
-def _now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _traceparent() -> str:
@@ -115,21 +114,14 @@ class EventPublisher:
     async def stop(self) -> None:
         await self._producer.stop()
 
-    async def publish(
-        self,
-        topic: str,
-        message: Message,
-        *,
-        key: str,
-        subject: str,
-        event_type: str | None = None,
-        event_id: str | None = None,
-        time: str | None = None,
-    ) -> str:
-        """Send one event and wait for the broker's acknowledgement; return its id."""
+    async def publish(self, topic: Topic[M], message: M, *, event_id: str | None = None,
+                      time: str | None = None) -> str:
+        """Send one event of ``topic`` (key and subject from the registry) and wait for the
+        broker's acknowledgement; return its id. TypeError for a payload of another type."""
+        topic.check(message)
         return await self.publish_raw(
-            topic, message.SerializeToString(), key=key, subject=subject,
-            event_type=event_type or message.DESCRIPTOR.full_name, event_id=event_id, time=time,
+            topic.name, message.SerializeToString(), key=topic.key(message), subject=topic.subject(message),
+            event_type=message.DESCRIPTOR.full_name, event_id=event_id, time=time,
         )
 
     async def publish_raw(
@@ -143,7 +135,7 @@ class EventPublisher:
                 ("ce_id", event_id.encode()),
                 ("ce_source", self.source.encode()),
                 ("ce_type", event_type.encode()),
-                ("ce_time", (time or _now_rfc3339()).encode()),
+                ("ce_time", (time or rfc3339(datetime.now(UTC), "milliseconds")).encode()),
                 ("ce_subject", subject.encode()),
                 ("content-type", CONTENT_TYPE.encode()),
                 ("traceparent", _traceparent().encode()),
@@ -206,12 +198,14 @@ class Outbox:
         if self.wakeup is not None:
             self.wakeup.set()
 
-    def add(self, session: Session, topic: str, message: Message, *, key: str, subject: str,
-            event_id: str | None = None) -> str:
-        """Stage ``message`` for ``topic`` inside ``session``'s transaction; return its id."""
+    def add(self, session: Session, topic: Topic[M], message: M, *, event_id: str | None = None) -> str:
+        """Stage ``message`` for ``topic`` inside ``session``'s transaction; return its id.
+        Key and subject come from the topic's registry entry. TypeError for a payload that
+        is not the topic's type (nothing is staged)."""
+        topic.check(message)
         event_id = event_id or str(uuid.uuid4())
         session.execute(self.table.insert().values(
-            event_id=event_id, topic=topic, key=key, subject=subject,
+            event_id=event_id, topic=topic.name, key=topic.key(message), subject=topic.subject(message),
             event_type=message.DESCRIPTOR.full_name, payload=message.SerializeToString(),
         ))
         return event_id
@@ -253,7 +247,7 @@ class OutboxRelay:
             await self.publisher.publish_raw(
                 row.topic, row.payload, key=row.key, subject=row.subject, event_type=row.event_type,
                 event_id=row.event_id,
-                time=row.created_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                time=rfc3339(row.created_at, "milliseconds"),
             )
         if rows:
             await asyncio.to_thread(self._mark, [r.event_id for r in rows])
@@ -293,9 +287,9 @@ AFTER_COMMIT = "after_commit"
 class EventConsumer:
     """Idempotent consumer of some topics for one consumer group.
 
-    ``topics`` maps each topic to its payload type; ``allowed_producers`` maps each
-    topic to the OAuth client ids allowed to publish it. ``handler(event, session)``
-    runs in a worker thread inside the transaction that records the event id.
+    ``handlers`` maps each registered topic to ``handler(event, session)``, which runs in
+    a worker thread inside the transaction that records the event id. Payload types and
+    allowed producers come from the topics.
     """
 
     def __init__(
@@ -303,9 +297,7 @@ class EventConsumer:
         *,
         bootstrap_servers: str,
         group_id: str,
-        topics: Mapping[str, type[Message]],
-        allowed_producers: Mapping[str, Iterable[str]],
-        handler: Handler,
+        handlers: Mapping[Topic[Any], Handler],
         session_factory: sessionmaker[Session],
         schema: str,
         verifier: AccessTokenVerifier | None,
@@ -313,9 +305,10 @@ class EventConsumer:
         max_attempts: int = 3,
         outbox: Outbox | None = None,
     ):
-        self.topics = dict(topics)
-        self.allowed = {t: frozenset(v) for t, v in allowed_producers.items()}
-        self.handler = handler
+        if not handlers:
+            raise ValueError(f"consumer group {group_id!r} has no topics")
+        self.topics: dict[str, Topic[Any]] = {t.name: t for t in handlers}
+        self.handlers: dict[str, Handler] = {t.name: h for t, h in handlers.items()}
         self.session_factory = session_factory
         self.processed = event_tables(schema)[0]
         self.verifier = verifier
@@ -375,9 +368,10 @@ class EventConsumer:
             if not headers.get(attr):
                 raise _Rejected(f"missing CloudEvents attribute {attr}")
         try:
-            produced_at = datetime.fromisoformat(headers["ce_time"].replace("Z", "+00:00"))
+            produced_at = parse_rfc3339(headers["ce_time"])
         except ValueError:
             raise _Rejected("ce_time is not RFC 3339") from None
+        topic = self.topics[msg.topic]
         client_id = ""
         if self.verifier is not None:
             token = bearer_token(headers.get("authorization"))
@@ -388,9 +382,9 @@ class EventConsumer:
             except (InvalidTokenError, InsufficientScopeError) as exc:
                 raise _Rejected(f"event token refused: {exc}") from None
             client_id = claims.client_id
-            if client_id not in self.allowed.get(msg.topic, frozenset()):
+            if client_id not in topic.producers:
                 raise _Rejected(f"client {client_id!r} may not publish to {msg.topic}")
-        payload_type = self.topics[msg.topic]
+        payload_type = topic.payload
         payload = payload_type()
         try:
             payload.ParseFromString(msg.value or b"")
@@ -412,7 +406,7 @@ class EventConsumer:
             if inserted is None:
                 self.skipped_duplicates += 1
                 return
-            self.handler(event, session)
+            self.handlers[event.topic](event, session)
             after_commit = list(session.info.pop(AFTER_COMMIT, ()))
         self.handled += 1
         for callback in after_commit:

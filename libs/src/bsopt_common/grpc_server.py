@@ -1,94 +1,148 @@
-"""gRPC server bootstrap shared by every gRPC service (grpc.aio).
+"""The one gRPC serve helper of every gRPC service (grpc.aio).
 
-Adds the standard ``grpc.health.v1`` service and server reflection, installs the token
-interceptor, and drains on shutdown: health flips to NOT_SERVING, the server stops
-accepting new calls and gives in-flight calls ``grace_seconds`` to finish.
+:func:`serve_grpc` owns everything that is not a service's own: the server, the standard
+``grpc.health.v1`` service, server reflection, the token interceptor (one scope table
+built from each service's :class:`GrpcService`), the error mapping, start, drain and
+stop. A service's ``bootstrap.py`` then only says which servicers it serves and which
+scope each method needs.
 
-Errors: servicers raise :class:`ServiceError` subclasses; :func:`status_for` is the one
-table mapping them (and domain ``ValueError``/``LookupError``) to gRPC status codes.
+Errors: servicers raise the named errors of :mod:`bsopt_common.errors`;
+:data:`STATUS_BY_ERROR` is the one table mapping them to gRPC status codes, applied by
+:class:`DomainErrorInterceptor` to every call, so servicers carry no ``try/except``. Any
+other exception is a bug: ``INTERNAL`` with a fixed message, and its stack is logged.
+
+Drain on stop: health flips to ``NOT_SERVING`` (load balancers and probes stop sending),
+the server stops accepting calls, in-flight calls get ``grace_seconds`` to finish.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from bsopt_common.errors import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from bsopt_common.security.grpc import TokenAuthInterceptor
+from bsopt_common.security.jwt import AccessTokenVerifier
 
 log = logging.getLogger(__name__)
 
-
-class ServiceError(Exception):
-    """Base of errors that map to a gRPC status; the message is returned to the caller."""
-
-    code = grpc.StatusCode.INTERNAL
-
-
-class InvalidArgument(ServiceError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class NotFound(ServiceError):
-    code = grpc.StatusCode.NOT_FOUND
-
-
-class FailedPrecondition(ServiceError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class PermissionDenied(ServiceError):
-    code = grpc.StatusCode.PERMISSION_DENIED
-
-
-class AlreadyExists(ServiceError):
-    code = grpc.StatusCode.ALREADY_EXISTS
-
-
-class Unavailable(ServiceError):
-    code = grpc.StatusCode.UNAVAILABLE
+#: Named error -> gRPC status code; the most specific class in an exception's MRO wins.
+STATUS_BY_ERROR: Mapping[type[DomainError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+INTERNAL_MESSAGE = "internal error"
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status for an exception raised by a servicer."""
-    if isinstance(exc, ServiceError):
-        return exc.code, str(exc)
-    if isinstance(exc, ValueError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, LookupError):
-        return grpc.StatusCode.NOT_FOUND, str(exc).strip("'\"")
-    return grpc.StatusCode.INTERNAL, "internal error"
+    """The gRPC status and message a caller gets for ``exc`` raised by a servicer."""
+    for cls in type(exc).__mro__:
+        code = STATUS_BY_ERROR.get(cls)  # type: ignore[call-overload]
+        if code is not None:
+            return code, str(exc)
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
-async def abort_with(context: aio.ServicerContext, exc: BaseException) -> None:
-    code, message = status_for(exc)
-    if code == grpc.StatusCode.INTERNAL:
-        log.exception("unhandled servicer error", exc_info=exc)
-    await context.abort(code, message)
+class DomainErrorInterceptor(aio.ServerInterceptor):
+    """Turn what a unary servicer raises into its status (see :func:`status_for`); log
+    the stack of everything that maps to ``INTERNAL``."""
+
+    async def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = handler_call_details.method
+
+        async def mapped(request: Any, context: aio.ServicerContext) -> Any:
+            try:
+                return await inner(request, context)
+            except aio.AbortError:
+                raise  # the servicer aborted with a status of its own choosing
+            except Exception as exc:
+                code, message = status_for(exc)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.error("unhandled error in %s", method, exc_info=exc)
+                await context.abort(code, message)
+
+        return grpc.unary_unary_rpc_method_handler(
+            mapped, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+@dataclass(frozen=True)
+class GrpcService:
+    """One servicer to serve: its descriptor (``pb.DESCRIPTOR.services_by_name[...]``),
+    the generated ``add_<Service>Servicer_to_server`` function, the servicer, and the
+    scopes each method needs, by method name. A method missing from ``method_scopes``
+    is a start-up error (fail closed), not a runtime surprise."""
+
+    descriptor: ServiceDescriptor
+    register: Callable[[Any, aio.Server], None]
+    servicer: object
+    method_scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def full_name(self) -> str:
+        return self.descriptor.full_name
+
+    def scope_table(self) -> dict[str, tuple[str, ...]]:
+        """``{"/pkg.Service/Method": scopes}``. Raises ValueError naming a method
+        without a scope policy, or a policy for a method the service does not have."""
+        methods = {m.name for m in self.descriptor.methods}
+        missing = sorted(methods - set(self.method_scopes))
+        unknown = sorted(set(self.method_scopes) - methods)
+        if missing or unknown:
+            raise ValueError(f"{self.full_name}: methods without a scope policy {missing}, "
+                             f"policies for unknown methods {unknown}")
+        return {f"/{self.full_name}/{name}": tuple(scopes) for name, scopes in self.method_scopes.items()}
 
 
 class GrpcServer:
-    """A grpc.aio server with health, reflection and token auth."""
+    """A grpc.aio server with health, reflection, token auth and error mapping.
 
-    def __init__(
-        self,
-        *,
-        host: str,
-        port: int,
-        interceptor: TokenAuthInterceptor,
-        registrations: Iterable[tuple[Callable[[object, aio.Server], None], object]],
-        service_names: Iterable[str],
-    ):
-        self.server = aio.server(interceptors=[interceptor])
+    ``verifier`` checks every call of ``services`` (it may be None only when there are
+    no services, e.g. a worker serving health alone).
+    """
+
+    def __init__(self, *, host: str, port: int, services: Sequence[GrpcService] = (),
+                 verifier: AccessTokenVerifier | None = None):
+        interceptors: list[aio.ServerInterceptor] = []
+        if services:
+            if verifier is None:
+                raise ValueError("a server with services needs a token verifier")
+            scopes: dict[str, tuple[str, ...]] = {}
+            for service in services:
+                scopes.update(service.scope_table())
+            interceptors = [TokenAuthInterceptor(verifier, scopes), DomainErrorInterceptor()]
+        self.server = aio.server(interceptors=interceptors)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        for add, servicer in registrations:
-            add(servicer, self.server)
-        self.service_names = list(service_names)
+        for service in services:
+            service.register(service.servicer, self.server)
+        self.service_names = [s.full_name for s in services]
         reflection.enable_server_reflection(
             [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self.server,
@@ -98,7 +152,7 @@ class GrpcServer:
         if self.port == 0:
             raise RuntimeError(f"cannot bind gRPC server to {self.address}")
 
-    async def _set_all(self, status) -> None:  # noqa: ANN001
+    async def _set_all(self, status: int) -> None:
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
 
@@ -110,3 +164,22 @@ class GrpcServer:
     async def stop(self, grace_seconds: float = 5.0) -> None:
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace_seconds)
+
+
+async def serve_grpc(
+    stop: asyncio.Event,
+    *,
+    host: str,
+    port: int,
+    services: Sequence[GrpcService] = (),
+    verifier: AccessTokenVerifier | None = None,
+    grace_seconds: float = 5.0,
+) -> None:
+    """Serve until ``stop`` is set, then drain (see the module docstring)."""
+    server = GrpcServer(host=host, port=port, services=services, verifier=verifier)
+    await server.start()
+    try:
+        await stop.wait()
+        log.info("draining gRPC server")
+    finally:
+        await server.stop(grace_seconds)

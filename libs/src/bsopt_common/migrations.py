@@ -246,3 +246,26 @@ def drop_event_tables_op(schema: str) -> None:
     op.drop_index(f"ix_{schema}_outbox_created_at", table_name="outbox", schema=schema)
     op.drop_table("outbox", schema=schema)
     op.drop_table("processed_events", schema=schema)
+
+
+def usd_float_to_amount_op(schema: str, table: str, old: str, new: str, *, add_currency: bool) -> None:
+    """Money as a type (revision 0002 of broker, scorer, digest, trainer): the float
+    column ``old`` (USD) becomes the exact amount ``new`` ``NUMERIC(28, 9)``, and, with
+    ``add_currency``, the table gains ``currency VARCHAR(3) NOT NULL`` filled with
+    ``'USD'`` for existing rows (the only currency those rows could hold). Frozen: never
+    edit."""
+    op.alter_column(table, old, type_=sa.Numeric(28, 9), postgresql_using=f'"{old}"::numeric(28, 9)',
+                    schema=schema)
+    op.alter_column(table, old, new_column_name=new, schema=schema)
+    if add_currency:
+        op.add_column(table, sa.Column("currency", sa.String(length=3), nullable=False, server_default="USD"),
+                      schema=schema)
+        op.alter_column(table, "currency", server_default=None, schema=schema)
+
+
+def amount_to_usd_float_op(schema: str, table: str, new: str, old: str, *, drop_currency: bool) -> None:
+    """Downgrade of :func:`usd_float_to_amount_op` (amounts are assumed to be USD). Frozen."""
+    if drop_currency:
+        op.drop_column(table, "currency", schema=schema)
+    op.alter_column(table, new, new_column_name=old, schema=schema)
+    op.alter_column(table, old, type_=sa.Float(), postgresql_using=f'"{old}"::double precision', schema=schema)

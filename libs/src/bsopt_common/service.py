@@ -5,6 +5,14 @@ lifecycle. Nothing connects until :meth:`ServiceRuntime.start`.
 Order on start: database reachable -> migrations -> JWKS verifier -> publisher ->
 outbox relay -> consumers. Order on stop (drain): consumers stop (their in-flight
 message finishes and commits) -> relay flushes once -> publisher stops -> pool disposed.
+
+A service's ``serve`` reads::
+
+    runtime = ServiceRuntime(settings, schema=..., migrations_package=..., audience=...)
+    await runtime.connect()                      # database + migrations; adapters need the pool
+    scorer = TradeScorer(market_data, runtime.outbox)
+    async with runtime.running([imported_trades(scorer)]):
+        await serve_grpc(stop, host=..., port=..., verifier=runtime.verifier, services=[...])
 """
 
 from __future__ import annotations
@@ -12,10 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from google.protobuf.message import Message
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,7 +31,8 @@ from bsopt_common import migrations
 from bsopt_common.db import create_db_engine, make_session_factory, wait_for_database
 from bsopt_common.events import EventConsumer, EventPublisher, Handler, Outbox, OutboxRelay
 from bsopt_common.security import AccessTokenVerifier, ClientCredentialsTokenProvider, JWKSCache
-from bsopt_common.settings import ServiceSettings
+from bsopt_common.settings import EVENTS_AUDIENCE, ServiceSettings
+from bsopt_common.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +52,13 @@ def make_token_provider(settings: ServiceSettings) -> ClientCredentialsTokenProv
     return ClientCredentialsTokenProvider(settings.token_url, settings.client_id, settings.client_secret)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConsumerSpec:
+    """One consumer group of a service: which registered topics it reads, and the
+    handler of each (cosmicpython's handler table)."""
+
     group_id: str
-    topics: Mapping[str, type[Message]]
-    allowed_producers: Mapping[str, Iterable[str]]
-    handler: Handler
+    handlers: Mapping[Topic[Any], Handler]
 
 
 @dataclass
@@ -67,6 +77,28 @@ class ServiceRuntime:
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _relay: OutboxRelay | None = None
     _events_verifier: AccessTokenVerifier | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def connect(self) -> None:
+        """Database reachable and migrated, outbox ready (in a worker thread)."""
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.connect_database)
+
+    def notify_outbox_threadsafe(self) -> None:
+        """Wake the outbox relay from any thread (after a commit that staged events)."""
+        if self._loop is not None and self.outbox is not None:
+            self._loop.call_soon_threadsafe(self.outbox.notify)
+
+    @contextlib.asynccontextmanager
+    async def running(self, consumer_specs: Iterable[ConsumerSpec] = (), *,
+                      publish: bool = True) -> AsyncIterator[ServiceRuntime]:
+        """:meth:`start` (connecting first unless :meth:`connect` ran), yield, and
+        always :meth:`stop`, also when start-up fails half-way."""
+        try:
+            await self.start(consumer_specs, publish=publish, connect=self.engine is None)
+            yield self
+        finally:
+            await self.stop()
 
     def connect_database(self) -> None:
         self.engine = create_db_engine(self.settings.require_database_url(), application_name=self.settings.service_name)
@@ -78,6 +110,8 @@ class ServiceRuntime:
     async def start(self, consumer_specs: Iterable[ConsumerSpec] = (), *, publish: bool = True,
                     connect: bool = True) -> None:
         """``connect=False`` when :meth:`connect_database` was already called."""
+        consumer_specs = list(consumer_specs)
+        self._loop = asyncio.get_running_loop()
         if connect:
             await asyncio.to_thread(self.connect_database)
         if self.audience is not None:
@@ -90,12 +124,11 @@ class ServiceRuntime:
             await self.publisher.start()
             self._relay = OutboxRelay(self.outbox, self.session_factory, self.publisher)
             self._tasks.append(asyncio.create_task(self._relay.run(), name="outbox-relay"))
-            events_verifier = make_verifier(self.settings, "urn:bsopt:events")
+            events_verifier = make_verifier(self.settings, EVENTS_AUDIENCE)
             self._events_verifier = events_verifier
             for spec in consumer_specs:
                 consumer = EventConsumer(
-                    bootstrap_servers=bootstrap, group_id=spec.group_id, topics=spec.topics,
-                    allowed_producers=spec.allowed_producers, handler=spec.handler,
+                    bootstrap_servers=bootstrap, group_id=spec.group_id, handlers=spec.handlers,
                     session_factory=self.session_factory, schema=self.schema, verifier=events_verifier,
                     dlq_publisher=self.publisher, outbox=self.outbox,
                 )
@@ -114,8 +147,12 @@ class ServiceRuntime:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.consumers.clear()
+        self._relay = None
         if self.publisher is not None:
             await self.publisher.stop()
+            self.publisher = None
         if self.token_provider is not None:
             await self.token_provider.aclose()
         for verifier in (self.verifier, self._events_verifier):

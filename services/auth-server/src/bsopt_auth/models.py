@@ -52,10 +52,14 @@ class Client(Base):
     #: argon2id hash of the client secret; NULL for public clients.
     client_secret_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
     client_type: Mapped[str] = mapped_column(String(16), nullable=False)
-    redirect_uris: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list)
-    grant_types: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list)
-    allowed_scopes: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list)
-    allowed_resources: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list)
+    redirect_uris: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list,
+                                                     server_default=text("'{}'"))
+    grant_types: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list,
+                                                   server_default=text("'{}'"))
+    allowed_scopes: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list,
+                                                      server_default=text("'{}'"))
+    allowed_resources: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list,
+                                                         server_default=text("'{}'"))
     #: RFC 7591 name: none | client_secret_basic | client_secret_post.
     token_endpoint_auth_method: Mapped[str] = mapped_column(String(32), nullable=False)
     created_at: Mapped[datetime] = mapped_column(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from pydantic_settings import SettingsConfigDict
 
 from bsopt_common.settings import ServiceSettings
@@ -15,4 +17,4 @@ class BrokerSettings(ServiceSettings):
     port: int = 50051
     client_id: str | None = "broker-gateway"
     #: Paper broker commission, basis points of traded notional.
-    paper_commission_bps: float = 10.0
+    paper_commission_bps: Decimal = Decimal(10)

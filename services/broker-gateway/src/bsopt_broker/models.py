@@ -6,6 +6,8 @@ from sqlalchemy import (
     BigInteger, Column, DateTime, Float, ForeignKey, Integer, MetaData, String, Table, UniqueConstraint, func,
 )
 
+from bsopt_common.db import amount_type
+
 SCHEMA = "broker"
 metadata = MetaData(schema=SCHEMA)
 
@@ -14,8 +16,9 @@ accounts = Table(
     Column("account_id", String(36), primary_key=True),
     Column("user_id", String(64), nullable=False, index=True),
     Column("broker", String(16), nullable=False),
+    # ISO 4217 code of every amount of the account (cash, positions, fills).
     Column("currency", String(3), nullable=False),
-    Column("cash_usd", Float, nullable=False),
+    Column("cash", amount_type(), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
@@ -24,7 +27,7 @@ positions = Table(
     Column("account_id", String(36), ForeignKey("broker.accounts.account_id"), primary_key=True),
     Column("symbol", String(16), primary_key=True),
     Column("quantity", BigInteger, nullable=False),
-    Column("average_price_usd", Float, nullable=False),
+    Column("average_price", amount_type(), nullable=False),
 )
 
 orders = Table(
@@ -51,8 +54,9 @@ fills = Table(
     Column("symbol", String(16), nullable=False),
     Column("side", String(4), nullable=False),
     Column("quantity", BigInteger, nullable=False),
-    Column("price_usd", Float, nullable=False),
-    Column("fee_usd", Float, nullable=False),
+    Column("price", amount_type(), nullable=False),
+    Column("fee", amount_type(), nullable=False),
+    Column("currency", String(3), nullable=False),
     Column("executed_at", DateTime(timezone=True), nullable=False, index=True),
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import grpc
 import pytest
@@ -15,11 +16,21 @@ from bsopt.broker_gateway.v1 import broker_gateway_pb2_grpc as pb_grpc
 from bsopt.broker_gateway.v1 import events_pb2
 from bsopt_broker.bootstrap import serve
 from bsopt_broker.config import BrokerSettings
+from bsopt_common import codec
 from bsopt_common.marketdata import bundled_provider
+from bsopt_common.money import Money
 from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
 from bsopt_common.testing.services import ServiceThread, free_port
 
 ALL_SCOPES = "broker:accounts broker:orders broker:import"
+
+
+def usd(amount: str | int) -> codec._money_pb.Money:
+    return codec.money_pb(Money.of(amount, "USD"))
+
+
+def cash(account: pb.Account) -> Decimal:
+    return codec.money_from_pb(account, "cash").amount
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +71,7 @@ async def test_refuses_bad_tokens(gateway, test_issuer, kind):
         "unknown-key": test_issuer.token(aud=BROKER_GATEWAY_AUDIENCE, scope=ALL_SCOPES, rogue=True),
     }[kind]
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call(gateway, "CreateAccount", pb.CreateAccountRequest(user_id="u1", initial_cash_usd=100), token)
+        await call(gateway, "CreateAccount", pb.CreateAccountRequest(user_id="u1", initial_cash=usd(100)), token)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -72,23 +83,27 @@ async def test_missing_scope_is_permission_denied(gateway, test_issuer):
 
 async def test_orders_fill_at_real_close_behind_the_balance_guard(gateway, test_issuer):
     tok = good_token(test_issuer)
-    acct = await call(gateway, "CreateAccount", pb.CreateAccountRequest(user_id="trader-1", initial_cash_usd=10_000),
+    acct = await call(gateway, "CreateAccount", pb.CreateAccountRequest(user_id="trader-1", initial_cash=usd(10_000)),
                       tok)
     close = bundled_provider().fetch_snapshot("GOOGL", datetime(2017, 1, 3)).close
     buy = pb.PlaceOrderRequest(account_id=acct.account_id, user_id="trader-1", client_order_id="o-1",
                                symbol="GOOGL", side=pb.SIDE_BUY, quantity=10, as_of=ts("2017-01-03"))
     resp = await call(gateway, "PlaceOrder", buy, tok)
     assert resp.order.status == pb.ORDER_STATUS_FILLED
-    assert resp.fills[0].price_usd == pytest.approx(close)
+    price = codec.money_from_pb(resp.fills[0], "price")
+    assert price == Money(Decimal(repr(float(close))), "USD")  # the real close, exactly
+    fee = codec.money_from_pb(resp.fills[0], "fee")
+    assert fee == (price * 10 * Decimal("0.001")).rounded()  # 10 bps, rounded to cents
     assert resp.order.fill_latency_ms >= 0
     assert resp.order.filled_at.ToMilliseconds() >= resp.order.submitted_at.ToMilliseconds()
-    assert resp.account.cash_usd == pytest.approx(10_000 - 10 * close * 1.001)
+    assert cash(resp.account) == Decimal(10_000) - price.amount * 10 - fee.amount  # exact, no epsilon
+    assert codec.money_from_pb(resp.account.positions[0], "average_price") == price
     assert resp.account.positions[0].quantity == 10
 
     # retrying the same client_order_id does not trade twice
     again = await call(gateway, "PlaceOrder", buy, tok)
     assert again.order.order_id == resp.order.order_id
-    assert again.account.cash_usd == pytest.approx(resp.account.cash_usd)
+    assert cash(again.account) == cash(resp.account)
 
     too_big = pb.PlaceOrderRequest(account_id=acct.account_id, user_id="trader-1", client_order_id="o-2",
                                    symbol="GOOGL", side=pb.SIDE_BUY, quantity=100, as_of=ts("2017-01-04"))
@@ -118,7 +133,7 @@ async def test_orders_fill_at_real_close_behind_the_balance_guard(gateway, test_
 
 async def test_import_dedupes_by_trade_id_and_publishes_events(gateway, test_issuer, kafka_bootstrap):
     tok = good_token(test_issuer)
-    acct = await call(gateway, "CreateAccount", pb.CreateAccountRequest(user_id="trader-2", initial_cash_usd=50_000),
+    acct = await call(gateway, "CreateAccount", pb.CreateAccountRequest(user_id="trader-2", initial_cash=usd(50_000)),
                       tok)
     days = ["2017-02-01", "2017-02-02", "2017-02-03"]
     for i, day in enumerate(days):
@@ -154,4 +169,34 @@ async def test_import_dedupes_by_trade_id_and_publishes_events(gateway, test_iss
     assert headers["ce_source"] == b"/bsopt/broker-gateway"
     assert headers["traceparent"].startswith(b"00-")
     assert headers["authorization"].startswith(b"Bearer ")
-    assert ev.price_usd > 0 and ev.executed_at.ToDatetime().year == 2017
+    assert codec.money_from_pb(ev, "price").is_positive() and ev.executed_at.ToDatetime().year == 2017
+    assert codec.money_from_pb(ev, "fee").currency == "USD"
+
+
+@pytest.mark.parametrize("initial_cash, reason", [
+    (None, "initial_cash is required"),
+    (usd(0), "initial_cash must be > 0"),
+    (usd(-5), "initial_cash must be > 0"),
+    (codec._money_pb.Money(currency_code="", units=100), "currency must be an ISO 4217 code"),
+    (codec._money_pb.Money(currency_code="EUR", units=100), "paper accounts hold USD"),
+    (codec._money_pb.Money(currency_code="USD", units=1, nanos=-5), "same sign"),
+])
+async def test_create_account_refuses_bad_money(gateway, test_issuer, initial_cash, reason):
+    request = pb.CreateAccountRequest(user_id="u-money")
+    if initial_cash is not None:
+        request.initial_cash.CopyFrom(initial_cash)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(gateway, "CreateAccount", request, good_token(test_issuer))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason in err.value.details()
+
+
+async def test_unspecified_side_is_invalid_argument(gateway, test_issuer):
+    tok = good_token(test_issuer)
+    acct = await call(gateway, "CreateAccount", pb.CreateAccountRequest(user_id="u-side", initial_cash=usd(100)), tok)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(gateway, "PlaceOrder", pb.PlaceOrderRequest(
+            account_id=acct.account_id, user_id="u-side", client_order_id="s-1", symbol="GOOGL", quantity=1,
+            as_of=ts("2017-01-03")), tok)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "side must be SIDE_BUY or SIDE_SELL"

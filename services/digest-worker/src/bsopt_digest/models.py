@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Date, DateTime, Float, Integer, MetaData, String, Table, Text, func
+from sqlalchemy import BigInteger, Column, Date, DateTime, Integer, MetaData, String, Table, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
+
+from bsopt_common.db import amount_type
 
 SCHEMA = "digest"
 metadata = MetaData(schema=SCHEMA)
@@ -16,7 +18,8 @@ trades = Table(
     Column("symbol", String(16), nullable=False),
     Column("side", String(4), nullable=False),
     Column("quantity", BigInteger, nullable=False),
-    Column("price_usd", Float, nullable=False),
+    Column("price", amount_type(), nullable=False),
+    Column("currency", String(3), nullable=False),
     Column("executed_at", DateTime(timezone=True), nullable=False),
     Column("week_start", Date, nullable=False),
     Column("label", String(12), nullable=False),
@@ -30,7 +33,8 @@ digests = Table(
     Column("period_end", Date, nullable=False),
     Column("trades", Integer, nullable=False),
     Column("label_counts", JSONB, nullable=False),
-    Column("net_cash_flow_usd", Float, nullable=False),
+    Column("net_cash_flow", amount_type(), nullable=False),
+    Column("currency", String(3), nullable=False),
     Column("summary", Text, nullable=False),
     Column("version", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Float, MetaData, String, Table, Text, func
+from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
+
+from bsopt_common.db import amount_type
 
 SCHEMA = "scorer"
 metadata = MetaData(schema=SCHEMA)
@@ -16,7 +18,8 @@ scored_trades = Table(
     Column("symbol", String(16), nullable=False),
     Column("side", String(4), nullable=False),
     Column("quantity", BigInteger, nullable=False),
-    Column("price_usd", Float, nullable=False),
+    Column("price", amount_type(), nullable=False),
+    Column("currency", String(3), nullable=False),
     Column("executed_at", DateTime(timezone=True), nullable=False),
     Column("label", String(12), nullable=False),
     Column("rule", String(64), nullable=False),

@@ -7,39 +7,36 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import UTC, datetime
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import Session
 
-from bsopt.broker_gateway.v1 import broker_gateway_pb2 as bpb
 from bsopt.broker_gateway.v1 import events_pb2 as broker_events
 from bsopt.ml_scorer.v1 import events_pb2
 from bsopt.ml_scorer.v1 import ml_scorer_pb2 as pb
+from bsopt_common import codec, topics
 from bsopt_common.events import Outbox
 from bsopt_common.marketdata import MarketDataProvider
+from bsopt_common.money import Money
+from bsopt_common.vocabulary import BiasLabel, Side
 from bsopt_scorer import models
 from bsopt_scorer.domain.features import TradeFeatures, features_at
+from bsopt_scorer.domain.records import ScoredTrade
 from bsopt_scorer.domain.tags import reflection, tag_trade
 
-TOPIC_TRADES_SCORED = "trades.scored.v1"
-LABELS_PB = {"FOMO": pb.BIAS_LABEL_FOMO, "PANIC": pb.BIAS_LABEL_PANIC, "DISCIPLINE": pb.BIAS_LABEL_DISCIPLINE,
-             "NONE": pb.BIAS_LABEL_NONE}
+
+def scored_trade_pb(trade: ScoredTrade) -> pb.ScoredTrade:
+    return codec.to_message(trade, pb.ScoredTrade)
 
 
-def _ts(dt: datetime) -> Timestamp:
-    t = Timestamp()
-    t.FromDatetime(dt)
-    return t
-
-
-def scored_trade_pb(row: dict) -> pb.ScoredTrade:
-    return pb.ScoredTrade(
+def _scored(row: RowMapping) -> ScoredTrade:
+    return ScoredTrade(
         trade_id=row["trade_id"], user_id=row["user_id"], account_id=row["account_id"], symbol=row["symbol"],
-        side=bpb.SIDE_BUY if row["side"] == "BUY" else bpb.SIDE_SELL, quantity=row["quantity"],
-        price_usd=row["price_usd"], executed_at=_ts(row["executed_at"]), label=LABELS_PB[row["label"]],
-        explanation=row["explanation"], features=pb.TradeFeatures(**row["features"]), reflection=row["reflection"],
-        scored_at=_ts(row["scored_at"]),
+        side=Side(row["side"]), quantity=int(row["quantity"]), price=Money(row["price"], row["currency"]),
+        executed_at=row["executed_at"], label=BiasLabel(row["label"]), rule=row["rule"],
+        explanation=row["explanation"], features=TradeFeatures(**row["features"]), reflection=row["reflection"],
+        scored_at=row["scored_at"],
     )
 
 
@@ -48,29 +45,34 @@ class TradeScorer:
         self.market_data = market_data
         self.outbox = outbox
 
-    def score(self, trade: broker_events.TradeImported, session: Session) -> dict:
-        """Raises InsufficientHistoryError / BarNotFoundError (from features_at) and
-        UnknownSymbolError: permanent errors, dead-lettered by the consumer."""
-        side = "BUY" if trade.side == bpb.SIDE_BUY else "SELL"
-        executed_at = trade.executed_at.ToDatetime(tzinfo=UTC)
+    def score(self, trade: broker_events.TradeImported, session: Session) -> ScoredTrade:
+        """Raises InvalidArgument for a malformed event, InsufficientHistoryError /
+        BarNotFoundError (from features_at) and UnknownSymbolError: permanent errors,
+        dead-lettered by the consumer."""
+        side = codec.SIDE.from_pb(trade.side, "side")
+        executed_at = codec.required_timestamp(trade, "executed_at")
+        price = codec.money_from_pb(trade, "price")
         bars = self.market_data.fetch_history(trade.symbol, end=executed_at.date())
-        features: TradeFeatures = features_at(bars, executed_at.replace(tzinfo=None))
-        tag = tag_trade(side, features)
-        row = dict(
+        features = features_at(bars, executed_at.replace(tzinfo=None))
+        tag = tag_trade(side.value, features)
+        scored = ScoredTrade(
             trade_id=trade.trade_id, user_id=trade.user_id, account_id=trade.account_id, symbol=trade.symbol,
-            side=side, quantity=trade.quantity, price_usd=trade.price_usd, executed_at=executed_at,
-            label=tag.label, rule=tag.rule, explanation=tag.explanation,
-            reflection=reflection(side, tag, features), features=asdict(features), scored_at=datetime.now(UTC),
+            side=side, quantity=trade.quantity, price=price, executed_at=executed_at, label=BiasLabel(tag.label),
+            rule=tag.rule, explanation=tag.explanation, features=features,
+            reflection=reflection(side.value, tag, features), scored_at=datetime.now(UTC),
         )
-        inserted = session.execute(pg_insert(models.scored_trades).values(**row).on_conflict_do_nothing()
-                                   .returning(models.scored_trades.c.trade_id)).first()
+        inserted = session.execute(pg_insert(models.scored_trades).values(
+            trade_id=scored.trade_id, user_id=scored.user_id, account_id=scored.account_id, symbol=scored.symbol,
+            side=scored.side.value, quantity=scored.quantity, price=price.amount, currency=price.currency,
+            executed_at=executed_at, label=scored.label.value, rule=scored.rule, explanation=scored.explanation,
+            reflection=scored.reflection, features=asdict(features), scored_at=scored.scored_at,
+        ).on_conflict_do_nothing().returning(models.scored_trades.c.trade_id)).first()
         if inserted is not None:
-            self.outbox.add(session, TOPIC_TRADES_SCORED, events_pb2.TradeScored(trade=scored_trade_pb(row)),
-                            key=trade.user_id, subject=f"trades/{trade.trade_id}")
-        return row
+            self.outbox.add(session, topics.TRADES_SCORED, events_pb2.TradeScored(trade=scored_trade_pb(scored)))
+        return scored
 
 
-def list_scored(session: Session, user_id: str, limit: int) -> list[dict]:
+def list_scored(session: Session, user_id: str, limit: int) -> list[ScoredTrade]:
     rows = session.execute(select(models.scored_trades).where(models.scored_trades.c.user_id == user_id)
                            .order_by(models.scored_trades.c.executed_at.desc()).limit(limit)).mappings()
-    return [dict(r) for r in rows]
+    return [_scored(r) for r in rows]

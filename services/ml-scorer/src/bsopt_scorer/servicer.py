@@ -10,11 +10,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from bsopt.ml_scorer.v1 import ml_scorer_pb2 as pb
 from bsopt.ml_scorer.v1 import ml_scorer_pb2_grpc as pb_grpc
 from bsopt_common.db import session_scope
-from bsopt_common.grpc_server import InvalidArgument, abort_with
+from bsopt_common.errors import InvalidArgument
+from bsopt_common.grpc_server import GrpcService
+from bsopt_scorer.domain.records import ScoredTrade
 from bsopt_scorer.scoring import list_scored, scored_trade_pb
 
-_SERVICE = "/bsopt.ml_scorer.v1.MlScorerService/"
-METHOD_SCOPES = {_SERVICE + "ListScoredTrades": ("scorer:read",)}
+METHOD_SCOPES = {"ListScoredTrades": ("scorer:read",)}
 MAX_PAGE = 500
 
 
@@ -22,18 +23,20 @@ class MlScorerServicer(pb_grpc.MlScorerServiceServicer):
     def __init__(self, session_factory: sessionmaker[Session]):
         self.session_factory = session_factory
 
-    def _list(self, user_id: str, limit: int) -> list[dict]:
+    def _list(self, user_id: str, limit: int) -> list[ScoredTrade]:
         with session_scope(self.session_factory) as s:
             return list_scored(s, user_id, limit)
 
     async def ListScoredTrades(self, request: pb.ListScoredTradesRequest, context: aio.ServicerContext):
-        try:
-            if not request.user_id:
-                raise InvalidArgument("user_id is required")
-            if request.page_size < 0:
-                raise InvalidArgument("page_size must be >= 0")
-            limit = min(request.page_size or MAX_PAGE, MAX_PAGE)
-            rows = await asyncio.to_thread(self._list, request.user_id, limit)
-            return pb.ListScoredTradesResponse(trades=[scored_trade_pb(r) for r in rows])
-        except Exception as exc:
-            await abort_with(context, exc)
+        if not request.user_id:
+            raise InvalidArgument("user_id is required")
+        if request.page_size < 0:
+            raise InvalidArgument("page_size must be >= 0")
+        limit = min(request.page_size or MAX_PAGE, MAX_PAGE)
+        trades = await asyncio.to_thread(self._list, request.user_id, limit)
+        return pb.ListScoredTradesResponse(trades=[scored_trade_pb(t) for t in trades])
+
+
+def grpc_service(servicer: MlScorerServicer) -> GrpcService:
+    return GrpcService(pb.DESCRIPTOR.services_by_name["MlScorerService"],
+                       pb_grpc.add_MlScorerServiceServicer_to_server, servicer, METHOD_SCOPES)

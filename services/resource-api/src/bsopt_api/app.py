@@ -1,6 +1,6 @@
 """Assemble the FastAPI app; connecting happens in its lifespan, never here.
 
-``create_app(settings)`` builds the default runtime (:func:`bsopt_api.bootstrap.bootstrap`);
+``create_app(settings)`` builds the default runtime (:func:`bsopt_api.runtime.bootstrap`);
 tests pass their own ``runtime`` (e.g. with a token source for the backend channels).
 The lifespan starts the runtime and publishes its parts on ``app.state``:
 ``settings``, ``token_verifier`` (read by ``bsopt_common.security.fastapi``),
@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from bsopt_api.api.routes import ROUTERS
-from bsopt_api.bootstrap import ApiRuntime, bootstrap
+from bsopt_api.runtime import ApiRuntime, bootstrap
 from bsopt_api.config import ApiSettings
 from bsopt_api.problems import install_problem_handlers
 

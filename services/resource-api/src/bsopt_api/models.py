@@ -17,7 +17,6 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
-    Float,
     Index,
     Integer,
     MetaData,
@@ -29,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from bsopt_api.config import SCHEMA
+from bsopt_common.db import amount_type
 
 metadata = MetaData(schema=SCHEMA)
 
@@ -53,8 +53,9 @@ digests = Table(
     Column("trades", Integer, nullable=False),
     #: Trades per bias label name ("FOMO", "PANIC", "DISCIPLINE", "NONE").
     Column("label_counts", JSONB, nullable=False),
-    #: Sells minus buys, USD.
-    Column("net_cash_flow_usd", Float, nullable=False),
+    #: Sells minus buys, in ``currency``.
+    Column("net_cash_flow", amount_type(), nullable=False),
+    Column("currency", String(3), nullable=False),
     Column("summary", Text, nullable=False),
     #: Monotonic per digest_id; the row keeps the highest seen.
     Column("version", BigInteger, nullable=False),

@@ -2,7 +2,7 @@
 
 :data:`GRPC_TO_HTTP` is the one table from a backend's gRPC status to the HTTP status
 the user sees. Client-side problems (400/403/404/409) carry the backend's message,
-which backends write for callers (``bsopt_common.grpc_server.ServiceError``); server
+which backends write for callers (``bsopt_common.errors``); server
 -side ones (502/503) carry a fixed message, since gRPC transport errors name internal
 addresses. Every body is ``application/problem+json`` with ``type`` ``about:blank``
 (RFC 9457 §4.2.1: the title is then the HTTP reason phrase) and extension members

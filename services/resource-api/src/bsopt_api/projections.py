@@ -8,7 +8,7 @@ is not ISO), which the consumer retries and then dead-letters.
 
 from __future__ import annotations
 
-from datetime import UTC, date
+from datetime import date
 from typing import Any
 
 from sqlalchemy import select
@@ -19,6 +19,8 @@ from bsopt.digest_worker.v1 import events_pb2 as digest_events
 from bsopt.ml_scorer.v1 import ml_scorer_pb2 as scorer_pb
 from bsopt_api import encoding
 from bsopt_api.models import coach_messages, digests
+from bsopt_common import codec
+from bsopt_common.money import Money
 
 
 def _with_seq(payload: dict[str, Any], seq: int) -> dict[str, Any]:
@@ -64,6 +66,7 @@ def upsert_digest(session: Session, d: digest_events.DigestReady) -> None:
     ``digest_id`` (an older version arriving late changes nothing)."""
     if not d.digest_id or not d.user_id:
         raise ValueError("DigestReady without digest_id or user_id")
+    net_cash_flow = codec.money_from_pb(d, "net_cash_flow")
     values = {
         "digest_id": d.digest_id,
         "user_id": d.user_id,
@@ -71,10 +74,11 @@ def upsert_digest(session: Session, d: digest_events.DigestReady) -> None:
         "period_end": date.fromisoformat(d.period_end),
         "trades": d.trades,
         "label_counts": dict(sorted(d.label_counts.items())),
-        "net_cash_flow_usd": d.net_cash_flow_usd,
+        "net_cash_flow": net_cash_flow.amount,
+        "currency": net_cash_flow.currency,
         "summary": d.summary,
         "version": d.version,
-        "updated_at": d.updated_at.ToDatetime(tzinfo=UTC) if d.HasField("updated_at") else None,
+        "updated_at": codec.from_timestamp(d, "updated_at"),
     }
     stmt = pg_insert(digests).values(**values)
     session.execute(
@@ -102,10 +106,8 @@ def latest_digest(session: Session, user_id: str) -> dict[str, Any] | None:
         "period_end": row.period_end.isoformat(),
         "trades": row.trades,
         "label_counts": row.label_counts,
-        "net_cash_flow_usd": row.net_cash_flow_usd,
+        "net_cash_flow": encoding.money(Money(row.net_cash_flow, row.currency)),
         "summary": row.summary,
         "version": row.version,
-        "updated_at": (
-            row.updated_at.astimezone(UTC).isoformat().replace("+00:00", "Z") if row.updated_at else None
-        ),
+        "updated_at": codec.rfc3339(row.updated_at) if row.updated_at else None,
     }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Float, Integer, MetaData, String, Table, Text, func
+from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
+
+from bsopt_common.db import amount_type
 
 SCHEMA = "trainer"
 metadata = MetaData(schema=SCHEMA)
@@ -32,6 +34,7 @@ paper_runs = Table(
     Column("orders", Integer, nullable=False),
     Column("fills", Integer, nullable=False),
     Column("rejected", Integer, nullable=False),
-    Column("final_equity_usd", Float, nullable=False),
+    Column("final_equity", amount_type(), nullable=False),
+    Column("currency", String(3), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

@@ -11,21 +11,22 @@ Orders carry ``client_order_id = <run_id>-<date>``, so a retried call never trad
 from __future__ import annotations
 
 import asyncio
-import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import ROUND_FLOOR, Decimal
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as bpb
 from bsopt.broker_gateway.v1 import broker_gateway_pb2_grpc as bpb_grpc
+from bsopt_common import codec
 from bsopt_common.marketdata import MarketDataProvider
+from bsopt_common.money import Money
 from bsopt_trainer.domain.job import TrainingSpec, paper_trading_positions
 
 #: Fraction of cash held back on each buy to cover commission and rounding.
-CASH_MARGIN = 0.005
+CASH_MARGIN = Decimal("0.005")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class PaperRunResult:
     orders: int
     fills: int
     rejected: int
-    final_equity_usd: float
+    final_equity: Money
+    """Cash plus the position at the last test bar's close."""
 
 
 async def run_paper_trading(
@@ -45,24 +47,24 @@ async def run_paper_trading(
     rejections, which are counted), ValueError for a checkpoint that does not fit."""
     bars = market_data.fetch_history(spec.symbol)
     positions = await asyncio.to_thread(paper_trading_positions, checkpoint_path, bars, spec)
-    close_on = dict(zip(bars.index.date, bars["close"].astype(float), strict=True))
+    close_on = {d: Decimal(repr(float(c))) for d, c in zip(bars.index.date, bars["close"], strict=True)}
     account = await stub.GetAccount(bpb.GetAccountRequest(account_id=account_id, user_id=user_id), timeout=30)
-    cash = account.cash_usd
+    cash = codec.money_from_pb(account, "cash")
     shares = next((p.quantity for p in account.positions if p.symbol == spec.symbol), 0)
     run_id = str(uuid.uuid4())
     orders = fills = rejected = 0
     for day, target in positions:
         close = close_on[day]
         if target == 1 and shares == 0:
-            side, qty = bpb.SIDE_BUY, math.floor(cash * (1 - CASH_MARGIN) / close)
+            side = bpb.SIDE_BUY
+            qty = int((cash.amount * (1 - CASH_MARGIN) / close).to_integral_value(rounding=ROUND_FLOOR))
         elif target == 0 and shares > 0:
             side, qty = bpb.SIDE_SELL, shares
         else:
             continue
         if qty <= 0:
             continue
-        as_of = Timestamp()
-        as_of.FromDatetime(datetime(day.year, day.month, day.day, tzinfo=UTC))
+        as_of = codec.timestamp(datetime(day.year, day.month, day.day, tzinfo=UTC))
         orders += 1
         try:
             resp = await stub.PlaceOrder(bpb.PlaceOrderRequest(
@@ -74,7 +76,7 @@ async def run_paper_trading(
                 continue
             raise
         fills += len(resp.fills)
-        cash = resp.account.cash_usd
+        cash = codec.money_from_pb(resp.account, "cash")
         shares = next((p.quantity for p in resp.account.positions if p.symbol == spec.symbol), 0)
-    last_close = float(bars.loc[bars.index.date <= spec.test_end, "close"].iloc[-1])
-    return PaperRunResult(run_id, orders, fills, rejected, cash + shares * last_close)
+    last_close = Decimal(repr(float(bars.loc[bars.index.date <= spec.test_end, "close"].iloc[-1])))
+    return PaperRunResult(run_id, orders, fills, rejected, cash + Money(last_close * shares, cash.currency))

@@ -51,12 +51,13 @@ import math
 from dataclasses import dataclass, fields
 from typing import Literal
 
+from bsopt_common.vocabulary import BiasLabel
 from bsopt_scorer.domain.features import TradeFeatures
 
 Label = Literal["FOMO", "PANIC", "DISCIPLINE", "NONE"]
 Side = Literal["BUY", "SELL"]
-#: Every label name, in display order; the proto enum value is ``"BIAS_LABEL_" + name``.
-LABELS: tuple[str, ...] = ("FOMO", "PANIC", "DISCIPLINE", "NONE")
+#: Every label name, in display order (:class:`bsopt_common.vocabulary.BiasLabel`).
+LABELS: tuple[str, ...] = tuple(label.value for label in BiasLabel)
 
 RULE_NONE = "none"
 

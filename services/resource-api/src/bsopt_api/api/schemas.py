@@ -1,16 +1,35 @@
 """Request and response bodies of ``/v1`` (pydantic). Requests reject unknown fields,
 so a misspelt field is a 422, not a silently ignored default.
 
-Units are in the names: ``_usd`` (US dollars), ``_bps`` (basis points); fractions are
-plain floats (0.1 = 10 %); dates are ISO ``YYYY-MM-DD``; instants RFC 3339.
+Money is ``{"amount": "<decimal string>", "currency": "<ISO 4217>"}`` (:class:`Money`);
+other units are in the names (``_bps``: basis points); fractions are plain floats
+(0.1 = 10 %); dates are ISO ``YYYY-MM-DD``; instants RFC 3339.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+# --- money ---------------------------------------------------------------------------------
+
+
+class Money(BaseModel):
+    """An exact amount and its currency. The amount is a decimal string (a number is
+    accepted on input) with at most 9 decimals."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    amount: Decimal = Field(max_digits=28, decimal_places=9, examples=["10000.00"])
+    currency: str = Field(pattern=r"^[A-Z]{3}$", examples=["USD"])
+
+
+class PositiveMoney(Money):
+    amount: Decimal = Field(gt=0, max_digits=28, decimal_places=9, examples=["10000.00"])
+
 
 # --- requests ------------------------------------------------------------------------------
 
@@ -55,7 +74,8 @@ class PaperTradingRun(_Request):
 
 class AccountCreate(_Request):
     broker: Literal["paper"] = "paper"
-    initial_cash_usd: float = Field(gt=0, le=1e12)
+    #: Starting cash of the paper account; its currency becomes the account's (USD only for paper).
+    initial_cash: PositiveMoney
 
 
 def _date_or_datetime(value: object) -> object:
@@ -116,8 +136,10 @@ class TrainingJobSpec(BaseModel):
 class EvaluationMetrics(BaseModel):
     #: Compounded return over the test window, fraction.
     total_return: float
-    #: Annualised Sharpe ratio of daily returns (252 days, zero risk-free rate).
-    sharpe: float
+    #: Annualised Sharpe ratio of daily returns (252 days, zero risk-free rate); null
+    #: when undefined, with the reason in ``sharpe_undefined_reason``.
+    sharpe: float | None = None
+    sharpe_undefined_reason: str | None = None
     #: Largest peak-to-trough fall of equity, fraction (positive).
     max_drawdown: float
     #: Number of position changes.
@@ -154,21 +176,21 @@ class PaperTradingResult(BaseModel):
     orders: int
     fills: int
     rejected: int
-    #: Cash + position at the last test bar's close, USD.
-    final_equity_usd: float
+    #: Cash + position at the last test bar's close.
+    final_equity: Money
 
 
 class Position(BaseModel):
     symbol: str
     quantity: int
-    average_price_usd: float
+    average_price: Money
 
 
 class Account(BaseModel):
     account_id: str
     broker: str
-    currency: str
-    cash_usd: float
+    #: Free cash; its currency is the account's currency.
+    cash: Money
     positions: list[Position]
     created_at: str | None
 
@@ -195,7 +217,7 @@ class ScoredTrade(BaseModel):
     #: "buy" or "sell".
     side: str
     quantity: int
-    price_usd: float
+    price: Money
     executed_at: str | None
     #: "FOMO", "PANIC", "DISCIPLINE" or "NONE".
     label: str
@@ -211,7 +233,8 @@ class Digest(BaseModel):
     period_end: str
     trades: int
     label_counts: dict[str, int]
-    net_cash_flow_usd: float
+    #: Sells minus buys of the week.
+    net_cash_flow: Money
     summary: str
     version: int
     updated_at: str | None

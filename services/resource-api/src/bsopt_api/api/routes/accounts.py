@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response, status
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as pb
 from bsopt_api import encoding
+from bsopt_common import codec
+from bsopt_common.money import Money
 from bsopt_api.api.deps import Backends, TradesReader, TradesWriter
 from bsopt_api.api.schemas import Account, AccountCreate, TradesImport, TradesImportCreate
 
@@ -20,8 +21,8 @@ async def create_account(
     body: AccountCreate, principal: TradesWriter, backends: Backends, response: Response
 ) -> dict[str, Any]:
     account = await backends.broker_gateway.CreateAccount(
-        pb.CreateAccountRequest(user_id=principal.subject, broker=body.broker,
-                                initial_cash_usd=body.initial_cash_usd),
+        pb.CreateAccountRequest(user_id=principal.subject, broker=body.broker, initial_cash=codec.money_pb(
+            Money(body.initial_cash.amount, body.initial_cash.currency))),
         timeout=backends.timeout_seconds,
     )
     response.headers["Location"] = f"{router.prefix}/{account.account_id}"
@@ -43,11 +44,9 @@ async def import_trades(
 ) -> dict[str, Any]:
     """Import the account's trades executed in ``[start, end)``; already imported
     trades are skipped by broker trade id, so a repeated import is harmless."""
-    start, end = Timestamp(), Timestamp()
-    start.FromDatetime(body.start)
-    end.FromDatetime(body.end)
     result = await backends.broker_gateway.ImportTrades(
-        pb.ImportTradesRequest(account_id=account_id, user_id=principal.subject, start=start, end=end),
+        pb.ImportTradesRequest(account_id=account_id, user_id=principal.subject, start=codec.timestamp(body.start),
+                               end=codec.timestamp(body.end)),
         timeout=backends.timeout_seconds,
     )
     return encoding.trades_import(result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response, status
+from google.protobuf import json_format
 
 from bsopt.rl_trainer.v1 import rl_trainer_pb2 as pb
 from bsopt_api import encoding
@@ -19,17 +20,8 @@ async def submit_training_job(
     body: TrainingJobCreate, principal: TrainingWriter, backends: Backends, response: Response
 ) -> dict[str, Any]:
     """Queue a job (202); poll ``Location`` for its status and results."""
-    spec = pb.TrainingJobSpec(
-        symbol=body.symbol,
-        train_start=body.train_start.isoformat(),
-        train_end=body.train_end.isoformat(),
-        test_start=body.test_start.isoformat(),
-        test_end=body.test_end.isoformat(),
-        window_size=body.window_size,
-        total_timesteps=body.total_timesteps,
-        transaction_cost_bps=body.transaction_cost_bps,
-        seed=body.seed,
-    )
+    # The REST body and the contract share field names: one generic conversion.
+    spec = json_format.ParseDict(body.model_dump(mode="json"), pb.TrainingJobSpec())
     job = await backends.rl_trainer.SubmitTrainingJob(
         pb.SubmitTrainingJobRequest(user_id=principal.subject, spec=spec), timeout=backends.timeout_seconds
     )

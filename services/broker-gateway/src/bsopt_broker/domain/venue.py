@@ -1,0 +1,50 @@
+"""The venue-adapter seam: what a broker must implement to sit behind broker-gateway.
+
+The paper broker (:mod:`bsopt_broker.adapters.paper`) is one venue; an Alpaca adapter is
+another. The servicer and the trade importer see only this :class:`Broker` protocol.
+After NautilusTrader's ``adapters/_template/execution.py``:
+
+====================  ========  ===========================================================
+method                required  what it does
+====================  ========  ===========================================================
+``create_account``    paper     open an account with starting cash (live venues: NotFound)
+``get_account``       yes       cash and positions of the user's account
+``submit_market_order``  yes    balance guard, then a market order; idempotent per
+                                ``client_order_id``
+``fills_between``     yes       the account's executions in ``[start, end)``, oldest first
+====================  ========  ===========================================================
+
+Errors: ``NotFound`` for an account that is not the user's, ``InvalidArgument`` for a
+malformed request, ``OrderRejected`` (FAILED_PRECONDITION) when the guard refuses,
+``Unavailable`` when the venue cannot be reached.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from bsopt_common.errors import NotFound
+from bsopt_common.money import Money
+from bsopt_broker.domain.records import Account, Fill, MarketOrder, OrderResult
+
+
+class AccountNotFound(NotFound):
+    """No such account for this user."""
+
+
+class Broker(Protocol):
+    """A trading venue."""
+
+    @property
+    def name(self) -> str:
+        """The venue's name as accounts record it (``"paper"``, ``"alpaca"``)."""
+        ...
+
+    def create_account(self, user_id: str, initial_cash: Money) -> Account: ...
+
+    def get_account(self, account_id: str, user_id: str) -> Account: ...
+
+    def submit_market_order(self, order: MarketOrder) -> OrderResult: ...
+
+    def fills_between(self, account_id: str, user_id: str, start: datetime, end: datetime) -> list[Fill]: ...
