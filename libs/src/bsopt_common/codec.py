@@ -250,9 +250,10 @@ _BILLION = 1_000_000_000
 
 def money_pb(money: Money) -> _money_pb.Money:
     """``Money`` -> ``bsopt.type.v1.Money`` (exact: amounts carry at most 9 decimals)."""
-    nanos_total = int(money.amount / NANO)
-    units = int(nanos_total / _BILLION)  # truncates toward zero, so nanos keeps the sign
-    return _money_pb.Money(currency_code=money.currency, units=units, nanos=nanos_total - units * _BILLION)
+    nanos_total = int(money.amount.scaleb(9))  # exact: amounts are quantized to nanos
+    sign = -1 if nanos_total < 0 else 1
+    units, nanos = divmod(abs(nanos_total), _BILLION)  # integer arithmetic, no float
+    return _money_pb.Money(currency_code=money.currency, units=sign * units, nanos=sign * nanos)
 
 
 def money_from_pb(message: Message, field: str) -> Money:

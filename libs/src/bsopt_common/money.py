@@ -20,8 +20,8 @@ from bsopt_common.errors import InvalidArgument
 NANO = Decimal("1e-9")
 CENT = Decimal("0.01")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
-#: Largest absolute amount: what NUMERIC(28, 9) and int64 units both hold.
-MAX_AMOUNT = Decimal("9" * 19)
+#: Largest absolute amount: what NUMERIC(28, 9) and int64 units (< 9.22e18) both hold.
+MAX_AMOUNT = Decimal("9" * 18)
 
 
 class CurrencyMismatch(InvalidArgument):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -18,7 +19,9 @@ from bsopt.broker_gateway.v1 import broker_gateway_pb2 as bpb
 from bsopt.digest_worker.v1 import events_pb2 as digest_events
 from bsopt.ml_scorer.v1 import events_pb2 as scorer_events
 from bsopt.ml_scorer.v1 import ml_scorer_pb2 as spb
+from bsopt_common import codec, topics
 from bsopt_common.events import EventPublisher
+from bsopt_common.money import Money
 from bsopt_common.settings import EVENTS_AUDIENCE
 from bsopt_common.testing.services import ServiceThread
 from bsopt_common.testing.tokens import refusal_tokens
@@ -26,7 +29,6 @@ from bsopt_digest import models
 from bsopt_digest.bootstrap import serve
 from bsopt_digest.config import DigestSettings
 
-TOPIC = "trades.scored.v1"
 
 
 class FixedToken:
@@ -57,20 +59,20 @@ def scored(user: str, day: str) -> scorer_events.TradeScored:
     ts.FromDatetime(datetime.fromisoformat(day).replace(tzinfo=UTC))
     return scorer_events.TradeScored(trade=spb.ScoredTrade(
         trade_id=str(uuid.uuid4()), user_id=user, account_id="a1", symbol="GOOGL", side=bpb.SIDE_BUY, quantity=3,
-        price_usd=800.0, executed_at=ts, label=spb.BIAS_LABEL_FOMO, explanation="x", reflection="y"))
+        price=codec.money_pb(Money.of("800.10", "USD")), executed_at=ts, label=spb.BIAS_LABEL_FOMO, explanation="x", reflection="y"))
 
 
 async def publish(bootstrap: str, token: str | None, message, user: str) -> str:
     pub = EventPublisher(bootstrap, source="/test", token_provider=FixedToken(token) if token else None)
     await pub.start()
     try:
-        return await pub.publish(TOPIC, message, key=user, subject="t")
+        return await pub.publish(topics.TRADES_SCORED, message)
     finally:
         await pub.stop()
 
 
 async def dead_letters(bootstrap: str, wanted: set[str], timeout: float = 20.0) -> dict[str, str]:
-    consumer = AIOKafkaConsumer(TOPIC + ".dlq", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topics.TRADES_SCORED.dlq, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 group_id=f"dlq-reader-{uuid.uuid4()}")
     await consumer.start()
     found: dict[str, str] = {}
@@ -128,3 +130,6 @@ async def test_valid_event_builds_the_weekly_digest(worker, kafka_bootstrap, tes
     (row,) = digests_for(worker, "trader")
     assert (row["period_start"].isoformat(), row["period_end"].isoformat()) == ("2017-02-27", "2017-03-05")
     assert row["trades"] == 1 and row["label_counts"]["FOMO"] == 1
+    # a 3-share buy at 800.10: exactly -2400.30, in its currency, in the store and on the wire
+    assert (row["net_cash_flow"], row["currency"]) == (Decimal("-2400.30"), "USD")
+    assert codec.money_from_pb(ready[-1], "net_cash_flow") == Money.of("-2400.30", "USD")

@@ -52,14 +52,29 @@ def bias_label(value: int) -> str:
 # --- rl-trainer ----------------------------------------------------------------------
 
 
+def job_status(value: int) -> str:
+    """``JOB_STATUS_QUEUED`` -> ``"queued"``."""
+    return codec.JOB_STATUS.short_name(value).lower()
+
+
+def training_results(r: trainer_pb.TrainingResults) -> dict[str, Any]:
+    """Results; a metric's ``sharpe`` and ``sharpe_undefined_reason`` are null unless set."""
+    out = fields(r)
+    for model in ("agent", "mlp_baseline", "buy_and_hold"):
+        metrics = getattr(r, model)
+        out[model]["sharpe"] = metrics.sharpe if metrics.HasField("sharpe") else None
+        out[model]["sharpe_undefined_reason"] = metrics.sharpe_undefined_reason or None
+    return out
+
+
 def training_job(job: trainer_pb.TrainingJob) -> dict[str, Any]:
     """A job; ``results`` is null until the job has them, ``error`` null unless failed."""
     return {
         "job_id": job.job_id,
-        "status": codec.JOB_STATUS.short_name(job.status).lower(),
+        "status": job_status(job.status),
         "progress": job.progress,
         "spec": fields(job.spec),
-        "results": fields(job.results) if job.HasField("results") else None,
+        "results": training_results(job.results) if job.HasField("results") else None,
         "error": job.error or None,
         "created_at": codec.rfc3339_field(job, "created_at"),
         "started_at": codec.rfc3339_field(job, "started_at"),

@@ -21,14 +21,15 @@ from bsopt.broker_gateway.v1 import broker_gateway_pb2 as broker_pb
 from bsopt.digest_worker.v1 import events_pb2 as digest_events
 from bsopt.ml_scorer.v1 import events_pb2 as scorer_events
 from bsopt.ml_scorer.v1 import ml_scorer_pb2 as scorer_pb
-from bsopt_api.consumers import DIGESTS_READY_TOPIC, TRADES_SCORED_TOPIC
 from bsopt_api.models import coach_messages
 from bsopt_common.db import session_scope
-from bsopt_common.events import EventConsumer, EventPublisher, dlq_topic
+from bsopt_common import codec
+from bsopt_common.events import EventConsumer, EventPublisher
+from bsopt_common.money import Money
+from bsopt_common.topics import DIGESTS_READY, TRADES_SCORED
 from bsopt_common.testing.pytest_plugin import create_topics
 
-TOPICS = [TRADES_SCORED_TOPIC, DIGESTS_READY_TOPIC,
-          dlq_topic(TRADES_SCORED_TOPIC), dlq_topic(DIGESTS_READY_TOPIC)]
+TOPICS = [TRADES_SCORED.name, DIGESTS_READY.name, TRADES_SCORED.dlq, DIGESTS_READY.dlq]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def trade_scored(user_id: str, trade_id: str | None = None) -> scorer_events.Tra
     return scorer_events.TradeScored(trade=scorer_pb.ScoredTrade(
         trade_id=trade_id or f"t-{uuid.uuid4().hex[:10]}", user_id=user_id, account_id="acct-1",
         symbol="MSFT",
-        side=broker_pb.SIDE_SELL, quantity=5, price_usd=402.1, executed_at=executed,
+        side=broker_pb.SIDE_SELL, quantity=5, price=codec.money_pb(Money.of("402.10", "USD")), executed_at=executed,
         label=scorer_pb.BIAS_LABEL_PANIC, explanation="sold after -6.2% in 1 day (RSI 24)",
         reflection="Was the plan to sell at this level?",
     ))
@@ -80,7 +81,7 @@ def digest(user_id: str, digest_id: str, version: int, *, week: str = "2024-03-0
     end = f"{week[:8]}{int(week[8:]) + 6:02d}"
     return digest_events.DigestReady(
         digest_id=digest_id, user_id=user_id, period_start=start, period_end=end, trades=3 + version,
-        label_counts={"FOMO": 1, "PANIC": version, "NONE": 2}, net_cash_flow_usd=-1250.5,
+        label_counts={"FOMO": 1, "PANIC": version, "NONE": 2}, net_cash_flow=codec.money_pb(Money.of("-1250.50", "USD")),
         summary=summary or f"version {version}", version=version,
     )
 
@@ -116,7 +117,7 @@ async def test_scored_trade_is_stored_and_pushed_to_that_users_socket_only(
     theirs = await open_live_socket(running_api, tokens, other)
     try:
         event = trade_scored(user)
-        await (await publisher_for("ml-scorer")).publish(TRADES_SCORED_TOPIC, event, key=user, subject=user)
+        await (await publisher_for("ml-scorer")).publish(TRADES_SCORED, event)
 
         message = await recv_json(mine)
         assert message == {
@@ -148,13 +149,13 @@ async def test_redelivered_event_is_neither_stored_nor_pushed_twice(
         event, event_id = trade_scored(user), str(uuid.uuid4())
         skipped = consumer.skipped_duplicates
         for _ in range(2):  # at-least-once delivery: the same event id twice
-            await publisher.publish(TRADES_SCORED_TOPIC, event, key=user, subject=user, event_id=event_id)
+            await publisher.publish(TRADES_SCORED, event, event_id=event_id)
         first = await recv_json(ws)
         await eventually(lambda: consumer.skipped_duplicates > skipped)
 
         # the same trade scored again under a new event id: still one coach message
         handled = consumer.handled
-        await publisher.publish(TRADES_SCORED_TOPIC, event, key=user, subject=user)
+        await publisher.publish(TRADES_SCORED, event)
         await eventually(lambda: consumer.handled > handled)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(ws.recv(), 1.0)
@@ -173,7 +174,7 @@ async def test_digest_projection_keeps_the_highest_version(
 
     async def publish(d: digest_events.DigestReady) -> None:
         handled = consumer.handled
-        await publisher.publish(DIGESTS_READY_TOPIC, d, key=user, subject=user)
+        await publisher.publish(DIGESTS_READY, d)
         await eventually(lambda: consumer.handled > handled)
 
     assert (await client.get("/v1/digests/latest", headers=headers)).status_code == 404
@@ -185,7 +186,7 @@ async def test_digest_projection_keeps_the_highest_version(
     body = resp.json()
     assert body == {
         "digest_id": digest_id, "period_start": "2024-03-04", "period_end": "2024-03-10", "trades": 5,
-        "label_counts": {"FOMO": 1, "NONE": 2, "PANIC": 2}, "net_cash_flow_usd": -1250.5,
+        "label_counts": {"FOMO": 1, "NONE": 2, "PANIC": 2}, "net_cash_flow": {"amount": "-1250.5", "currency": "USD"},
         "summary": "version 2", "version": 2, "updated_at": None,
     }
 
@@ -204,6 +205,6 @@ async def test_event_from_a_producer_not_allowed_on_the_topic_is_dead_lettered(
     user = tokens.new_user()
     dead = consumer.dead_lettered
     forged = await publisher_for("broker-gateway")  # a valid token, but not ml-scorer's
-    await forged.publish(TRADES_SCORED_TOPIC, trade_scored(user), key=user, subject=user)
+    await forged.publish(TRADES_SCORED, trade_scored(user))
     await eventually(lambda: consumer.dead_lettered > dead)
     assert stored_count(db, user) == 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from bsopt_common import codec
+from bsopt_common.money import Money
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as broker_pb
 from bsopt.ml_scorer.v1 import ml_scorer_pb2 as scorer_pb
 from bsopt.rl_trainer.v1 import rl_trainer_pb2 as trainer_pb
@@ -61,12 +63,21 @@ def test_finished_job_has_all_three_evaluations():
     assert set(results) == {
         "model", "window", "timesteps", "seconds", "agent", "mlp_baseline", "buy_and_hold", "checkpoint_uri",
     }
-    assert results["agent"] == {"total_return": 0.12, "sharpe": 1.3, "max_drawdown": 0.08, "trades": 14}
+    assert results["agent"] == {"total_return": 0.12, "sharpe": 1.3, "max_drawdown": 0.08, "trades": 14,
+                                "sharpe_undefined_reason": None}
+
+
+def test_undefined_sharpe_is_null_with_its_reason():
+    flat = trainer_pb.EvaluationMetrics(total_return=0.0, max_drawdown=0.0, trades=0,
+                                        sharpe_undefined_reason="returns have zero variance")
+    results = encoding.training_results(trainer_pb.TrainingResults(agent=flat, mlp_baseline=flat, buy_and_hold=flat))
+    assert results["agent"]["sharpe"] is None
+    assert results["agent"]["sharpe_undefined_reason"] == "returns have zero variance"
 
 
 def test_scored_trade_json():
     t = scorer_pb.ScoredTrade(trade_id="t1", user_id="u1", symbol="GOOGL", side=broker_pb.SIDE_BUY,
-                              quantity=3, price_usd=140.0, label=scorer_pb.BIAS_LABEL_FOMO,
+                              quantity=3, price=codec.money_pb(Money.of("140", "USD")), label=scorer_pb.BIAS_LABEL_FOMO,
                               features=scorer_pb.TradeFeatures(rsi_14=71.2, close_usd=140.0))
     out = encoding.scored_trade(t)
     assert (out["side"], out["label"], out["executed_at"]) == ("buy", "FOMO", None)

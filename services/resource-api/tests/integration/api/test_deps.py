@@ -15,7 +15,7 @@ ENDPOINTS = [
     }, "training:write"),
     ("GET", "/v1/training-jobs/job-1", None, "training:read"),
     ("POST", "/v1/training-jobs/job-1/paper-trading", {"account_id": "acct-1"}, "training:write"),
-    ("POST", "/v1/accounts", {"broker": "paper", "initial_cash_usd": 10000}, "trades:write"),
+    ("POST", "/v1/accounts", {"broker": "paper", "initial_cash": {"amount": "10000", "currency": "USD"}}, "trades:write"),
     ("GET", "/v1/accounts/acct-1", None, "trades:read"),
     ("POST", "/v1/accounts/acct-1/imports", {"start": "2024-01-01", "end": "2024-02-01"}, "trades:write"),
     ("GET", "/v1/trades", None, "trades:read"),

@@ -13,6 +13,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from bsopt_common import codec
+from bsopt_common.money import Money
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as broker_pb
 from bsopt.ml_scorer.v1 import ml_scorer_pb2 as scorer_pb
 from bsopt_api import projections
@@ -26,7 +28,7 @@ def scored(user_id: str, **kw) -> scorer_pb.ScoredTrade:
     executed.FromJsonString("2024-03-01T00:00:00Z")
     fields = dict(
         trade_id=f"t-{uuid.uuid4().hex[:10]}", user_id=user_id, account_id="acct-1", symbol="GOOGL",
-        side=broker_pb.SIDE_BUY, quantity=10, price_usd=140.5, executed_at=executed,
+        side=broker_pb.SIDE_BUY, quantity=10, price=codec.money_pb(Money.of("140.50", "USD")), executed_at=executed,
         label=scorer_pb.BIAS_LABEL_FOMO, explanation="bought after +9.1% in 5 days (RSI 78)",
         reflection="What did you know that the crowd did not?",
     )
