@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from bsopt_common.settings import ServiceSettings
 
 
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -21,9 +26,32 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> Non
     asyncio.run(runner())
 
 
-def run_service(settings, serve) -> None:  # noqa: ANN001 - ServiceSettings, serve(settings, stop)
-    """Entry point body of every service: logging, telemetry, then ``serve(settings,
-    stop)`` until SIGINT/SIGTERM."""
+S = TypeVar("S", bound="ServiceSettings")
+
+
+def load_settings(settings_type: type[S]) -> S:
+    """``settings_type()`` from the environment; on a configuration error print what is
+    wrong (never the values: they may be secrets) and exit with status 2."""
+    from pydantic import ValidationError
+
+    try:
+        return settings_type()
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc'])) or '-'}: {e['msg']}" for e in exc.errors()]
+        print(f"configuration error ({settings_type.__name__}):", *lines, sep="\n", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run_service(settings_type: type[S], serve: Callable[[S, asyncio.Event], Awaitable[None]]) -> None:
+    """Entry point body of every service: settings from the environment (exit 2 with a
+    clear message when they are incomplete), logging, telemetry, then
+    ``serve(settings, stop)`` until SIGINT/SIGTERM."""
+    run_serve(load_settings(settings_type), serve)
+
+
+def run_serve(settings: S, serve: Callable[[S, asyncio.Event], Awaitable[None]]) -> None:
+    """Logging, telemetry, then ``serve(settings, stop)`` until SIGINT/SIGTERM (for a
+    command that adjusted its settings first, e.g. ``--port``)."""
     from bsopt_common.telemetry import setup_logging, setup_telemetry
 
     setup_logging(settings.service_name)

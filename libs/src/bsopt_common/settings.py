@@ -5,15 +5,20 @@ Each service subclasses :class:`ServiceSettings` with its own ``env_prefix`` (fo
 without the prefix, as platform teams expect: ``DATABASE_URL``,
 ``KAFKA_BOOTSTRAP_SERVERS`` and ``BSOPT_ISSUER``. The prefixed name wins when both are set.
 
+Outside the ``dev`` and ``test`` environments every address a service dials must be
+given: a missing database URL, broker list, issuer or peer gRPC target stops start-up
+with a message naming the environment variable, instead of quietly dialling 127.0.0.1.
+In ``dev``/``test`` the peers default to the local stack's ports (:attr:`DEV_DEFAULTS`).
+
 Building a settings object reads the environment only; it never connects.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Resource identifiers (RFC 8707) that tokens are audience-restricted to.
@@ -25,6 +30,19 @@ RL_TRAINER_AUDIENCE = "urn:bsopt:rl-trainer"
 EVENTS_AUDIENCE = "urn:bsopt:events"
 
 DEV_ISSUER = "http://127.0.0.1:9000"
+DEV_ENVIRONMENTS = frozenset({"dev", "test"})
+
+
+def _postgres_dsn(value: str) -> str:
+    from bsopt_common.db import normalise_url
+
+    normalise_url(value)  # ValueError (a validation error) for anything but a Postgres URL
+    return value
+
+
+#: A Postgres URL (``postgres://``, ``postgresql://``, ``postgresql+psycopg://``; a Unix
+#: socket directory as ``?host=/path``), checked when settings are built.
+DatabaseDsn = Annotated[str, AfterValidator(_postgres_dsn)]
 
 
 class ServiceSettings(BaseSettings):
@@ -41,8 +59,9 @@ class ServiceSettings(BaseSettings):
 
     service_name: str = "bsopt"
     environment: str = Field("dev", description="dev | test | prod; placeholder secrets are rejected outside dev and test")
-    #: SQLAlchemy URL of the suite's Postgres, e.g. postgresql+psycopg://u:p@host/db.
-    database_url: str | None = None
+    #: SQLAlchemy URL of the suite's Postgres, e.g. postgresql+psycopg://u:p@host/db
+    #: (never printed: it may hold a password).
+    database_url: DatabaseDsn | None = Field(None, repr=False)
     #: Comma-separated host:port list.
     kafka_bootstrap_servers: str | None = None
     #: The authorization server's issuer identifier; its JWKS is found from metadata.
@@ -78,11 +97,34 @@ class ServiceSettings(BaseSettings):
                 )
         return self
 
+    #: Fields every deployment must set, and the dev/test default of some of them.
+    #: Subclasses extend both (``REQUIRED = ServiceSettings.REQUIRED + (...)``).
+    REQUIRED: ClassVar[tuple[str, ...]] = ("database_url", "kafka_bootstrap_servers", "issuer")
+    DEV_DEFAULTS: ClassVar[dict[str, str]] = {"issuer": DEV_ISSUER}
+
     @model_validator(mode="after")
-    def _default_issuer(self) -> ServiceSettings:
-        if self.issuer is None:
-            self.issuer = DEV_ISSUER
+    def _required_outside_dev(self) -> ServiceSettings:
+        dev = self.environment in DEV_ENVIRONMENTS
+        missing = []
+        for name in self.REQUIRED:
+            if getattr(self, name) is not None:
+                continue
+            if dev and name in self.DEV_DEFAULTS:
+                setattr(self, name, self.DEV_DEFAULTS[name])
+            elif not dev:
+                missing.append(self.env_name(name))
+        if missing:
+            raise ValueError(
+                f"{self.service_name}: environment={self.environment!r} needs {', '.join(missing)}; "
+                "nothing defaults to 127.0.0.1 outside dev and test"
+            )
         return self
+
+    def env_name(self, field: str) -> str:
+        """The environment variable that sets ``field`` (its unprefixed twin, if any, too)."""
+        prefixed = f"{self.model_config.get('env_prefix', '')}{field}".upper()
+        plain = self._UNPREFIXED.get(field)
+        return f"{plain} (or {prefixed})" if plain else prefixed
 
     @property
     def resolved_jwks_url(self) -> str:

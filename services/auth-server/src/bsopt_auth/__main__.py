@@ -7,21 +7,21 @@ Commands: ``serve`` (migrate, then run uvicorn on host/port), ``migrate``, ``see
 
 from __future__ import annotations
 
-import logging
-
 import typer
 from sqlalchemy import Engine
 
-from bsopt_common.db import create_db_engine, make_session_factory, wait_for_database
-
 from bsopt_auth.config import AuthSettings
+from bsopt_common.db import create_db_engine, make_session_factory, wait_for_database
+from bsopt_common.runtime import load_settings, run_serve
+from bsopt_common.telemetry import setup_logging
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="bsopt authorization server")
-log = logging.getLogger("bsopt_auth")
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _settings() -> AuthSettings:
+    settings = load_settings(AuthSettings)
+    setup_logging(settings.service_name)
+    return settings
 
 
 def _engine(settings: AuthSettings) -> Engine:
@@ -39,8 +39,7 @@ def migrate() -> None:
     """Create or upgrade the ``auth`` schema."""
     from bsopt_auth.db import migrate as run_migrations
 
-    _setup_logging()
-    settings = AuthSettings()
+    settings = _settings()
     engine = _engine(settings)
     try:
         wait_for_database(engine)
@@ -56,8 +55,7 @@ def seed_dev_command() -> None:
     from bsopt_auth.db import migrate as run_migrations
     from bsopt_auth.seed import seed_dev
 
-    _setup_logging()
-    settings = AuthSettings()
+    settings = _settings()
     _refuse_outside_dev(settings)
     engine = _engine(settings)
     try:
@@ -74,8 +72,7 @@ def rotate_keys() -> None:
     """Make a new active signing key; the old one stays published as ``previous``."""
     from bsopt_auth.rfc7517 import rotate_signing_key
 
-    _setup_logging()
-    settings = AuthSettings()
+    settings = _settings()
     engine = _engine(settings)
     try:
         kid = rotate_signing_key(make_session_factory(engine), settings.signing_alg)
@@ -90,33 +87,15 @@ def serve(
     port: int | None = typer.Option(None, help="Override BSOPT_AUTH_PORT."),
     seed_dev: bool | None = typer.Option(None, "--seed-dev/--no-seed-dev", help="Override BSOPT_AUTH_SEED_DEV_ON_START."),
 ) -> None:
-    """Migrate, make sure a signing key exists, then serve HTTP with uvicorn."""
-    import uvicorn
+    """Migrate, make sure a signing key exists, then serve HTTP until SIGINT/SIGTERM."""
+    from bsopt_auth.bootstrap import serve as serve_auth
 
-    from bsopt_auth.app import create_app
-    from bsopt_auth.db import migrate as run_migrations
-    from bsopt_auth.rfc7517 import ensure_active_key
-    from bsopt_auth.seed import seed_dev as run_seed
-
-    _setup_logging()
-    settings = AuthSettings()
-    if seed_dev is None:
-        seed_dev = settings.seed_dev_on_start
-    if seed_dev:
+    settings = load_settings(AuthSettings)
+    overrides = {k: v for k, v in (("host", host), ("port", port), ("seed_dev_on_start", seed_dev)) if v is not None}
+    settings = settings.model_copy(update=overrides)
+    if settings.seed_dev_on_start:
         _refuse_outside_dev(settings)
-    engine = _engine(settings)
-    wait_for_database(engine)
-    run_migrations(engine)
-    factory = make_session_factory(engine)
-    ensure_active_key(factory, settings.signing_alg)
-    if seed_dev:
-        run_seed(factory)
-    app = create_app(settings, engine)
-    try:
-        uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="info",
-                    proxy_headers=False)
-    finally:
-        engine.dispose()
+    run_serve(settings, serve_auth)
 
 
 def main() -> None:

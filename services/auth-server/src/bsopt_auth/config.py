@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from bsopt_common.settings import DEV_ISSUER, RESOURCE_API_AUDIENCE, ServiceSettings
+from bsopt_common.settings import RESOURCE_API_AUDIENCE, ServiceSettings
 
 #: Postgres schema holding every table of this service.
 SCHEMA = "auth"
@@ -24,7 +24,10 @@ class AuthSettings(ServiceSettings):
     port: int = Field(9000, ge=1, le=65535)
     #: Issuer identifier (RFC 8414 §2): https URL without query or fragment; the
     #: endpoints below it are advertised in the metadata documents.
-    issuer: str = DEV_ISSUER
+    #: Required outside dev/test; ``http://127.0.0.1:9000`` in dev/test.
+    issuer: str | None = None
+    #: auth-server dials only its database (no broker, no peers).
+    REQUIRED = ("database_url", "issuer")
     access_token_ttl_seconds: int = Field(900, gt=0)
     id_token_ttl_seconds: int = Field(900, gt=0)
     authorization_code_ttl_seconds: int = Field(60, gt=0)
@@ -34,12 +37,16 @@ class AuthSettings(ServiceSettings):
     default_code_flow_resource: str = RESOURCE_API_AUDIENCE
     #: Create the dev user and clients when ``serve`` starts (refused outside dev/test).
     seed_dev_on_start: bool = False
+    #: On SIGTERM, how long in-flight requests may take to finish, seconds.
+    shutdown_grace_seconds: float = Field(10.0, gt=0)
     #: Cache lifetime the JWKS and metadata documents advertise to clients, seconds.
     discovery_max_age_seconds: int = Field(300, ge=0)
 
     @field_validator("issuer")
     @classmethod
-    def _issuer_is_a_plain_url(cls, value: str) -> str:
+    def _issuer_is_a_plain_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
             raise ValueError("issuer must be an http(s) URL without query or fragment (RFC 8414 §2)")
@@ -50,6 +57,7 @@ class AuthSettings(ServiceSettings):
 
     @property
     def base_url(self) -> str:
+        assert self.issuer is not None  # set by the REQUIRED check (a dev default in dev/test)
         return self.issuer.rstrip("/")
 
     @property

@@ -8,7 +8,7 @@ from bsopt_common.runtime import run_service
 
 
 def main() -> None:
-    run_service(DigestSettings(), serve)
+    run_service(DigestSettings, serve)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from bsopt_common.runtime import run_service
 
 
 def main() -> None:
-    run_service(ScorerSettings(), serve)
+    run_service(ScorerSettings, serve)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from bsopt_common.runtime import run_service
 
 
 def main() -> None:
-    run_service(ApiSettings(), serve)
+    run_service(ApiSettings, serve)
 
 
 if __name__ == "__main__":

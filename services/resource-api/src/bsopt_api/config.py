@@ -28,10 +28,13 @@ class ApiSettings(ServiceSettings):
     #: OAuth client of this service (client credentials grant towards the backends).
     client_id: str | None = "resource-api"
 
-    #: gRPC targets (``host:port``) of the backends.
-    broker_gateway_target: str = "127.0.0.1:50051"
-    ml_scorer_target: str = "127.0.0.1:50052"
-    rl_trainer_target: str = "127.0.0.1:50053"
+    #: gRPC targets (``host:port``) of the backends (required outside dev/test).
+    broker_gateway_target: str | None = None
+    ml_scorer_target: str | None = None
+    rl_trainer_target: str | None = None
+    REQUIRED = (*ServiceSettings.REQUIRED, "broker_gateway_target", "ml_scorer_target", "rl_trainer_target")
+    DEV_DEFAULTS = {**ServiceSettings.DEV_DEFAULTS, "broker_gateway_target": "127.0.0.1:50051",
+                    "ml_scorer_target": "127.0.0.1:50052", "rl_trainer_target": "127.0.0.1:50053"}
     #: Deadline of an ordinary backend call, seconds.
     grpc_timeout_seconds: float = Field(10.0, gt=0)
     #: Deadline of RunPaperTrading (a whole test window of orders), seconds.

@@ -8,7 +8,7 @@ from bsopt_trainer.config import TrainerSettings
 
 
 def main() -> None:
-    run_service(TrainerSettings(), serve)
+    run_service(TrainerSettings, serve)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ class TrainerSettings(ServiceSettings):
     host: str = "127.0.0.1"
     port: int = 50053
     client_id: str | None = "rl-trainer"
-    broker_gateway_target: str = "127.0.0.1:50051"
+    #: gRPC target (``host:port``) of broker-gateway (required outside dev/test).
+    broker_gateway_target: str | None = None
+    REQUIRED = (*ServiceSettings.REQUIRED, "broker_gateway_target")
+    DEV_DEFAULTS = {**ServiceSettings.DEV_DEFAULTS, "broker_gateway_target": "127.0.0.1:50051"}
     #: Where checkpoints go: ``<artifacts_dir>/jobs/<job_id>/``.
     artifacts_dir: Path = Path(".state/artifacts")
     #: Threads torch may use for one training (1: two threads spin-wait badly on a busy 2-core host).
