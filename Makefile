@@ -8,8 +8,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
-# Directories too: their mtime changes when a .proto is added, removed or renamed.
-PROTO_DIRS := $(shell find proto -type d)
+# Directories too: their mtime changes when a .proto is added, removed or renamed
+# (not proto/ itself, which would name the phony target `proto`).
+PROTO_DIRS := $(shell find proto -mindepth 1 -type d)
 GEN    := libs/src/bsopt/.generated
 CODEGEN := scripts/codegen.py
 # Every extra of bsopt-libs: the dev venv runs every service, the CLI and the tests.
