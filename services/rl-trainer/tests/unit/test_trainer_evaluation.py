@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -7,7 +8,10 @@ import pytest
 
 from bsopt_trainer.domain.env import EnvConfig, TradingEnv
 from bsopt_trainer.domain.evaluation import (
+    SHARPE_FEWER_THAN_TWO_RETURNS,
+    SHARPE_ZERO_VARIANCE,
     Metrics,
+    annualised_sharpe,
     buy_and_hold,
     evaluate_policy,
     metrics_from_log_returns,
@@ -35,7 +39,10 @@ def test_cost_charged_on_every_position_change(make_bars):
     assert m.total_return == pytest.approx(1.1 * 0.9 * 1.1 * math.exp(-4 * c) - 1, abs=1e-12)
     # No cost when the position never changes from flat.
     flat = metrics_from_positions(bars, (1, 5), [0] * 5, cost_bps=10.0)
-    assert flat == Metrics(total_return=0.0, sharpe=0.0, max_drawdown=0.0, trades=0)
+    assert flat == Metrics(
+        total_return=0.0, sharpe=None, max_drawdown=0.0, trades=0,
+        sharpe_undefined_reason=SHARPE_ZERO_VARIANCE,
+    )
 
 
 def test_buy_and_hold_is_price_ratio_minus_entry_cost(random_bars):
@@ -65,8 +72,45 @@ def test_metrics_on_hand_made_equity_curve():
     down = metrics_from_log_returns(np.log([0.99, 0.98, 0.995, 0.97]), trades=1)
     assert up.sharpe > 0 and up.max_drawdown == 0.0
     assert down.sharpe < 0 and down.max_drawdown == pytest.approx(1 - 0.99 * 0.98 * 0.995 * 0.97)
-    assert metrics_from_log_returns(np.full(5, math.log(1.01)), trades=1).sharpe == 0.0  # std == 0
-    assert metrics_from_log_returns(np.array([0.01]), trades=1).sharpe == 0.0
+    constant = metrics_from_log_returns(np.full(5, math.log(1.01)), trades=1)  # std == 0
+    assert constant.sharpe is None and constant.sharpe_undefined_reason == SHARPE_ZERO_VARIANCE
+    assert constant.total_return == pytest.approx(1.01**5 - 1)
+    single = metrics_from_log_returns(np.array([0.01]), trades=1)
+    assert single.sharpe is None and single.sharpe_undefined_reason == SHARPE_FEWER_THAN_TWO_RETURNS
+    assert m.sharpe_undefined_reason is None
+
+
+def test_sharpe_by_hand():
+    # mean 0.01; deviations 0, -0.02, 0.02, 0; sample variance 0.0008 / 3;
+    # sharpe = sqrt(252) * 0.01 / sqrt(0.0008 / 3) = sqrt(252 * 3 * 1e-4 / 0.0008) = sqrt(94.5)
+    assert annualised_sharpe([0.01, -0.01, 0.03, 0.01]) == (pytest.approx(math.sqrt(94.5), rel=1e-12), None)
+    # two returns: mean 0.01, sample std sqrt(2 * 0.01**2 / 1); sharpe = sqrt(252 / 2)
+    assert annualised_sharpe([0.02, 0.0]) == (pytest.approx(math.sqrt(126.0), rel=1e-12), None)
+    assert annualised_sharpe([-0.02, 0.0])[0] == pytest.approx(-math.sqrt(126.0), rel=1e-12)
+    assert annualised_sharpe([]) == (None, SHARPE_FEWER_THAN_TWO_RETURNS)
+    assert annualised_sharpe([0.05]) == (None, SHARPE_FEWER_THAN_TWO_RETURNS)
+    assert annualised_sharpe([0.0] * 10) == (None, SHARPE_ZERO_VARIANCE)
+    with pytest.raises(ValueError, match="finite"):
+        annualised_sharpe([0.01, float("nan")])
+
+
+def test_metrics_are_json_safe():
+    for m in (
+        metrics_from_log_returns(np.log([1.1, 0.5, 1.2]), trades=2),
+        metrics_from_log_returns(np.zeros(10), trades=0),  # always flat
+        metrics_from_log_returns(np.zeros(0), trades=0),  # no decisions at all
+    ):
+        d = json.loads(json.dumps(m.to_dict(), allow_nan=False))
+        assert set(d) == {"total_return", "sharpe", "max_drawdown", "trades", "sharpe_undefined_reason"}
+        assert (d["sharpe"] is None) == (d["sharpe_undefined_reason"] is not None)
+    with pytest.raises(ValueError, match="finite"):
+        Metrics(total_return=0.0, sharpe=float("nan"), max_drawdown=0.0, trades=0)
+    with pytest.raises(ValueError, match="reason"):
+        Metrics(total_return=0.0, sharpe=None, max_drawdown=0.0, trades=0)
+    with pytest.raises(ValueError, match="finite"):
+        Metrics(total_return=float("inf"), sharpe=1.0, max_drawdown=0.0, trades=1)
+    with pytest.raises(ValueError, match="finite"):
+        metrics_from_log_returns(np.array([0.01, float("-inf")]), trades=1)
 
 
 def test_metrics_use_the_env_accounting(random_bars):
@@ -95,6 +139,7 @@ def test_evaluate_policy_and_buy_and_hold_share_decision_bars(random_bars):
     assert m == buy_and_hold(random_bars, dr, 10.0)
     flat, _ = evaluate_policy(_ConstantPolicy(0), random_bars, dr, 16, 10.0)
     assert flat.total_return == 0.0 and flat.trades == 0
+    assert flat.sharpe is None and flat.sharpe_undefined_reason == SHARPE_ZERO_VARIANCE
 
 
 def test_bad_inputs_raise(random_bars):

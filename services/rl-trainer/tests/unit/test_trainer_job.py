@@ -19,7 +19,7 @@ from bsopt_trainer.domain.job import (
     paper_trading_positions,
     run_training_job,
 )
-from bsopt_trainer.domain.ppo import TrainedPolicy
+from bsopt_trainer.domain.policy import TrainedPolicy
 
 
 def test_default_split_respects_no_look_ahead(googl_bars):
@@ -97,7 +97,9 @@ def test_run_training_job_on_googl(googl_job, googl_bars):
     assert result.seconds > 0 and math.isfinite(result.seconds)
     for m in (result.agent, result.mlp_baseline, result.buy_and_hold):
         assert isinstance(m, Metrics)
-        assert all(math.isfinite(v) for v in (m.total_return, m.sharpe, m.max_drawdown))
+        assert all(math.isfinite(v) for v in (m.total_return, m.max_drawdown))
+        assert (m.sharpe is None) == (m.sharpe_undefined_reason is not None)
+        assert m.sharpe is None or math.isfinite(m.sharpe)
         assert 0.0 <= m.max_drawdown < 1.0 and m.trades >= 0
 
     split = spec.validate(googl_bars)
@@ -116,7 +118,23 @@ def test_run_training_job_on_googl(googl_job, googl_bars):
     assert [d for d, _ in paper] == result.test_dates
     assert [p for _, p in paper] == result.agent_positions
     assert set(result.agent_positions) <= {0, 1}
-    json.dumps(result.to_dict())
+    stored = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert stored["agent"] == result.agent.to_dict()
+
+
+def test_job_result_with_undefined_sharpe_is_json(googl_job):
+    """An always-flat policy has no Sharpe ratio: null with a reason, never NaN."""
+    _, result, _, _ = googl_job
+    flat = Metrics(total_return=0.0, sharpe=None, max_drawdown=0.0, trades=0,
+                   sharpe_undefined_reason="zero_variance")
+    d = dataclasses.replace(result, agent=flat, mlp_baseline=flat).to_dict()
+    text = json.dumps(d, allow_nan=False)
+    assert json.loads(text)["agent"] == {
+        "total_return": 0.0, "sharpe": None, "max_drawdown": 0.0, "trades": 0,
+        "sharpe_undefined_reason": "zero_variance",
+    }
+    with pytest.raises(ValueError, match="seconds"):
+        dataclasses.replace(result, seconds=float("nan"))
 
 
 def test_test_period_bars_never_reach_training(tmp_path, googl_bars):

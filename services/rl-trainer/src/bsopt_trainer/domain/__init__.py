@@ -5,8 +5,11 @@ Modules
 ``env``         :class:`~bsopt_trainer.domain.env.TradingEnv`, a long/flat trading
                 environment over a bars frame, and the market features it observes.
 ``extractors``  feature extractors (Transformer, MLP) behind a name registry.
-``ppo``         PPO with GAE, :func:`~bsopt_trainer.domain.ppo.train_ppo` and the
-                checkpointable :class:`~bsopt_trainer.domain.ppo.TrainedPolicy`.
+``ppo_config``  :class:`~bsopt_trainer.domain.ppo_config.PPOConfig`, the PPO hyperparameters.
+``policy``      the actor-critic network and the checkpointable
+                :class:`~bsopt_trainer.domain.policy.TrainedPolicy` (checkpoint format).
+``ppo``         the PPO training loop :func:`~bsopt_trainer.domain.ppo.train_ppo` and
+                :func:`~bsopt_trainer.domain.ppo.compute_gae` (GAE).
 ``evaluation``  equity-curve metrics with transaction costs, policy evaluation and the
                 buy-and-hold benchmark.
 ``job``         one training job: train/test split with a no-look-ahead rule, PPO with the

@@ -36,22 +36,72 @@ from .env import (
 
 TRADING_DAYS_PER_YEAR = 252
 
+SHARPE_FEWER_THAN_TWO_RETURNS = "fewer_than_two_returns"
+"""Reason for an undefined Sharpe ratio: a sample standard deviation needs two returns."""
+SHARPE_ZERO_VARIANCE = "zero_variance"
+"""Reason for an undefined Sharpe ratio: the daily returns are constant (standard deviation
+below :data:`SHARPE_MIN_STD`), e.g. a policy that stays flat throughout."""
+SHARPE_MIN_STD = 1e-12
+"""Daily-return standard deviations at or below this count as zero (float noise of a
+constant series)."""
+
+
+def annualised_sharpe(daily_returns: Any) -> tuple[float | None, str | None]:
+    """Annualised Sharpe ratio of simple daily returns ``(n,)`` (fractions, 0.01 = +1 %),
+    zero risk-free rate: ``sqrt(252) * mean / std`` with the sample standard deviation
+    (``ddof = 1``); Sharpe (1994), "The Sharpe Ratio", J. Portfolio Management 21(1). The
+    ``sqrt(252)`` annualisation assumes i.i.d. daily returns (Lo 2002, "The Statistics of
+    Sharpe Ratios", Financial Analysts Journal 58(4)).
+
+    Returns ``(sharpe, None)``, or ``(None, reason)`` when the ratio is undefined:
+    :data:`SHARPE_FEWER_THAN_TWO_RETURNS` (``n < 2``) or :data:`SHARPE_ZERO_VARIANCE`
+    (``std <= SHARPE_MIN_STD``). Raises ValueError for non-finite returns.
+    """
+    daily = np.asarray(daily_returns, dtype=np.float64).reshape(-1)
+    if not np.isfinite(daily).all():
+        raise ValueError("daily returns must be finite")
+    if daily.size < 2:
+        return None, SHARPE_FEWER_THAN_TWO_RETURNS
+    std = float(np.std(daily, ddof=1))
+    if not std > SHARPE_MIN_STD:
+        return None, SHARPE_ZERO_VARIANCE
+    return float(math.sqrt(TRADING_DAYS_PER_YEAR) * np.mean(daily) / std), None
+
 
 @dataclass(frozen=True)
 class Metrics:
-    """Performance of one position series over a decision range."""
+    """Performance of one position series over a decision range. Every field is finite or
+    None, so :meth:`to_dict` is valid JSON (``json.dumps(..., allow_nan=False)``)."""
 
     total_return: float
     """Compounded return over the range as a fraction (0.10 = +10 %), net of costs."""
-    sharpe: float
-    """Annualised Sharpe ratio of the daily strategy returns: ``sqrt(252) * mean / std``
-    (sample std, zero risk-free rate); 0.0 when the std is 0 or there is one return."""
+    sharpe: float | None
+    """Annualised Sharpe ratio of the daily strategy returns (:func:`annualised_sharpe`);
+    None when it is undefined, with the reason in :attr:`sharpe_undefined_reason`."""
     max_drawdown: float
     """Largest peak-to-trough fall of the equity curve as a positive fraction (0.2 = -20 %)."""
     trades: int
     """Number of position changes, counting the initial entry from flat."""
+    sharpe_undefined_reason: str | None = None
+    """Why :attr:`sharpe` is None (:data:`SHARPE_FEWER_THAN_TWO_RETURNS` or
+    :data:`SHARPE_ZERO_VARIANCE`); None when it is defined."""
+
+    def __post_init__(self) -> None:
+        for name in ("total_return", "max_drawdown"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
+        if self.sharpe is None:
+            if not self.sharpe_undefined_reason:
+                raise ValueError("an undefined sharpe (None) needs a sharpe_undefined_reason")
+        else:
+            if not math.isfinite(self.sharpe):
+                raise ValueError(f"sharpe must be finite or None, got {self.sharpe!r}")
+            if self.sharpe_undefined_reason is not None:
+                raise ValueError("sharpe_undefined_reason must be None when sharpe is defined")
 
     def to_dict(self) -> dict[str, Any]:
+        """``{"total_return", "sharpe", "max_drawdown", "trades", "sharpe_undefined_reason"}``;
+        ``sharpe`` and ``sharpe_undefined_reason`` may be None (JSON null), nothing is NaN."""
         return asdict(self)
 
 
@@ -86,18 +136,21 @@ def strategy_log_returns(
 
 
 def metrics_from_log_returns(log_returns: np.ndarray, trades: int) -> Metrics:
-    """:class:`Metrics` of a strategy log-return series ``(n,)``."""
-    r = np.asarray(log_returns, dtype=np.float64)
+    """:class:`Metrics` of a strategy log-return series ``(n,)`` float64 (``n = 0`` gives a
+    flat curve). Raises ValueError for non-finite log returns or an equity curve that
+    overflows float64."""
+    r = np.asarray(log_returns, dtype=np.float64).reshape(-1)
+    if not np.isfinite(r).all():
+        raise ValueError("log returns must be finite")
     equity = np.exp(np.concatenate([[0.0], np.cumsum(r)]))  # (n + 1,), starts at 1
-    daily = np.expm1(r)
-    std = float(np.std(daily, ddof=1)) if daily.size > 1 else 0.0
-    sharpe = 0.0 if not std > 1e-12 else float(math.sqrt(TRADING_DAYS_PER_YEAR) * np.mean(daily) / std)
+    sharpe, reason = annualised_sharpe(np.expm1(r))
     drawdown = 1.0 - equity / np.maximum.accumulate(equity)
     return Metrics(
         total_return=float(equity[-1] - 1.0),
         sharpe=sharpe,
         max_drawdown=float(drawdown.max()),
         trades=int(trades),
+        sharpe_undefined_reason=reason,
     )
 
 

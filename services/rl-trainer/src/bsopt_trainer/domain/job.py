@@ -39,7 +39,8 @@ import pandas as pd
 
 from .env import FEATURE_NAMES, DecisionRange, EnvConfig, TradingEnv, check_bars_frame
 from .evaluation import Metrics, buy_and_hold, evaluate_policy
-from .ppo import PPOConfig, TrainedPolicy, train_ppo
+from .policy import TrainedPolicy
+from .ppo import PPOConfig, train_ppo
 
 MODEL_NAME = "ppo-transformer"
 BASELINE_NAME = "ppo-mlp"
@@ -235,8 +236,16 @@ class JobResult:
     mlp_positions: list[int] = field(default_factory=list)
     """The MLP baseline's positions at the same dates."""
 
+    def __post_init__(self) -> None:
+        for name in ("seconds", "mlp_seconds"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view (dates as ISO strings, paths as strings)."""
+        """JSON-ready view (dates as ISO strings, paths as strings): valid for
+        ``json.dumps(..., allow_nan=False)``. The three metrics are :meth:`Metrics.to_dict`;
+        their ``sharpe`` is None (JSON null) with a ``sharpe_undefined_reason`` when the
+        ratio is undefined (e.g. an always-flat policy)."""
         return {
             "model": self.model,
             "window": self.window,
