@@ -119,7 +119,8 @@ def print_report(s: dict) -> None:
     for name, key in (("PPO + Transformer (agent)", "agent"), ("PPO + MLP (baseline)", "mlp_baseline"),
                       ("buy and hold", "buy_and_hold")):
         m = tr["test"][key]
-        t.add_row(name, f"{100 * m['total_return']:+.1f}%", f"{m['sharpe']:.2f}", f"{100 * m['max_drawdown']:.1f}%",
+        sharpe = "n/a" if m["sharpe"] is None else f"{m['sharpe']:.2f}"
+        t.add_row(name, f"{100 * m['total_return']:+.1f}%", sharpe, f"{100 * m['max_drawdown']:.1f}%",
                   str(m["trades"]))
     console.print(t)
     agent, bh = tr["test"]["agent"]["total_return"], tr["test"]["buy_and_hold"]["total_return"]

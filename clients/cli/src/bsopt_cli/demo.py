@@ -51,7 +51,8 @@ class DemoOptions:
     total_timesteps: int = 131_072
     seed: int = 0
     transaction_cost_bps: float = 10.0
-    initial_cash_usd: float = 100_000.0
+    initial_cash: str = "100000"
+    """Starting cash of the paper account, USD (a decimal string: money is never a float)."""
     report_dir: Path = Path("demo-report")
     train_start: date = TRAIN_START
     train_end: date = TRAIN_END
@@ -113,8 +114,8 @@ async def run_demo(opts: DemoOptions, log=print) -> dict:  # noqa: ANN001
         results = job["results"]
 
         # --- trader journey -----------------------------------------------------------
-        account = _check(await api.post("/v1/accounts", json={"broker": "paper",
-                                                              "initial_cash_usd": opts.initial_cash_usd}),
+        account = _check(await api.post("/v1/accounts", json={"broker": "paper", "initial_cash": {
+                                                    "amount": opts.initial_cash, "currency": "USD"}}),
                          "POST /v1/accounts")
         account_id = account["account_id"]
         ws_messages: list[dict] = []
@@ -125,7 +126,7 @@ async def run_demo(opts: DemoOptions, log=print) -> dict:  # noqa: ANN001
                                           json={"account_id": account_id}, timeout=600.0),
                            "POST paper-trading")
             log(f"paper trading: {paper['orders']} orders, {paper['fills']} fills, "
-                f"final equity {paper['final_equity_usd']:.2f} USD")
+                f"final equity {paper['final_equity']['amount']} {paper['final_equity']['currency']}")
             window = {"start": opts.test_start.isoformat(), "end": (opts.test_end + timedelta(days=1)).isoformat()}
             first = _check(await api.post(f"/v1/accounts/{account_id}/imports", json=window), "first import")
             second = _check(await api.post(f"/v1/accounts/{account_id}/imports", json=window), "second import")

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bsopt_common.errors import InvalidArgument
+
 from .env import FEATURE_NAMES, DecisionRange, EnvConfig, TradingEnv, check_bars_frame
 from .evaluation import Metrics, buy_and_hold, evaluate_policy
 from .policy import TrainedPolicy
@@ -68,6 +70,11 @@ NUM_STEPS = 128
 EPISODE_LENGTH = 256
 
 
+class InvalidSpec(InvalidArgument):
+    """A training spec that cannot run on its symbol's bars; the message names the field
+    and the bound it breaks (gRPC ``INVALID_ARGUMENT``)."""
+
+
 @dataclass(frozen=True)
 class TrainingSpec:
     """What to train on and how much. Dates are inclusive calendar dates."""
@@ -97,40 +104,40 @@ class TrainingSpec:
             if isinstance(value, datetime):  # a datetime is a date; keep only its date
                 object.__setattr__(self, name, value.date())
             elif not isinstance(value, date):
-                raise ValueError(f"{name} must be a datetime.date, got {type(value).__name__}")
+                raise InvalidSpec(f"{name} must be a datetime.date, got {type(value).__name__}")
 
     def validate(self, bars: pd.DataFrame) -> DataSplit:
         """Check the spec against ``bars`` (the symbol's bars, any span covering both
-        windows) and return the split. Raises ValueError with a readable message when a
+        windows) and return the split. Raises InvalidSpec (an InvalidArgument) with a readable message when a
         parameter is out of bounds, a window is reversed, the windows overlap, a date is
         outside the data, a window has too few bars, or fewer than ``window_size`` bars
         separate ``train_end`` from ``test_start``."""
         w = self.window_size
         if not isinstance(self.symbol, str) or not self.symbol.strip():
-            raise ValueError("symbol must be a non-empty string")
+            raise InvalidSpec("symbol must be a non-empty string")
         if int(w) != w or w < 1:
-            raise ValueError(f"window_size must be a positive integer, got {w!r}")
+            raise InvalidSpec(f"window_size must be a positive integer, got {w!r}")
         if int(self.total_timesteps) != self.total_timesteps or self.total_timesteps < MIN_TOTAL_TIMESTEPS:
-            raise ValueError(
+            raise InvalidSpec(
                 f"total_timesteps must be an integer >= {MIN_TOTAL_TIMESTEPS}, got {self.total_timesteps!r}"
             )
         if not math.isfinite(self.transaction_cost_bps) or self.transaction_cost_bps < 0:
-            raise ValueError(
+            raise InvalidSpec(
                 f"transaction_cost_bps must be finite and >= 0, got {self.transaction_cost_bps!r}"
             )
         if self.train_start > self.train_end:
-            raise ValueError(
+            raise InvalidSpec(
                 f"training window is reversed: train_start {self.train_start} > train_end {self.train_end}"
             )
         if self.test_start > self.test_end:
-            raise ValueError(
+            raise InvalidSpec(
                 f"test window is reversed: test_start {self.test_start} > test_end {self.test_end}"
             )
         if self.test_start <= self.train_end:
-            raise ValueError(f"test_start {self.test_start} must be after train_end {self.train_end}")
+            raise InvalidSpec(f"test_start {self.test_start} must be after train_end {self.train_end}")
 
         if not isinstance(bars, pd.DataFrame) or len(bars) == 0:
-            raise ValueError(f"no bars for {self.symbol}")
+            raise InvalidSpec(f"no bars for {self.symbol}")
         check_bars_frame(bars)
         if not isinstance(bars.index, pd.DatetimeIndex):
             raise ValueError("bars must be indexed by a DatetimeIndex")
@@ -139,7 +146,7 @@ class TrainingSpec:
         days = bars.index.normalize()
         first_day, last_day = days[0].date(), days[-1].date()
         if self.train_start < first_day or self.test_end > last_day:
-            raise ValueError(
+            raise InvalidSpec(
                 f"dates {self.train_start} .. {self.test_end} are out of the data range "
                 f"{first_day} .. {last_day} of {self.symbol}"
             )
@@ -148,7 +155,7 @@ class TrainingSpec:
         e = int(np.searchsorted(days, pd.Timestamp(self.train_end), side="right")) - 1
         n_train = e - s + 1
         if n_train < w + 2:
-            raise ValueError(
+            raise InvalidSpec(
                 f"training window {self.train_start} .. {self.train_end} has {max(n_train, 0)} bars; "
                 f"needs at least window_size + 2 = {w + 2}"
             )
@@ -156,14 +163,14 @@ class TrainingSpec:
         t_last = int(np.searchsorted(days, pd.Timestamp(self.test_end), side="right")) - 1
         gap = t0 - e - 1
         if gap < w:
-            raise ValueError(
+            raise InvalidSpec(
                 f"only {gap} bars lie between train_end {self.train_end} and test_start "
                 f"{self.test_start}; need at least window_size = {w} (warm-up history for the "
                 "first test observations, so that no test observation overlaps training data)"
             )
         n_test = t_last - t0 + 1
         if n_test < 2:
-            raise ValueError(
+            raise InvalidSpec(
                 f"test window {self.test_start} .. {self.test_end} has {max(n_test, 0)} bars; "
                 "needs at least 2"
             )
