@@ -59,8 +59,17 @@ def test_bad_specs_are_invalid_argument(trainer, test_issuer, bad, message):
     tok = test_issuer.token(aud=RL_TRAINER_AUDIENCE, scope=SCOPES)
     with pytest.raises(grpc.RpcError) as err:
         call(trainer, "SubmitTrainingJob", pb.SubmitTrainingJobRequest(user_id="u1", spec=spec(**bad)), tok)
-    assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in err.value.details()
+
+
+def test_unset_optional_fields_take_the_domain_defaults_and_zero_stays_zero(trainer, test_issuer):
+    tok = test_issuer.token(aud=RL_TRAINER_AUDIENCE, scope=SCOPES)
+    request = spec(transaction_cost_bps=0)
+    request.ClearField("window_size")
+    job = call(trainer, "SubmitTrainingJob", pb.SubmitTrainingJobRequest(user_id="u-defaults", spec=request), tok)
+    assert job.spec.window_size == 16  # unset: the domain's default
+    assert job.spec.HasField("transaction_cost_bps") and job.spec.transaction_cost_bps == 0  # not the default 10
 
 
 def test_other_users_job_is_not_found(trainer, test_issuer):
