@@ -87,7 +87,7 @@ def engine(postgres_url):
     eng.dispose()
 
 
-def _assert_no_drift(service: Service, engine) -> list[tuple]:  # noqa: ANN001
+def _assert_no_drift(service: Service, engine) -> list[tuple]:
     diffs = migrations.flatten_drift(
         migrations.schema_drift(service.package, engine, service.schema, service.target_metadata())
     )
@@ -106,7 +106,7 @@ def _assert_no_drift(service: Service, engine) -> list[tuple]:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("service", SERVICES, ids=[s.name for s in SERVICES])
-def test_head_matches_the_models(service: Service, engine) -> None:  # noqa: ANN001
+def test_head_matches_the_models(service: Service, engine) -> None:
     migrations.upgrade(service.package, engine, service.schema)
     diffs = _assert_no_drift(service, engine)
 
@@ -120,7 +120,7 @@ def test_head_matches_the_models(service: Service, engine) -> None:  # noqa: ANN
 
 
 @pytest.mark.parametrize("service", SERVICES, ids=[s.name for s in SERVICES])
-def test_downgrade_to_base_and_back(service: Service, engine) -> None:  # noqa: ANN001
+def test_downgrade_to_base_and_back(service: Service, engine) -> None:
     migrations.upgrade(service.package, engine, service.schema)
     command.downgrade(migrations.alembic_config(service.package, engine, service.schema), "base")
     assert set(inspect(engine).get_table_names(schema=service.schema)) <= {migrations.VERSION_TABLE}

@@ -45,13 +45,14 @@ def test_key_and_subject_come_from_the_payload():
 
 def test_outbox_refuses_a_payload_of_another_type_and_stages_nothing():
     class Session:
-        executed: list[object] = []
+        def __init__(self) -> None:
+            self.executed: list[object] = []
 
         def execute(self, stmt: object) -> None:
             self.executed.append(stmt)
 
     session = Session()
-    with pytest.raises(TypeError, match="trades.imported.v1 carries bsopt.broker_gateway.v1.TradeImported"):
+    with pytest.raises(TypeError, match=r"trades\.imported\.v1 carries bsopt\.broker_gateway\.v1\.TradeImported"):
         Outbox("broker").add(session, topics.TRADES_IMPORTED, scorer_events.TradeScored())  # type: ignore[arg-type]
     assert session.executed == []
 
@@ -156,7 +157,7 @@ def test_only_named_errors_reach_callers():
 
 
 class _Faulty(pb_grpc.BrokerGatewayServiceServicer):
-    async def GetAccount(self, request, context):  # noqa: ANN001
+    async def GetAccount(self, request, context):
         if request.account_id == "missing":
             raise NotFound("account missing not found for this user")
         return {}["checkpoint_path"]  # a stray KeyError from a dict lookup

@@ -44,7 +44,7 @@ def _connect_params(engine: Engine) -> dict[str, object]:
     ``connect_args``), captured at the first connect attempt without touching the network."""
     seen: dict[str, object] = {}
 
-    def _capture(*cargs, **cparams):  # noqa: ANN002, ANN003
+    def _capture(*cargs, **cparams):
         seen.update(cparams)
         raise _Captured
 
@@ -124,25 +124,25 @@ class _Abort(BaseException):
     """Not an Exception: like KeyboardInterrupt or CancelledError."""
 
 
-def _sql_error(s) -> None:  # noqa: ANN001
+def _sql_error(s) -> None:
     s.execute(text("SELECT * FROM pooltest.no_such_table"))
 
 
-def _python_error(s) -> None:  # noqa: ANN001
+def _python_error(s) -> None:
     s.execute(text("INSERT INTO pooltest.t VALUES (1)"))
     raise RuntimeError("boom after a write")
 
 
-def _constraint_error(s) -> None:  # noqa: ANN001
+def _constraint_error(s) -> None:
     s.execute(text("INSERT INTO pooltest.t VALUES (2), (2)"))
 
 
-def _base_exception(s) -> None:  # noqa: ANN001
+def _base_exception(s) -> None:
     s.execute(text("SELECT 1"))
     raise _Abort
 
 
-def _server_kills_connection(s) -> None:  # noqa: ANN001
+def _server_kills_connection(s) -> None:
     s.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
 
 
@@ -178,13 +178,13 @@ def test_success_commits_and_returns_the_connection(small_engine: Engine) -> Non
 # ------------------------------------------------------------------- (c) connect retry
 
 
-def _count_connects(engine: Engine, after_failure=None) -> list[int]:  # noqa: ANN001
+def _count_connects(engine: Engine, after_failure=None) -> list[int]:
     """Wrap the dialect's DBAPI connect (what the retry loop calls) to count attempts;
     ``after_failure(n)`` runs after the n-th attempt fails."""
     calls: list[int] = []
     real = engine.dialect.connect
 
-    def _connect(*cargs, **cparams):  # noqa: ANN002, ANN003
+    def _connect(*cargs, **cparams):
         calls.append(len(calls) + 1)
         try:
             return real(*cargs, **cparams)

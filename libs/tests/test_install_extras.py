@@ -53,7 +53,7 @@ OPTIONAL_COMMON_MODULES = {
     "bsopt_common.testing.pytest_plugin": "test",
 }
 
-PACKAGES = sorted(p.parent for p in (REPO / "services").glob("*/pyproject.toml")) + [REPO / "clients" / "cli"]
+PACKAGES = [*sorted(p.parent for p in (REPO / "services").glob("*/pyproject.toml")), REPO / "clients" / "cli"]
 ENTRY_MODULES = ("__main__", "bootstrap", "app")
 
 CHILD = r"""

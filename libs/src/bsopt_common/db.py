@@ -97,7 +97,7 @@ def create_db_engine(
     policy = retry or RetryPolicy()
 
     @event.listens_for(engine, "do_connect")
-    def _connect_with_retry(dialect, conn_rec, cargs, cparams):  # noqa: ANN001
+    def _connect_with_retry(dialect, conn_rec, cargs, cparams):
         for attempt in range(policy.attempts):
             try:
                 return dialect.connect(*cargs, **cparams)

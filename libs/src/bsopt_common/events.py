@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import cache
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -154,7 +154,7 @@ class EventPublisher:
 # --- consumer side -----------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def event_tables(schema: str) -> tuple[Table, Table]:
     """``(processed_events, outbox)`` tables in ``schema``. Services create them in their
     first migration with :func:`create_event_tables`."""
@@ -179,7 +179,7 @@ def event_tables(schema: str) -> tuple[Table, Table]:
     return processed, outbox
 
 
-def create_event_tables(bind, schema: str) -> None:  # noqa: ANN001 - alembic op.get_bind()
+def create_event_tables(bind, schema: str) -> None:
     for table in event_tables(schema):
         table.create(bind, checkfirst=True)
 
@@ -340,7 +340,7 @@ class EventConsumer:
                     await self._process(msg)
                     await self._consumer.commit({TopicPartition(tp.topic, tp.partition): msg.offset + 1})
 
-    async def _process(self, msg) -> None:  # noqa: ANN001 - aiokafka ConsumerRecord
+    async def _process(self, msg) -> None:
         headers = {k: v.decode(errors="replace") for k, v in (msg.headers or ())}
         ctx = propagate.extract(headers)
         with tracer.start_as_current_span(f"{msg.topic} process", context=ctx, kind=trace.SpanKind.CONSUMER):
@@ -363,7 +363,7 @@ class EventConsumer:
                     await asyncio.sleep(0.1 * (2**attempt))
             await self._dead_letter(msg, last_error)
 
-    async def _decode(self, msg, headers: dict[str, str]) -> Event:  # noqa: ANN001
+    async def _decode(self, msg, headers: dict[str, str]) -> Event:
         for attr in ("ce_id", "ce_type", "ce_source", "ce_time"):
             if not headers.get(attr):
                 raise _Rejected(f"missing CloudEvents attribute {attr}")
@@ -412,7 +412,7 @@ class EventConsumer:
         for callback in after_commit:
             callback()
 
-    async def _dead_letter(self, msg, error: str) -> None:  # noqa: ANN001
+    async def _dead_letter(self, msg, error: str) -> None:
         log.error("dead-lettering %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)
         await self.dlq.send_dlq(msg.topic, msg.value, msg.key, list(msg.headers or ()), error)
         self.dead_lettered += 1

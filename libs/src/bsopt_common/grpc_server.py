@@ -68,7 +68,7 @@ class DomainErrorInterceptor(aio.ServerInterceptor):
     """Turn what a unary servicer raises into its status (see :func:`status_for`); log
     the stack of everything that maps to ``INTERNAL``."""
 
-    async def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001
+    async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler

@@ -81,7 +81,7 @@ def autogenerate_options(schema: str) -> dict[str, Any]:
     }
 
 
-def run_env(context) -> None:  # noqa: ANN001 - alembic's context module
+def run_env(context) -> None:
     """Body of every service's ``migrations/env.py``: online mode, version table in the
     service's schema, using the engine handed over in ``config.attributes`` (and, for
     autogenerate commands such as ``command.check``, ``config.attributes["target_metadata"]``)."""

@@ -101,7 +101,8 @@ class ServiceRuntime:
             await self.stop()
 
     def connect_database(self) -> None:
-        self.engine = create_db_engine(self.settings.require_database_url(), application_name=self.settings.service_name)
+        self.engine = create_db_engine(self.settings.require_database_url(),
+                                       application_name=self.settings.service_name)
         wait_for_database(self.engine)
         migrations.upgrade(self.migrations_package, self.engine, self.schema)
         self.session_factory = make_session_factory(self.engine)

@@ -58,7 +58,8 @@ class ServiceSettings(BaseSettings):
     }
 
     service_name: str = "bsopt"
-    environment: str = Field("dev", description="dev | test | prod; placeholder secrets are rejected outside dev and test")
+    environment: str = Field(
+        "dev", description="dev | test | prod; placeholder secrets are rejected outside dev and test")
     #: SQLAlchemy URL of the suite's Postgres, e.g. postgresql+psycopg://u:p@host/db
     #: (never printed: it may hold a password).
     database_url: DatabaseDsn | None = Field(None, repr=False)

@@ -14,19 +14,17 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
-
 from joserfc import jwt
 from joserfc.jwk import KeySet
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
-
-from bsopt_common.db import create_db_engine, make_session_factory
 
 from bsopt_auth.app import create_app
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.db import migrate
 from bsopt_auth.rfc7636 import create_s256_code_challenge
 from bsopt_auth.seed import CLI_CLIENT_ID, DEMO_PASSWORD, DEMO_USERNAME, seed_dev
+from bsopt_common.db import create_db_engine, make_session_factory
 
 ISSUER = "http://127.0.0.1:9000"
 TOKEN_PATH = "/oauth2/token"
@@ -52,12 +50,12 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @pytest.fixture
-def app(settings: AuthSettings, engine: Engine):  # noqa: ANN201
+def app(settings: AuthSettings, engine: Engine):
     return create_app(settings, engine)
 
 
 @pytest.fixture
-async def client(app, settings: AuthSettings) -> AsyncIterator[httpx.AsyncClient]:  # noqa: ANN001
+async def client(app, settings: AuthSettings) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url=settings.issuer, follow_redirects=False
     ) as c:

@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bsopt_cli.demo import DemoOptions, run_demo
-from bsopt_cli.login import LoginError, login as pkce_login
+from bsopt_cli.login import LoginError
+from bsopt_cli.login import login as pkce_login
 from bsopt_cli.stack import DEMO_USER, Stack, StackError
 
 app = typer.Typer(add_completion=False, help="bsopt: trading research and coaching platform.")
@@ -47,7 +48,8 @@ def _print_urls(stack: Stack) -> None:
     t.add_column("service")
     t.add_column("address")
     for name, addr in [("auth-server (issuer)", stack.issuer), ("resource-api", stack.api_url),
-                       ("broker-gateway (gRPC)", f"127.0.0.1:{p.broker}"), ("ml-scorer (gRPC)", f"127.0.0.1:{p.scorer}"),
+                       ("broker-gateway (gRPC)", f"127.0.0.1:{p.broker}"),
+                       ("ml-scorer (gRPC)", f"127.0.0.1:{p.scorer}"),
                        ("rl-trainer (gRPC)", f"127.0.0.1:{p.trainer}"),
                        ("digest-worker (gRPC health)", f"127.0.0.1:{p.digest}")]:
         t.add_row(name, addr)
@@ -133,7 +135,8 @@ def print_report(s: dict) -> None:
     console.print(f"bias tags: {json.dumps(s['bias'])}; coach.reflect messages over WebSocket: "
                   f"{s['events']['ws_messages']}")
     d = s["digest"]
-    console.print(f"latest weekly digest {d['period_start']} .. {d['period_end']}: {d['trades']} trades. {d['summary']}")
+    console.print(f"latest weekly digest {d['period_start']} .. {d['period_end']}: {d['trades']} trades. "
+                  f"{d['summary']}")
 
 
 def main() -> None:

@@ -67,7 +67,7 @@ def _check(resp: httpx.Response, step: str) -> dict:
     return resp.json()
 
 
-async def _poll(fetch, done, step: str, timeout_seconds: float, interval: float = 0.5, on_poll=None):  # noqa: ANN001
+async def _poll(fetch, done, step: str, timeout_seconds: float, interval: float = 0.5, on_poll=None):
     deadline = time.monotonic() + timeout_seconds
     while True:
         value = await fetch()
@@ -80,7 +80,7 @@ async def _poll(fetch, done, step: str, timeout_seconds: float, interval: float 
         await asyncio.sleep(interval)
 
 
-async def run_demo(opts: DemoOptions, log=print) -> dict:  # noqa: ANN001
+async def run_demo(opts: DemoOptions, log=print) -> dict:
     t0 = time.monotonic()
     tokens = await asyncio.to_thread(login, opts.issuer, username=opts.username, password=opts.password)
     headers = {"authorization": f"Bearer {tokens.access_token}"}
@@ -177,17 +177,17 @@ async def run_demo(opts: DemoOptions, log=print) -> dict:  # noqa: ANN001
     return summary
 
 
-def _const(value):  # noqa: ANN001, ANN202
+def _const(value):
     async def get():
         return value
     return get
 
 
-async def _get_json(api: httpx.AsyncClient, path: str):  # noqa: ANN202
+async def _get_json(api: httpx.AsyncClient, path: str):
     return _check(await api.get(path), f"GET {path}")
 
 
-async def _read_ws(ws, sink: list[dict]) -> None:  # noqa: ANN001
+async def _read_ws(ws, sink: list[dict]) -> None:
     async for raw in ws:
         msg = json.loads(raw)
         if msg.get("type") == "coach.reflect":

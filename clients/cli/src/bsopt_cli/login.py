@@ -57,7 +57,7 @@ class _LoopbackReceiver:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 url = urlparse(self.path)
                 if url.path != "/callback":
                     self.send_response(404)
@@ -72,7 +72,7 @@ class _LoopbackReceiver:
                 self.wfile.write(body)
                 owner.received.set()
 
-            def log_message(self, *args) -> None:  # noqa: ANN002
+            def log_message(self, *args) -> None:
                 pass
 
         self.server = HTTPServer(("127.0.0.1", 0), Handler)

@@ -56,7 +56,7 @@ class EmbeddedPostgresError(RuntimeError):
     """pgserver is missing or cannot run here."""
 
 
-def _import_pgserver():  # noqa: ANN202
+def _import_pgserver():
     try:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, root):
@@ -126,10 +126,11 @@ class EmbeddedPostgres:
         and initialised by ``initdb`` if it has no ``PG_VERSION``; an existing non-empty
         directory without ``PG_VERSION`` makes initdb fail. Data persist across
         :meth:`stop`. A second ``start`` on the same directory in the same process
-        shares pgserver's handle: stopping either stops the server. Blocks until the server accepts connections (pg_ctl waits up to
-        10 s). Raises :class:`EmbeddedPostgresError` (pgserver missing, root without
-        ``useradd``), ``subprocess.CalledProcessError`` / ``subprocess.TimeoutExpired``
-        from initdb or pg_ctl (the server log is in ``data_dir/log``).
+        shares pgserver's handle: stopping either stops the server. Blocks until the
+        server accepts connections (pg_ctl waits up to 10 s). Raises
+        :class:`EmbeddedPostgresError` (pgserver missing, root without ``useradd``),
+        ``subprocess.CalledProcessError`` / ``subprocess.TimeoutExpired`` from initdb or
+        pg_ctl (the server log is in ``data_dir/log``).
         """
         return cls._start(Path(data_dir), cleanup_mode="stop")
 

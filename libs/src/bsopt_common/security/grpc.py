@@ -42,7 +42,7 @@ def current_claims() -> AccessTokenClaims:
 
 
 def _abort_handler(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    async def abort(request, context):  # noqa: ANN001
+    async def abort(request, context):
         await context.abort(code, message)
 
     return grpc.unary_unary_rpc_method_handler(abort)
@@ -59,7 +59,7 @@ class TokenAuthInterceptor(aio.ServerInterceptor):
         self.verifier = verifier
         self.method_scopes = dict(method_scopes)
 
-    async def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001
+    async def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
         if method.startswith(EXEMPT_PREFIXES):
             return await continuation(handler_call_details)
@@ -80,7 +80,7 @@ class TokenAuthInterceptor(aio.ServerInterceptor):
             return handler
         inner = handler.unary_unary
 
-        async def with_claims(request, context):  # noqa: ANN001
+        async def with_claims(request, context):
             token_ctx = _claims.set(claims)
             try:
                 return await inner(request, context)
@@ -102,7 +102,7 @@ class BearerTokenClientInterceptor(aio.UnaryUnaryClientInterceptor):
         self.resource = resource
         self.scope = scope
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):  # noqa: ANN001
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
         token = await self.provider.token(self.resource, self.scope)
         metadata = list(client_call_details.metadata or ())
         metadata.append(("authorization", f"Bearer {token}"))

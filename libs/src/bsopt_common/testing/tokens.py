@@ -9,8 +9,8 @@ import json
 import threading
 import time
 import uuid
-from urllib.parse import parse_qsl
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
 
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
@@ -36,7 +36,7 @@ class TestIssuer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 owner.jwks_requests += 1
                 body = json.dumps(KeySet(owner.published).as_dict(private=False)).encode()
                 self.send_response(200)
@@ -45,7 +45,7 @@ class TestIssuer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_POST(self) -> None:  # noqa: N802 - client credentials (RFC 6749 §4.4)
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 form = dict(parse_qsl(self.rfile.read(length).decode()))
                 client_id = None
@@ -67,7 +67,7 @@ class TestIssuer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *args) -> None:  # noqa: ANN002
+            def log_message(self, *args) -> None:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -103,7 +103,7 @@ class TestIssuer:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:  # noqa: ANN002
+    def __exit__(self, *exc) -> None:
         self.stop()
 
     # --- tokens --------------------------------------------------------------------

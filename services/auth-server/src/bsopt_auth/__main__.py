@@ -85,7 +85,8 @@ def rotate_keys() -> None:
 def serve(
     host: str | None = typer.Option(None, help="Override BSOPT_AUTH_HOST."),
     port: int | None = typer.Option(None, help="Override BSOPT_AUTH_PORT."),
-    seed_dev: bool | None = typer.Option(None, "--seed-dev/--no-seed-dev", help="Override BSOPT_AUTH_SEED_DEV_ON_START."),
+    seed_dev: bool | None = typer.Option(None, "--seed-dev/--no-seed-dev",
+                                         help="Override BSOPT_AUTH_SEED_DEV_ON_START."),
 ) -> None:
     """Migrate, make sure a signing key exists, then serve HTTP until SIGINT/SIGTERM."""
     from bsopt_auth.bootstrap import serve as serve_auth

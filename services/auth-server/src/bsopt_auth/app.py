@@ -13,14 +13,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 from starlette.concurrency import run_in_threadpool
 
-from bsopt_common.db import make_session_factory
-from bsopt_common.security.jwt import AccessTokenVerifier, JWKSCache
-
 from bsopt_auth import __version__
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.rfc7517 import ensure_active_key
 from bsopt_auth.routes import authorize, discovery, token, userinfo
 from bsopt_auth.routes.state import AppState
+from bsopt_common.db import make_session_factory
+from bsopt_common.security.jwt import AccessTokenVerifier, JWKSCache
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ def create_app(settings: AuthSettings, engine: Engine) -> FastAPI:
 
         try:
             await run_in_threadpool(ping)
-        except Exception as exc:  # noqa: BLE001 - report, do not crash the probe
+        except Exception as exc:
             log.warning("readiness check failed: %s", type(exc).__name__)
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -27,7 +27,7 @@ class AuthSettings(ServiceSettings):
     #: Required outside dev/test; ``http://127.0.0.1:9000`` in dev/test.
     issuer: str | None = None
     #: auth-server dials only its database (no broker, no peers).
-    REQUIRED = ("database_url", "issuer")
+    REQUIRED: ClassVar[tuple[str, ...]] = ("database_url", "issuer")
     access_token_ttl_seconds: int = Field(900, gt=0)
     id_token_ttl_seconds: int = Field(900, gt=0)
     authorization_code_ttl_seconds: int = Field(60, gt=0)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from bsopt_common.migrations import upgrade
-
 from bsopt_auth.config import SCHEMA
+from bsopt_common.migrations import upgrade
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:

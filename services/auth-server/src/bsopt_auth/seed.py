@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from bsopt_auth.models import Client, User
+from bsopt_auth.passwords import hash_secret, verify_secret
 from bsopt_common.db import session_scope
 from bsopt_common.settings import (
     BROKER_GATEWAY_AUDIENCE,
@@ -23,13 +25,10 @@ from bsopt_common.settings import (
     RL_TRAINER_AUDIENCE,
 )
 
-from bsopt_auth.models import Client, User
-from bsopt_auth.passwords import hash_secret, verify_secret
-
 log = logging.getLogger(__name__)
 
 DEMO_USERNAME = "demo"
-DEMO_PASSWORD = "demo-password"  # noqa: S105 - documented dev credential
+DEMO_PASSWORD = "demo-password"
 CLI_CLIENT_ID = "bsopt-cli"
 CLI_REDIRECT_URI = "http://127.0.0.1/callback"
 

@@ -6,13 +6,12 @@ import pytest
 from joserfc.errors import JoseError
 from sqlalchemy import func, select
 
-from bsopt_common.db import session_scope
-
 from bsopt_auth.models import SigningKey
 from bsopt_auth.rfc7517 import ensure_active_key, rotate_signing_key
+from bsopt_common.db import session_scope
 
 
-def _statuses(session_factory) -> dict[str, str]:  # noqa: ANN001
+def _statuses(session_factory) -> dict[str, str]:
     with session_scope(session_factory) as s:
         return {k.kid: k.status for k in s.scalars(select(SigningKey))}
 

@@ -71,7 +71,7 @@ async def test_scope_outside_the_clients_is_invalid_scope(oauth) -> None:
 
 
 async def test_repeated_parameters_are_invalid_request(oauth) -> None:
-    params = list(oauth.authorize_params(state="a").items()) + [("state", "b")]
+    params = [*list(oauth.authorize_params(state="a").items()), ("state", "b")]
     resp = await oauth.client.get("/authorize", params=params)
     assert resp.status_code == 302
     assert "error=invalid_request" in resp.headers["location"]

@@ -9,7 +9,8 @@ async def test_userinfo_with_an_openid_token(oauth) -> None:
     body = await oauth.user_tokens(scope="openid profile")
     sub = (await oauth.decode(body["access_token"])).claims["sub"]
     for method in ("GET", "POST"):
-        resp = await oauth.client.request(method, "/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"})
+        resp = await oauth.client.request(method, "/userinfo",
+                                          headers={"Authorization": f"Bearer {body['access_token']}"})
         assert resp.status_code == 200, resp.text
         assert resp.json() == {"sub": sub, "preferred_username": "demo"}
         assert resp.headers["cache-control"] == "no-store"
@@ -54,7 +55,8 @@ async def test_userinfo_follows_key_rotation(oauth, session_factory, settings) -
     from bsopt_auth.rfc7517 import rotate_signing_key
 
     first = await oauth.user_tokens(scope="openid")
-    assert (await oauth.client.get("/userinfo", headers={"Authorization": f"Bearer {first['access_token']}"})).status_code == 200
+    first_headers = {"Authorization": f"Bearer {first['access_token']}"}
+    assert (await oauth.client.get("/userinfo", headers=first_headers)).status_code == 200
     rotate_signing_key(session_factory, settings.signing_alg)
     second = await oauth.user_tokens(scope="openid")
     for body in (first, second):
@@ -62,13 +64,13 @@ async def test_userinfo_follows_key_rotation(oauth, session_factory, settings) -
         assert resp.status_code == 200, resp.text
 
 
-def _sign(key, kid: str, alg: str, claims: dict) -> str:  # noqa: ANN001
+def _sign(key, kid: str, alg: str, claims: dict) -> str:
     from joserfc import jwt
 
     return jwt.encode({"alg": alg, "kid": kid, "typ": "at+jwt"}, claims, key)
 
 
-def _claims(settings, sub: str, *, iat: int, ttl: int) -> dict:  # noqa: ANN001
+def _claims(settings, sub: str, *, iat: int, ttl: int) -> dict:
     return {"iss": settings.issuer, "sub": sub, "aud": [settings.issuer], "client_id": "bsopt-cli",
             "scope": "openid profile", "iat": iat, "nbf": iat, "exp": iat + ttl, "jti": str(uuid.uuid4())}
 

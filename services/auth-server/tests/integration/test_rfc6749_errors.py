@@ -56,9 +56,8 @@ async def test_confidential_client_may_not_use_the_code_grant(oauth) -> None:
 
 
 async def test_code_of_another_client_is_invalid_grant(oauth, session_factory) -> None:
-    from bsopt_common.db import session_scope
-
     from bsopt_auth.models import Client
+    from bsopt_common.db import session_scope
 
     with session_scope(session_factory) as s:  # a second public client for this module's db
         if s.get(Client, "other-cli") is None:
@@ -86,7 +85,7 @@ ERROR_CLASSES = [
 
 
 @pytest.mark.parametrize(("cls", "code", "status"), ERROR_CLASSES)
-def test_one_class_per_error_code_with_its_definition(cls, code: str, status: int) -> None:  # noqa: ANN001
+def test_one_class_per_error_code_with_its_definition(cls, code: str, status: int) -> None:
     assert cls.error == code
     assert cls.status_code == status
     assert cls.__doc__ and "RFC" in cls.__doc__

@@ -8,12 +8,11 @@ from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import select, update
 
+from bsopt_auth.models import AuthorizationCode
 from bsopt_common.db import session_scope
 
-from bsopt_auth.models import AuthorizationCode
 
-
-def _error_of(resp) -> dict[str, list[str]]:  # noqa: ANN001
+def _error_of(resp) -> dict[str, list[str]]:
     assert resp.status_code == 302, resp.text
     return parse_qs(urlsplit(resp.headers["location"]).query)
 

@@ -45,7 +45,7 @@ async def test_every_token_has_a_fresh_jti(oauth) -> None:
 
 
 @pytest.fixture
-def shared_verifier(app, settings):  # noqa: ANN001, ANN201
+def shared_verifier(app, settings):
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=settings.issuer)
     jwks = JWKSCache(settings.issuer + "/.well-known/jwks.json", http_client=http)
     return lambda audience: AccessTokenVerifier(settings.issuer, audience, jwks)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy import func, inspect, select
 
-from bsopt_common.db import session_scope
-
 from bsopt_auth.db import migrate
 from bsopt_auth.models import Client, User
 from bsopt_auth.passwords import verify_secret
 from bsopt_auth.seed import DEV_CLIENTS, dev_client_secret, seed_dev
+from bsopt_common.db import session_scope
 
 
 def test_tables_live_in_schema_auth(engine) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from bsopt_common.runtime import run_service
 from bsopt_digest.bootstrap import serve
 from bsopt_digest.config import DigestSettings
-from bsopt_common.runtime import run_service
 
 
 def main() -> None:

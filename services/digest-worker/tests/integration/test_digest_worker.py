@@ -30,7 +30,6 @@ from bsopt_digest.bootstrap import serve
 from bsopt_digest.config import DigestSettings
 
 
-
 class FixedToken:
     """A token source that always hands out one given token (or none)."""
 
@@ -59,7 +58,8 @@ def scored(user: str, day: str) -> scorer_events.TradeScored:
     ts.FromDatetime(datetime.fromisoformat(day).replace(tzinfo=UTC))
     return scorer_events.TradeScored(trade=spb.ScoredTrade(
         trade_id=str(uuid.uuid4()), user_id=user, account_id="a1", symbol="GOOGL", side=bpb.SIDE_BUY, quantity=3,
-        price=codec.money_pb(Money.of("800.10", "USD")), executed_at=ts, label=spb.BIAS_LABEL_FOMO, explanation="x", reflection="y"))
+        price=codec.money_pb(Money.of("800.10", "USD")), executed_at=ts, label=spb.BIAS_LABEL_FOMO, explanation="x",
+        reflection="y"))
 
 
 async def publish(bootstrap: str, token: str | None, message, user: str) -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from bsopt_common.runtime import run_service
 from bsopt_scorer.bootstrap import serve
 from bsopt_scorer.config import ScorerSettings
-from bsopt_common.runtime import run_service
 
 
 def main() -> None:

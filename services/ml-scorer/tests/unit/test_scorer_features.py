@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from bsopt_common.marketdata import bundled_provider, load_csv
 from scorer_reference import ref_atr, ref_bbands, ref_rsi
 
+from bsopt_common.marketdata import bundled_provider, load_csv
 from bsopt_scorer.domain.features import (
     MIN_BARS,
     BarNotFoundError,
@@ -115,7 +115,7 @@ def test_altering_the_trade_bar_itself_does_change_features(googl: pd.DataFrame)
 
 def test_features_for_equals_features_at(googl: pd.DataFrame) -> None:
     rng = np.random.default_rng(0)
-    positions = rng.integers(MIN_BARS - 1, len(googl), 40).tolist() + [MIN_BARS - 1, len(googl) - 1]
+    positions = [*rng.integers(MIN_BARS - 1, len(googl), 40).tolist(), MIN_BARS - 1, len(googl) - 1]
     times: list[date | datetime] = [googl.index[p].date() for p in positions]
     times += [googl.index[positions[0]].to_pydatetime()]  # duplicate, datetime form
     batch = features_for(googl, times)

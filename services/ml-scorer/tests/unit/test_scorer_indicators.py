@@ -9,9 +9,9 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from bsopt_common.marketdata import bundled_provider
 from scorer_reference import ref_atr, ref_bbands, ref_rsi, ref_true_range
 
+from bsopt_common.marketdata import bundled_provider
 from bsopt_scorer.domain.indicators import atr, bollinger, bollinger_position, pct_change, rsi, true_range
 
 

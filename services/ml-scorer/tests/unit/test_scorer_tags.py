@@ -9,8 +9,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from bsopt_common.marketdata import bundled_provider
 
+from bsopt_common.marketdata import bundled_provider
 from bsopt_scorer.domain.features import TradeFeatures, indicator_frame
 from bsopt_scorer.domain.tags import LABELS, BiasThresholds, TagResult, reflection, tag_trade
 

@@ -15,9 +15,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from bsopt_api.api.routes import ROUTERS
-from bsopt_api.runtime import ApiRuntime, bootstrap
 from bsopt_api.config import ApiSettings
 from bsopt_api.problems import install_problem_handlers
+from bsopt_api.runtime import ApiRuntime, bootstrap
 
 
 def create_app(settings: ApiSettings, *, runtime: ApiRuntime | None = None) -> FastAPI:

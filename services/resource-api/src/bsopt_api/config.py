@@ -7,6 +7,8 @@ environment only; it never connects.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -32,9 +34,11 @@ class ApiSettings(ServiceSettings):
     broker_gateway_target: str | None = None
     ml_scorer_target: str | None = None
     rl_trainer_target: str | None = None
-    REQUIRED = (*ServiceSettings.REQUIRED, "broker_gateway_target", "ml_scorer_target", "rl_trainer_target")
-    DEV_DEFAULTS = {**ServiceSettings.DEV_DEFAULTS, "broker_gateway_target": "127.0.0.1:50051",
-                    "ml_scorer_target": "127.0.0.1:50052", "rl_trainer_target": "127.0.0.1:50053"}
+    REQUIRED: ClassVar[tuple[str, ...]] = (
+        *ServiceSettings.REQUIRED, "broker_gateway_target", "ml_scorer_target", "rl_trainer_target")
+    DEV_DEFAULTS: ClassVar[dict[str, str]] = {
+        **ServiceSettings.DEV_DEFAULTS, "broker_gateway_target": "127.0.0.1:50051",
+        "ml_scorer_target": "127.0.0.1:50052", "rl_trainer_target": "127.0.0.1:50053"}
     #: Deadline of an ordinary backend call, seconds.
     grpc_timeout_seconds: float = Field(10.0, gt=0)
     #: Deadline of RunPaperTrading (a whole test window of orders), seconds.

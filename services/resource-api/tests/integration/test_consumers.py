@@ -22,12 +22,12 @@ from bsopt.digest_worker.v1 import events_pb2 as digest_events
 from bsopt.ml_scorer.v1 import events_pb2 as scorer_events
 from bsopt.ml_scorer.v1 import ml_scorer_pb2 as scorer_pb
 from bsopt_api.models import coach_messages
-from bsopt_common.db import session_scope
 from bsopt_common import codec
+from bsopt_common.db import session_scope
 from bsopt_common.events import EventConsumer, EventPublisher
 from bsopt_common.money import Money
-from bsopt_common.topics import DIGESTS_READY, TRADES_SCORED
 from bsopt_common.testing.pytest_plugin import create_topics
+from bsopt_common.topics import DIGESTS_READY, TRADES_SCORED
 
 TOPICS = [TRADES_SCORED.name, DIGESTS_READY.name, TRADES_SCORED.dlq, DIGESTS_READY.dlq]
 
@@ -81,7 +81,8 @@ def digest(user_id: str, digest_id: str, version: int, *, week: str = "2024-03-0
     end = f"{week[:8]}{int(week[8:]) + 6:02d}"
     return digest_events.DigestReady(
         digest_id=digest_id, user_id=user_id, period_start=start, period_end=end, trades=3 + version,
-        label_counts={"FOMO": 1, "PANIC": version, "NONE": 2}, net_cash_flow=codec.money_pb(Money.of("-1250.50", "USD")),
+        label_counts={"FOMO": 1, "PANIC": version, "NONE": 2},
+        net_cash_flow=codec.money_pb(Money.of("-1250.50", "USD")),
         summary=summary or f"version {version}", version=version,
     )
 

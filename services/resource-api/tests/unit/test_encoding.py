@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from bsopt_common import codec
-from bsopt_common.money import Money
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as broker_pb
 from bsopt.ml_scorer.v1 import ml_scorer_pb2 as scorer_pb
 from bsopt.rl_trainer.v1 import rl_trainer_pb2 as trainer_pb
 from bsopt_api import encoding
+from bsopt_common import codec
+from bsopt_common.money import Money
 
 
 @pytest.mark.parametrize(("value", "name"), [

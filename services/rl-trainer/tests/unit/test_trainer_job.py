@@ -63,7 +63,7 @@ def test_spec_validation_errors(googl_bars, changes, match):
 
 
 def test_spec_rejects_non_dates_and_missing_bars(googl_bars):
-    with pytest.raises(ValueError, match="datetime.date"):
+    with pytest.raises(ValueError, match=r"datetime\.date"):
         _spec(train_start="2010-01-01")
     with pytest.raises(ValueError, match="no bars"):
         _spec().validate(googl_bars.iloc[:0])

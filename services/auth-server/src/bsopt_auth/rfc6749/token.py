@@ -14,8 +14,6 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from bsopt_common.db import session_scope
-
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.models import AuthorizationCode, Client
 from bsopt_auth.oidc import OPENID_SCOPE, issue_id_token
@@ -32,6 +30,7 @@ from bsopt_auth.rfc7517 import get_active_key
 from bsopt_auth.rfc7636 import verify_code_verifier
 from bsopt_auth.rfc8707 import InvalidTargetError, resolve_resources
 from bsopt_auth.rfc9068 import issue_access_token
+from bsopt_common.db import session_scope
 
 GRANT_TYPES_SUPPORTED = ("authorization_code", "client_credentials")
 

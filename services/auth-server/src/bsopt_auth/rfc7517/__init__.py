@@ -21,9 +21,8 @@ from joserfc.jwk import ECKey, RSAKey
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from bsopt_common.db import session_scope
-
 from bsopt_auth.models import SigningKey
+from bsopt_common.db import session_scope
 
 log = logging.getLogger(__name__)
 

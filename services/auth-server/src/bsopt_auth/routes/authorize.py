@@ -10,9 +10,8 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from bsopt_common.db import session_scope
-
 from bsopt_auth.models import User
+from bsopt_auth.pages import render
 from bsopt_auth.passwords import hash_secret, needs_rehash, verify_secret
 from bsopt_auth.rfc6749.authorization import (
     AuthorizationRedirectError,
@@ -24,7 +23,7 @@ from bsopt_auth.rfc6749.authorization import (
     validate_authorization_request,
 )
 from bsopt_auth.routes.state import AppState
-from bsopt_auth.pages import render
+from bsopt_common.db import session_scope
 
 log = logging.getLogger(__name__)
 router = APIRouter()

@@ -6,11 +6,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from bsopt_common.db import session_scope
-
 from bsopt_auth.rfc7517 import get_active_key, jwks_document
 from bsopt_auth.rfc8414 import known_scopes, server_metadata
 from bsopt_auth.routes.state import AppState
+from bsopt_common.db import session_scope
 
 router = APIRouter()
 

@@ -15,13 +15,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from bsopt_common.db import session_scope
-from bsopt_common.security.fastapi import require_scopes
-from bsopt_common.security.jwt import AccessTokenClaims
-
 from bsopt_auth.models import User
 from bsopt_auth.oidc import OPENID_SCOPE
 from bsopt_auth.routes.state import AppState
+from bsopt_common.db import session_scope
+from bsopt_common.security.fastapi import require_scopes
+from bsopt_common.security.jwt import AccessTokenClaims
 
 router = APIRouter()
 

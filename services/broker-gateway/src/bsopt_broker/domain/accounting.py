@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bsopt_common.money import Money
-from bsopt_common.vocabulary import Side
 from bsopt_broker.domain.balance_guard import OrderCost
 from bsopt_broker.domain.records import Position
+from bsopt_common.money import Money
+from bsopt_common.vocabulary import Side
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,9 +24,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
+from bsopt_broker.domain.records import Account, Fill, MarketOrder, OrderResult
 from bsopt_common.errors import NotFound
 from bsopt_common.money import Money
-from bsopt_broker.domain.records import Account, Fill, MarketOrder, OrderResult
 
 
 class AccountNotFound(NotFound):

@@ -51,7 +51,8 @@ def test_import_window_rejects(window):
 def test_account_is_paper_with_positive_cash():
     assert AccountCreate.model_validate({"initial_cash": {"amount": "5000", "currency": "USD"}}).broker == "paper"
     for bad in ({"broker": "alpaca", "initial_cash": {"amount": "1", "currency": "USD"}},
-                {"initial_cash": {"amount": "0", "currency": "USD"}}, {"initial_cash": {"amount": "1", "currency": "usd"}},
+                {"initial_cash": {"amount": "0", "currency": "USD"}},
+                {"initial_cash": {"amount": "1", "currency": "usd"}},
                 {"initial_cash": {"amount": "NaN", "currency": "USD"}}, {"initial_cash": 5000}, {}):
         with pytest.raises(ValidationError):
             AccountCreate.model_validate(bad)

@@ -48,7 +48,7 @@ for the last reward). See :class:`DecisionRange` and :func:`full_decision_range`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -219,7 +219,7 @@ class TradingEnv(gym.Env):
     after ``reset``.
     """
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(
         self,

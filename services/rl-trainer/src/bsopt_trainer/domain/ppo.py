@@ -250,7 +250,7 @@ def _train(
 
     E, T = config.num_envs, config.num_steps
     # ---- rollout storage, preallocated -------------------------------------------
-    obs = torch.zeros((T, E) + obs_shape)  # (T, E, *O)
+    obs = torch.zeros((T, E, *obs_shape))  # (T, E, *O)
     actions = torch.zeros((T, E), dtype=torch.long)  # (T, E)
     logprobs = torch.zeros((T, E))  # (T, E)
     rewards = torch.zeros((T, E))  # (T, E)   scaled, truncation-bootstrapped
@@ -301,7 +301,7 @@ def _train(
             )  # (T, E), (T, E)
 
         # ---- flatten the batch -------------------------------------------------------
-        b_obs = obs.reshape((-1,) + obs_shape)  # (N, *O)
+        b_obs = obs.reshape((-1, *obs_shape))  # (N, *O)
         b_logprobs = logprobs.reshape(-1)  # (N,)
         b_actions = actions.reshape(-1)  # (N,)
         b_advantages = advantages.reshape(-1)  # (N,)

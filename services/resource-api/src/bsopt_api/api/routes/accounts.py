@@ -8,10 +8,10 @@ from fastapi import APIRouter, Response, status
 
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as pb
 from bsopt_api import encoding
-from bsopt_common import codec
-from bsopt_common.money import Money
 from bsopt_api.api.deps import Backends, TradesReader, TradesWriter
 from bsopt_api.api.schemas import Account, AccountCreate, TradesImport, TradesImportCreate
+from bsopt_common import codec
+from bsopt_common.money import Money
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 

@@ -13,14 +13,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from bsopt_common import codec
-from bsopt_common.money import Money
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as broker_pb
 from bsopt.ml_scorer.v1 import ml_scorer_pb2 as scorer_pb
 from bsopt_api import projections
 from bsopt_api.app import create_app
 from bsopt_api.bootstrap import bootstrap
+from bsopt_common import codec
 from bsopt_common.db import session_scope
+from bsopt_common.money import Money
 
 
 def scored(user_id: str, **kw) -> scorer_pb.ScoredTrade:
