@@ -183,3 +183,13 @@ async def serve_grpc(
         log.info("draining gRPC server")
     finally:
         await server.stop(grace_seconds)
+
+
+def raise_domain_error(exc: grpc.aio.AioRpcError) -> None:
+    """Client side of :data:`STATUS_BY_ERROR`: re-raise a peer's named status as the
+    matching named error (so a callee's NOT_FOUND stays NOT_FOUND for our caller); any
+    other status propagates unchanged (and becomes INTERNAL here, logged)."""
+    for error_type, code in STATUS_BY_ERROR.items():
+        if exc.code() == code:
+            raise error_type(exc.details() or code.name) from exc
+    raise exc

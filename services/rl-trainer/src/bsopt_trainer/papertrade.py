@@ -21,6 +21,7 @@ import grpc
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as bpb
 from bsopt.broker_gateway.v1 import broker_gateway_pb2_grpc as bpb_grpc
 from bsopt_common import codec
+from bsopt_common.grpc_server import raise_domain_error
 from bsopt_common.marketdata import MarketDataProvider
 from bsopt_common.money import Money
 from bsopt_trainer.domain.job import TrainingSpec, paper_trading_positions
@@ -43,12 +44,17 @@ async def run_paper_trading(
     *, stub: bpb_grpc.BrokerGatewayServiceStub, market_data: MarketDataProvider, spec: TrainingSpec,
     checkpoint_path: str, account_id: str, user_id: str,
 ) -> PaperRunResult:
-    """Raises grpc.aio.AioRpcError from broker-gateway (other than balance-guard
-    rejections, which are counted), ValueError for a checkpoint that does not fit."""
+    """Raises broker-gateway's named errors as ours (NotFound for an account that is not
+    the user's, InvalidArgument, Unavailable; balance-guard rejections are counted, not
+    raised), other grpc.aio.AioRpcError as they are, ValueError for a checkpoint that
+    does not fit (an internal error: the checkpoint is the service's own)."""
     bars = market_data.fetch_history(spec.symbol)
     positions = await asyncio.to_thread(paper_trading_positions, checkpoint_path, bars, spec)
     close_on = {d: Decimal(repr(float(c))) for d, c in zip(bars.index.date, bars["close"], strict=True)}
-    account = await stub.GetAccount(bpb.GetAccountRequest(account_id=account_id, user_id=user_id), timeout=30)
+    try:
+        account = await stub.GetAccount(bpb.GetAccountRequest(account_id=account_id, user_id=user_id), timeout=30)
+    except grpc.aio.AioRpcError as exc:
+        raise_domain_error(exc)
     cash = codec.money_from_pb(account, "cash")
     shares = next((p.quantity for p in account.positions if p.symbol == spec.symbol), 0)
     run_id = str(uuid.uuid4())
@@ -74,7 +80,7 @@ async def run_paper_trading(
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 rejected += 1
                 continue
-            raise
+            raise_domain_error(exc)
         fills += len(resp.fills)
         cash = codec.money_from_pb(resp.account, "cash")
         shares = next((p.quantity for p in resp.account.positions if p.symbol == spec.symbol), 0)
