@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy.engine import make_url
 
 from bsopt_cli.stack import Stack
+from bsopt_common.embedded.kafka import FAST_GROUP_SETTINGS
 
 
 async def roundtrip(bootstrap: str) -> bytes:
@@ -20,8 +21,9 @@ async def roundtrip(bootstrap: str) -> bytes:
         await producer.send_and_wait("stack.check.v1", b"hello", key=b"k")
     finally:
         await producer.stop()
+    # The stack's own broker is the embedded Tansu: short group timeouts make the join 1 s, not 5 s.
     consumer = AIOKafkaConsumer("stack.check.v1", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                group_id="stack-check")
+                                group_id="stack-check", **FAST_GROUP_SETTINGS)
     await consumer.start()
     try:
         return (await asyncio.wait_for(consumer.getone(), 20)).value
@@ -41,9 +43,12 @@ def test_embedded_postgres_and_kafka_start_and_stop_cleanly(tmp_path, monkeypatc
             assert conn.execute("SELECT current_database()").fetchone() == ("bsopt",)
         bootstrap = stack._start_kafka()
         assert asyncio.run(roundtrip(bootstrap)) == b"hello"
-        kafka = stack.children[0].proc
+        kafka = stack.children[0]
+        assert kafka.name == "kafka" and kafka.proc.poll() is None
+        assert bootstrap.startswith("127.0.0.1:")
     finally:
         stack.stop()
-    assert kafka.poll() is not None  # the broker process is gone
+    assert kafka.proc.poll() is not None  # the broker process is gone
+    assert kafka.log_path.is_file()
     assert stack.children == []
     assert (tmp_path / "state" / "postgres").is_dir()  # data persists for the next `make up`

@@ -4,8 +4,9 @@
 
 1. Postgres: ``DATABASE_URL`` if set, else an embedded server (the ``pgserver`` wheel)
    with its data under ``<state_dir>/postgres``, and a ``bsopt`` database in it;
-2. Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else the embedded Kafka-protocol broker
-   (librdkafka's mock cluster) as a child process;
+2. Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else the embedded Kafka-compatible broker
+   (Tansu, in-memory: topics and offsets start empty on every start) as a child process
+   on a free port, logging to ``<state_dir>/logs/kafka.log``;
 3. auth-server migrations and dev seed (clients, demo user), then the six services as
    child processes; each service runs its own migrations on start;
 4. waits until every service answers (HTTP metadata, gRPC health).
@@ -104,20 +105,26 @@ class Stack:
     def _start_kafka(self) -> str:
         if bootstrap := (self.kafka_bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")):
             return bootstrap
-        child = self._spawn("kafka", [sys.executable, "-m", "bsopt_common.embedded.kafka"], {},
-                            stdout=subprocess.PIPE)
-        line = child.proc.stdout.readline().decode().strip() if child.proc.stdout else ""
-        if not line:
-            raise StackError(f"embedded Kafka did not start; see {child.log_path}")
-        return line
+        from bsopt_common.embedded.kafka import BrokerStartError, EmbeddedKafka
+
+        # The broker binary itself is the child (PR_SET_PDEATHSIG set by EmbeddedKafka);
+        # stop() terminates it after the services, like any other child.
+        log_path = self.log_dir / "kafka.log"
+        kafka = EmbeddedKafka(log_path=log_path)
+        try:
+            bootstrap = kafka.start()
+        except BrokerStartError as exc:
+            raise StackError(f"embedded Kafka did not start: {exc}; see {log_path}") from None
+        self.children.append(Child("kafka", kafka.process, log_path))
+        return bootstrap
 
     # --- services ----------------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str], stdout=None) -> Child:  # noqa: ANN001
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(
-                argv, env={**os.environ, **env}, stdout=stdout or log, stderr=log, stdin=subprocess.DEVNULL,
+                argv, env={**os.environ, **env}, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                 preexec_fn=_set_pdeathsig if sys.platform == "linux" else None,
             )
         child = Child(name, proc, log_path)

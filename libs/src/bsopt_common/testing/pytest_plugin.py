@@ -9,14 +9,16 @@ Postgres, first that works:
 Each test module gets its own freshly created database (``postgres_url``), dropped
 afterwards, so services' schemas and migrations never collide between tests.
 
-Kafka-protocol broker, first that works: ``TEST_KAFKA_BOOTSTRAP_SERVERS``, then
-testcontainers Kafka when a Docker engine is reachable, then the embedded librdkafka
-mock cluster (``kafka_bootstrap``).
+Kafka-protocol broker (``kafka_bootstrap``), first that works:
+``TEST_KAFKA_BOOTSTRAP_SERVERS``, then testcontainers Kafka when a Docker engine is
+reachable, then the embedded Tansu broker (:mod:`bsopt_common.embedded.kafka`), which
+also handles consumer-group rebalancing. ``kafka_topics`` / :func:`create_topics` create
+topics with a chosen partition count on any of them; ``kafka_group_settings`` gives the
+consumer timeouts that make group joins fast on the embedded broker.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -105,9 +107,9 @@ def test_issuer():
 def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1) -> dict[str, int]:
     """Create ``names`` (``partitions`` each) if missing; return ``{topic: partition count}``.
 
-    Works for a real Kafka (CreateTopics) and for the embedded mock cluster of this
-    process; see :func:`bsopt_common.embedded.kafka.ensure_topics` for the details
-    and errors raised.
+    Works for a real Kafka and for the embedded Tansu broker (CreateTopics); existing
+    topics keep their partition count. See :func:`bsopt_common.embedded.kafka.ensure_topics`
+    for the errors raised.
     """
     from bsopt_common.embedded.kafka import ensure_topics
 
@@ -120,10 +122,10 @@ def kafka_bootstrap() -> Iterator[str]:
 
     ``TEST_KAFKA_BOOTSTRAP_SERVERS`` if set; else testcontainers Kafka (KRaft) when a
     Docker engine is reachable; else an :class:`~bsopt_common.embedded.kafka.EmbeddedKafka`
-    (librdkafka mock cluster, one broker on 127.0.0.1) for the session. The broker is
-    shared by the whole session: use unique topic and group names per test. On the
-    embedded broker topics a client merely names are auto-created with 4 partitions,
-    so create them up front with ``kafka_topics`` when the count matters.
+    (Tansu, in-memory, one broker on 127.0.0.1) for the session. The broker is shared by
+    the whole session: use unique topic and group names per test. On the embedded broker
+    topics a client merely names are auto-created with 4 partitions, so create them up
+    front with ``kafka_topics`` when the count matters.
     """
     if bootstrap := os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS"):
         yield bootstrap
@@ -151,28 +153,14 @@ def kafka_topics(kafka_bootstrap: str) -> Callable[..., dict[str, int]]:
     return _create
 
 
-_KAFKA_GROUP_SKIP = (
-    "kafka_group: consumer-group rebalancing needs a real Kafka; set TEST_KAFKA_BOOTSTRAP_SERVERS=host:port "
-    "(or make a Docker engine reachable). The embedded librdkafka mock cluster fails SyncGroup "
-    "(INVALID_REQUEST) when a second member joins a live group."
-)
+@pytest.fixture
+def kafka_group_settings(kafka_bootstrap: str) -> dict[str, int]:
+    """Extra ``AIOKafkaConsumer`` keyword arguments for consumer groups on ``kafka_bootstrap``.
 
+    On the embedded Tansu broker: a 2 s session and 200 ms heartbeats, so a group join
+    takes about 1 s and a rebalance 2 s instead of 5 s and 8 s with aiokafka's defaults.
+    On any other broker ``{}`` (a real Kafka refuses sessions under 6 s by default).
+    """
+    from bsopt_common.embedded.kafka import group_settings
 
-@functools.lru_cache(maxsize=1)
-def _docker_available_once() -> bool:
-    return docker_available()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "kafka_group: needs a real Kafka (consumer-group rebalancing)")
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Skip ``@pytest.mark.kafka_group`` tests when ``kafka_bootstrap`` would be the
-    embedded mock cluster (no TEST_KAFKA_BOOTSTRAP_SERVERS, no Docker)."""
-    if (
-        item.get_closest_marker("kafka_group") is not None
-        and not os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS")
-        and not _docker_available_once()
-    ):
-        pytest.skip(_KAFKA_GROUP_SKIP)
+    return group_settings(kafka_bootstrap)
