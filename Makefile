@@ -18,7 +18,7 @@ LIBS_EXTRAS := http,marketdata,embedded,test
 PYPROJECTS := libs/pyproject.toml $(wildcard services/*/pyproject.toml) clients/cli/pyproject.toml
 SERVICES := auth-server resource-api broker-gateway rl-trainer ml-scorer digest-worker
 
-.PHONY: venv proto test demo up clean
+.PHONY: venv proto lint test demo up clean
 
 venv: $(STAMP) $(GEN)
 
@@ -40,7 +40,13 @@ proto: $(STAMP)
 $(GEN): $(PROTOS) $(PROTO_DIRS) $(CODEGEN) $(STAMP)
 	$(MAKE) proto
 
-test: venv
+# ruff over the whole tree; mypy (strict) over what [tool.mypy] in pyproject.toml lists:
+# libs/src/bsopt_common and every service's domain/ package.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: venv lint
 	$(BIN)/python -m pytest
 
 demo: venv

@@ -25,7 +25,7 @@ import typing
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor
@@ -40,9 +40,12 @@ from bsopt_common.errors import InvalidArgument
 from bsopt_common.money import NANO, Money
 from bsopt_common.vocabulary import BiasLabel, JobStatus, Side
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 E = TypeVar("E", bound=Enum)
 M = TypeVar("M", bound=Message)
-D = TypeVar("D")
+D = TypeVar("D", bound="DataclassInstance")
 
 # --- timestamps -------------------------------------------------------------------------
 
@@ -68,7 +71,8 @@ def from_timestamp(message: Message, field: str) -> datetime | None:
     if not message.HasField(field):
         return None
     value: Timestamp = getattr(message, field)
-    return value.ToDatetime(tzinfo=UTC)
+    dt: datetime = value.ToDatetime(tzinfo=UTC)
+    return dt
 
 
 def required_timestamp(message: Message, field: str) -> datetime:
@@ -107,8 +111,8 @@ class EnumCodec(Generic[E]):
         self.pb_enum = pb_enum
         self.py_enum = py_enum
         self.prefix = prefix
-        self._to_pb = {m: pb_enum.Value(prefix + m.name) for m in py_enum}
-        self._from_pb = {v: k for k, v in self._to_pb.items()}
+        self._to_pb: dict[E, int] = {m: pb_enum.Value(prefix + m.name) for m in py_enum}
+        self._from_pb: dict[int, E] = {v: k for k, v in self._to_pb.items()}
         extra = set(pb_enum.values()) - set(self._from_pb) - {pb_enum.Value(prefix + "UNSPECIFIED")}
         if extra:
             raise KeyError(f"{py_enum.__name__} lacks members for {sorted(pb_enum.Name(v) for v in extra)}")
@@ -186,7 +190,8 @@ def to_message(record: Any, message_type: type[M], **overrides: Any) -> M:
         if fd is None or value is None:
             continue
         values[name] = _to_wire(value, fd)
-    return message_type(**values)
+    message: M = message_type(**values)
+    return message
 
 
 def from_message(message: Message, record_type: type[D], **overrides: Any) -> D:
@@ -194,10 +199,10 @@ def from_message(message: Message, record_type: type[D], **overrides: Any) -> D:
     ISO date strings, Timestamps and enums to the record's annotated types. An unset
     ``optional`` field (or a Timestamp) is left to the record's default. Raises
     InvalidArgument naming the field for a malformed date or an unspecified enum."""
-    hints = _field_types(record_type)  # type: ignore[arg-type]
+    hints = _field_types(record_type)
     fields = message.DESCRIPTOR.fields_by_name
     kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(record_type):  # type: ignore[arg-type]
+    for f in dataclasses.fields(record_type):
         if f.name in overrides:
             kwargs[f.name] = overrides[f.name]
             continue
@@ -280,8 +285,8 @@ def record_from_dict(record_type: type[D], data: dict[str, Any]) -> D:
     (or a ``to_dict`` that writes dates as ISO strings): ISO strings become ``date`` /
     ``datetime`` where the record's annotations say so, enum values their members. Keys
     the record does not have raise InvalidArgument."""
-    hints = _field_types(record_type)  # type: ignore[arg-type]
-    names = {f.name for f in dataclasses.fields(record_type)}  # type: ignore[arg-type]
+    hints = _field_types(record_type)
+    names = {f.name for f in dataclasses.fields(record_type)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise InvalidArgument(f"unknown {record_type.__name__} fields {unknown}")

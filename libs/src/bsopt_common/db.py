@@ -24,11 +24,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
 import psycopg
 from sqlalchemy import Engine, Numeric, create_engine, event, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +101,9 @@ def create_db_engine(
     policy = retry or RetryPolicy()
 
     @event.listens_for(engine, "do_connect")
-    def _connect_with_retry(dialect, conn_rec, cargs, cparams):
+    def _connect_with_retry(
+        dialect: Dialect, conn_rec: ConnectionPoolEntry, cargs: list[Any], cparams: dict[str, Any]
+    ) -> DBAPIConnection:
         for attempt in range(policy.attempts):
             try:
                 return dialect.connect(*cargs, **cparams)
@@ -156,7 +162,7 @@ def wait_for_database(engine: Engine, timeout_seconds: float = 60.0) -> None:
             time.sleep(0.5)
 
 
-def amount_type() -> Numeric:
+def amount_type() -> Numeric[Decimal]:
     """Column type of a money amount: ``NUMERIC(28, 9)``, exact to one billionth of a unit
     (see :mod:`bsopt_common.money`); always beside a ``currency`` ``CHAR(3)``-like column."""
     return Numeric(28, 9, asdecimal=True)

@@ -36,17 +36,30 @@ import asyncio
 import logging
 import secrets
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import propagate, trace
-from sqlalchemy import Column, DateTime, LargeBinary, MetaData, String, Table, func, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    LargeBinary,
+    MetaData,
+    Row,
+    String,
+    Table,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -63,6 +76,26 @@ tracer = trace.get_tracer("bsopt.events")
 CONTENT_TYPE = "application/protobuf"
 PUBLISH_SCOPE = "events:publish"
 M = TypeVar("M", bound=Message)
+
+#: Kafka record headers: ``(name, value)`` pairs.
+Headers = Sequence[tuple[str, bytes]]
+
+
+class KafkaRecord(Protocol):
+    """The fields of an aiokafka ``ConsumerRecord`` read here (aiokafka ships no types)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Headers | None: ...
 
 
 @dataclass(frozen=True)
@@ -146,7 +179,8 @@ class EventPublisher:
             await self._producer.send_and_wait(topic, payload, key=key.encode(), headers=headers)
         return event_id
 
-    async def send_dlq(self, topic: str, value: bytes | None, key: bytes | None, headers: list, error: str) -> None:
+    async def send_dlq(self, topic: str, value: bytes | None, key: bytes | None, headers: Headers,
+                       error: str) -> None:
         extra = [("dlq_error", error.encode()[:1000]), ("dlq_original_topic", topic.encode())]
         await self._producer.send_and_wait(dlq_topic(topic), value, key=key, headers=list(headers) + extra)
 
@@ -179,7 +213,7 @@ def event_tables(schema: str) -> tuple[Table, Table]:
     return processed, outbox
 
 
-def create_event_tables(bind, schema: str) -> None:
+def create_event_tables(bind: Engine | Connection, schema: str) -> None:
     for table in event_tables(schema):
         table.create(bind, checkfirst=True)
 
@@ -227,7 +261,7 @@ class OutboxRelay:
         self.batch_size = batch_size
         self._stopping = asyncio.Event()
 
-    def _fetch(self) -> list:
+    def _fetch(self) -> Sequence[Row[Any]]:
         t = self.outbox.table
         with session_scope(self.session_factory) as s:
             rows = s.execute(
@@ -340,7 +374,7 @@ class EventConsumer:
                     await self._process(msg)
                     await self._consumer.commit({TopicPartition(tp.topic, tp.partition): msg.offset + 1})
 
-    async def _process(self, msg) -> None:
+    async def _process(self, msg: KafkaRecord) -> None:
         headers = {k: v.decode(errors="replace") for k, v in (msg.headers or ())}
         ctx = propagate.extract(headers)
         with tracer.start_as_current_span(f"{msg.topic} process", context=ctx, kind=trace.SpanKind.CONSUMER):
@@ -363,7 +397,7 @@ class EventConsumer:
                     await asyncio.sleep(0.1 * (2**attempt))
             await self._dead_letter(msg, last_error)
 
-    async def _decode(self, msg, headers: dict[str, str]) -> Event:
+    async def _decode(self, msg: KafkaRecord, headers: dict[str, str]) -> Event:
         for attr in ("ce_id", "ce_type", "ce_source", "ce_time"):
             if not headers.get(attr):
                 raise _Rejected(f"missing CloudEvents attribute {attr}")
@@ -412,7 +446,7 @@ class EventConsumer:
         for callback in after_commit:
             callback()
 
-    async def _dead_letter(self, msg, error: str) -> None:
+    async def _dead_letter(self, msg: KafkaRecord, error: str) -> None:
         log.error("dead-lettering %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)
         await self.dlq.send_dlq(msg.topic, msg.value, msg.key, list(msg.headers or ()), error)
         self.dead_lettered += 1

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -58,17 +58,22 @@ INTERNAL_MESSAGE = "internal error"
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and message a caller gets for ``exc`` raised by a servicer."""
     for cls in type(exc).__mro__:
-        code = STATUS_BY_ERROR.get(cls)  # type: ignore[call-overload]
+        code = STATUS_BY_ERROR.get(cls)
         if code is not None:
             return code, str(exc)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
-class DomainErrorInterceptor(aio.ServerInterceptor):
+# grpcio ships no type information (grpc.aio's base classes are Any to mypy).
+class DomainErrorInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     """Turn what a unary servicer raises into its status (see :func:`status_for`); log
     the stack of everything that maps to ``INTERNAL``."""
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -106,7 +111,8 @@ class GrpcService:
 
     @property
     def full_name(self) -> str:
-        return self.descriptor.full_name
+        name: str = self.descriptor.full_name
+        return name
 
     def scope_table(self) -> dict[str, tuple[str, ...]]:
         """``{"/pkg.Service/Method": scopes}``. Raises ValueError naming a method
@@ -185,7 +191,7 @@ async def serve_grpc(
         await server.stop(grace_seconds)
 
 
-def raise_domain_error(exc: grpc.aio.AioRpcError) -> None:
+def raise_domain_error(exc: grpc.aio.AioRpcError) -> NoReturn:
     """Client side of :data:`STATUS_BY_ERROR`: re-raise a peer's named status as the
     matching named error (so a callee's NOT_FOUND stays NOT_FOUND for our caller); any
     other status propagates unchanged (and becomes INTERNAL here, logged)."""

@@ -13,8 +13,9 @@ restricted to one schema) is how tests catch a model change that no revision fol
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from alembic import command, op
@@ -22,13 +23,34 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, MetaData
+from sqlalchemy import Connection, Engine, MetaData
 from sqlalchemy.dialects import postgresql
 
 from bsopt_common.db import ensure_schema
 
 #: Alembic's default version table name (kept in each service's own schema).
 VERSION_TABLE = "alembic_version"
+
+#: One difference found by Alembic's autogenerate: ``("add_table", Table)``, ... (see
+#: :func:`describe_drift`); per-column ``modify_*`` differences come grouped in a list.
+Diff = tuple[Any, ...]
+
+
+class MigrationEnvironment(Protocol):
+    """What :func:`run_env` uses of ``alembic.context`` (the module that proxies the
+    running ``EnvironmentContext``; both satisfy this)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    def configure(
+        self, *, connection: Connection | None = ...,
+        target_metadata: MetaData | Sequence[MetaData] | None = ..., **kw: Any,
+    ) -> None: ...
+
+    def begin_transaction(self) -> AbstractContextManager[Any]: ...
+
+    def run_migrations(self, **kw: Any) -> None: ...
 
 
 def alembic_config(
@@ -81,7 +103,7 @@ def autogenerate_options(schema: str) -> dict[str, Any]:
     }
 
 
-def run_env(context) -> None:
+def run_env(context: MigrationEnvironment) -> None:
     """Body of every service's ``migrations/env.py``: online mode, version table in the
     service's schema, using the engine handed over in ``config.attributes`` (and, for
     autogenerate commands such as ``command.check``, ``config.attributes["target_metadata"]``)."""
@@ -101,7 +123,7 @@ def run_env(context) -> None:
 
 def schema_drift(
     package: str, engine: Engine, schema: str, target_metadata: MetaData | Sequence[MetaData],
-) -> list:
+) -> list[Diff | list[Diff]]:
     """Differences between the database's ``schema`` and ``target_metadata``, as
     Alembic's autogenerate sees them (``compare_metadata``); ``[]`` when a migrated
     database matches the models. Other schemas and the version table are ignored.
@@ -118,13 +140,15 @@ def schema_drift(
                 f"schema {schema!r} is at {sorted(current) or 'base'}, "
                 f"not at {package}'s head {sorted(heads)}"
             )
-        return list(compare_metadata(context, target_metadata))
+        # Alembic annotates ``metadata: MetaData`` but hands it to AutogenContext, which
+        # takes a sequence of MetaData as well (as ``target_metadata`` in env.py does).
+        return list(compare_metadata(context, target_metadata))  # type: ignore[arg-type]
 
 
-def flatten_drift(diffs: list) -> list[tuple]:
+def flatten_drift(diffs: Sequence[Diff | list[Diff]]) -> list[Diff]:
     """:func:`schema_drift`'s result with the per-column ``modify_*`` groups unpacked:
     one tuple per difference."""
-    out: list[tuple] = []
+    out: list[Diff] = []
     for d in diffs:
         out.extend(d if isinstance(d, list) else [d])
     return out
@@ -138,7 +162,8 @@ def _sql(obj: Any) -> str:
     if isinstance(arg, str):
         return repr(arg)
     try:
-        return str(arg.compile(dialect=postgresql.dialect()))
+        # SQLAlchemy's psycopg2 dialect (postgresql.dialect) has an unannotated __init__.
+        return str(arg.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
     except Exception:
         return repr(arg)
 
@@ -154,7 +179,7 @@ def _columns(obj: Any) -> str:
 _ONLY_IN = {True: "models, not in the database", False: "database, not in the models"}
 
 
-def describe_drift(diffs: list) -> list[str]:
+def describe_drift(diffs: Sequence[Diff | list[Diff]]) -> list[str]:
     """One line per difference from :func:`schema_drift`: which table, what differs, and
     which side (database = what the revisions produce, models = the target metadata)."""
     lines = []

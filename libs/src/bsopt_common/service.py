@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 def make_verifier(settings: ServiceSettings, audience: str) -> AccessTokenVerifier:
     jwks = JWKSCache(settings.resolved_jwks_url,
                      min_refetch_interval_seconds=settings.jwks_min_refetch_interval_seconds)
-    return AccessTokenVerifier(settings.issuer, audience, jwks, leeway_seconds=settings.token_leeway_seconds)
+    return AccessTokenVerifier(settings.require_issuer(), audience, jwks, leeway_seconds=settings.token_leeway_seconds)
 
 
 def make_token_provider(settings: ServiceSettings) -> ClientCredentialsTokenProvider:
@@ -74,7 +74,7 @@ class ServiceRuntime:
     publisher: EventPublisher | None = None
     outbox: Outbox | None = None
     consumers: list[EventConsumer] = field(default_factory=list)
-    _tasks: list[asyncio.Task] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _relay: OutboxRelay | None = None
     _events_verifier: AccessTokenVerifier | None = None
     _loop: asyncio.AbstractEventLoop | None = None
@@ -108,6 +108,12 @@ class ServiceRuntime:
         self.session_factory = make_session_factory(self.engine)
         self.outbox = Outbox(self.schema)
 
+    def _database(self) -> tuple[sessionmaker[Session], Outbox]:
+        """The session factory and outbox built by :meth:`connect_database`."""
+        if self.session_factory is None or self.outbox is None:
+            raise RuntimeError("ServiceRuntime: start(connect=False) needs connect() or connect_database() first")
+        return self.session_factory, self.outbox
+
     async def start(self, consumer_specs: Iterable[ConsumerSpec] = (), *, publish: bool = True,
                     connect: bool = True) -> None:
         """``connect=False`` when :meth:`connect_database` was already called."""
@@ -120,18 +126,19 @@ class ServiceRuntime:
         if publish or consumer_specs:
             self.token_provider = self.token_provider or make_token_provider(self.settings)
             bootstrap = self.settings.require_kafka()
+            session_factory, outbox = self._database()
             self.publisher = EventPublisher(bootstrap, source=f"/bsopt/{self.settings.service_name}",
                                             token_provider=self.token_provider)
             await self.publisher.start()
-            self._relay = OutboxRelay(self.outbox, self.session_factory, self.publisher)
+            self._relay = OutboxRelay(outbox, session_factory, self.publisher)
             self._tasks.append(asyncio.create_task(self._relay.run(), name="outbox-relay"))
             events_verifier = make_verifier(self.settings, EVENTS_AUDIENCE)
             self._events_verifier = events_verifier
             for spec in consumer_specs:
                 consumer = EventConsumer(
                     bootstrap_servers=bootstrap, group_id=spec.group_id, handlers=spec.handlers,
-                    session_factory=self.session_factory, schema=self.schema, verifier=events_verifier,
-                    dlq_publisher=self.publisher, outbox=self.outbox,
+                    session_factory=session_factory, schema=self.schema, verifier=events_verifier,
+                    dlq_publisher=self.publisher, outbox=outbox,
                 )
                 await consumer.start()
                 self.consumers.append(consumer)

@@ -59,10 +59,10 @@ class ServiceSettings(BaseSettings):
 
     service_name: str = "bsopt"
     environment: str = Field(
-        "dev", description="dev | test | prod; placeholder secrets are rejected outside dev and test")
+        default="dev", description="dev | test | prod; placeholder secrets are rejected outside dev and test")
     #: SQLAlchemy URL of the suite's Postgres, e.g. postgresql+psycopg://u:p@host/db
     #: (never printed: it may hold a password).
-    database_url: DatabaseDsn | None = Field(None, repr=False)
+    database_url: DatabaseDsn | None = Field(default=None, repr=False)
     #: Comma-separated host:port list.
     kafka_bootstrap_servers: str | None = None
     #: The authorization server's issuer identifier; its JWKS is found from metadata.
@@ -129,11 +129,18 @@ class ServiceSettings(BaseSettings):
 
     @property
     def resolved_jwks_url(self) -> str:
-        return self.jwks_url or self.issuer.rstrip("/") + "/.well-known/jwks.json"
+        return self.jwks_url or self.require_issuer().rstrip("/") + "/.well-known/jwks.json"
 
     @property
     def token_url(self) -> str:
-        return self.token_endpoint or self.issuer.rstrip("/") + "/oauth2/token"
+        return self.token_endpoint or self.require_issuer().rstrip("/") + "/oauth2/token"
+
+    def require_issuer(self) -> str:
+        """The issuer; always set once validated while ``issuer`` is in :attr:`REQUIRED`
+        (a dev default in dev/test), so the error is for a subclass that dropped it."""
+        if self.issuer is None:
+            raise RuntimeError(f"{self.service_name}: no issuer configured; set {self.env_name('issuer')}")
+        return self.issuer
 
     def require_database_url(self) -> str:
         if not self.database_url:

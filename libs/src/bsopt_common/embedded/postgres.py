@@ -38,7 +38,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
@@ -56,7 +56,7 @@ class EmbeddedPostgresError(RuntimeError):
     """pgserver is missing or cannot run here."""
 
 
-def _import_pgserver():
+def _import_pgserver() -> ModuleType:
     try:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, root):
@@ -116,7 +116,10 @@ class EmbeddedPostgres:
         libpq = make_url(server.get_uri())
         self._host = libpq.host
         self._port = libpq.port
-        self._socket_dir = libpq.query.get("host")
+        socket_dir = libpq.query.get("host")
+        if isinstance(socket_dir, tuple):  # ?host=a&host=b: libpq's multi-host list, never pgserver's
+            raise EmbeddedPostgresError(f"pgserver reported several socket directories: {socket_dir}")
+        self._socket_dir = socket_dir
 
     @classmethod
     def start(cls, data_dir: Path | str) -> EmbeddedPostgres:

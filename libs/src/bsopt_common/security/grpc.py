@@ -14,7 +14,8 @@ client-credentials provider to every call.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -42,13 +43,14 @@ def current_claims() -> AccessTokenClaims:
 
 
 def _abort_handler(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    async def abort(request, context):
+    async def abort(request: Any, context: aio.ServicerContext) -> None:
         await context.abort(code, message)
 
     return grpc.unary_unary_rpc_method_handler(abort)
 
 
-class TokenAuthInterceptor(aio.ServerInterceptor):
+# grpcio ships no type information (grpc.aio's base classes are Any to mypy).
+class TokenAuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     """Validate the bearer token and scope of every unary call.
 
     ``method_scopes`` maps full method names (``/pkg.Service/Method``) to the scopes
@@ -59,7 +61,11 @@ class TokenAuthInterceptor(aio.ServerInterceptor):
         self.verifier = verifier
         self.method_scopes = dict(method_scopes)
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
         if method.startswith(EXEMPT_PREFIXES):
             return await continuation(handler_call_details)
@@ -80,7 +86,7 @@ class TokenAuthInterceptor(aio.ServerInterceptor):
             return handler
         inner = handler.unary_unary
 
-        async def with_claims(request, context):
+        async def with_claims(request: Any, context: aio.ServicerContext) -> Any:
             token_ctx = _claims.set(claims)
             try:
                 return await inner(request, context)
@@ -94,7 +100,7 @@ class TokenAuthInterceptor(aio.ServerInterceptor):
         )
 
 
-class BearerTokenClientInterceptor(aio.UnaryUnaryClientInterceptor):
+class BearerTokenClientInterceptor(aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc: untyped
     """Attach ``authorization: Bearer <token>`` for ``resource`` to every unary call."""
 
     def __init__(self, provider: ClientCredentialsTokenProvider, resource: str, scope: str = ""):
@@ -102,7 +108,12 @@ class BearerTokenClientInterceptor(aio.UnaryUnaryClientInterceptor):
         self.resource = resource
         self.scope = scope
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[aio.ClientCallDetails, Any], Awaitable[aio.UnaryUnaryCall]],
+        client_call_details: aio.ClientCallDetails,
+        request: Any,
+    ) -> aio.UnaryUnaryCall:
         token = await self.provider.token(self.resource, self.scope)
         metadata = list(client_call_details.metadata or ())
         metadata.append(("authorization", f"Bearer {token}"))

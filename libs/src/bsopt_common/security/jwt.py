@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from joserfc import jwt
@@ -66,7 +67,7 @@ class AccessTokenClaims:
     issuer: str
     expires_at: int
     token_id: str
-    raw: dict = field(repr=False, compare=False)
+    raw: dict[str, Any] = field(repr=False, compare=False)
 
     def has_scopes(self, *needed: str) -> bool:
         return set(needed) <= self.scopes
@@ -209,15 +210,18 @@ class AccessTokenVerifier:
         return result
 
 
-def _unverified_header(token: str) -> dict:
+def _unverified_header(token: str) -> dict[str, Any]:
     import base64
     import json
 
     try:
         seg = token.split(".", 1)[0]
-        return json.loads(base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4)))
+        header = json.loads(base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4)))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidTokenError("malformed token header") from exc
+    if not isinstance(header, dict):  # valid JSON, but not a JOSE header (an object)
+        raise InvalidTokenError("malformed token header")
+    return header
 
 
 def _describe_claim_error(exc: JoseError) -> str:

@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]  # (host, port) for AF_INET
+        return port
 
 
 def wait_for_port(port: int, timeout_seconds: float = 60.0, host: str = "127.0.0.1") -> None:

@@ -10,10 +10,11 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qsl
 
 from joserfc import jwt
-from joserfc.jwk import ECKey, KeySet
+from joserfc.jwk import ECKey, Key, KeySet
 
 
 class TestIssuer:
@@ -26,7 +27,7 @@ class TestIssuer:
         #: A key that is never published: tokens it signs must be refused.
         self.rogue_key = ECKey.generate_key("P-256", parameters={"alg": "ES256", "use": "sig"})
         self.rogue_key.ensure_kid()
-        self.published = [self.key]
+        self.published: list[Key] = [self.key]
         self.jwks_requests = 0
         self.token_requests = 0
         self._server: ThreadingHTTPServer | None = None
@@ -53,6 +54,7 @@ class TestIssuer:
                 if auth.lower().startswith("basic "):
                     client_id = base64.b64decode(auth[6:]).decode().split(":", 1)[0]
                 client_id = client_id or form.get("client_id")
+                body: dict[str, object]
                 if form.get("grant_type") != "client_credentials" or not client_id:
                     status, body = 400, {"error": "invalid_request"}
                 else:
@@ -67,7 +69,7 @@ class TestIssuer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *args) -> None:
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -103,7 +105,7 @@ class TestIssuer:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # --- tokens --------------------------------------------------------------------
@@ -128,7 +130,8 @@ class TestIssuer:
         key = self.rogue_key if rogue else self.key
         return jwt.encode({"alg": "ES256", "kid": key.kid, "typ": typ}, claims, key)
 
-    def expired_token(self, **kw: object) -> str:
+    def expired_token(self, **kw: Any) -> str:
+        """A token that expired 50 minutes ago; ``kw`` as for :meth:`token`."""
         return self.token(issued_at=int(time.time()) - 3600, ttl_seconds=600, **kw)
 
     def rotate(self) -> None:

@@ -48,7 +48,7 @@ for the last reward). See :class:`DecisionRange` and :func:`full_decision_range`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal, SupportsInt, overload
 
 import gymnasium as gym
 import numpy as np
@@ -169,6 +169,12 @@ def market_features(bars: pd.DataFrame) -> np.ndarray:
     return feats.astype(np.float32)
 
 
+@overload
+def step_log_return(position: float, previous_position: float, log_return: float, cost: float) -> float: ...
+@overload
+def step_log_return(
+    position: np.ndarray, previous_position: np.ndarray, log_return: np.ndarray, cost: float
+) -> np.ndarray: ...
 def step_log_return(position: Any, previous_position: Any, log_return: Any, cost: float) -> Any:
     """The accounting shared by the env reward and the evaluation metrics:
     ``position * log_return - cost * |position - previous_position|`` (scalars or arrays)."""
@@ -219,7 +225,8 @@ class TradingEnv(gym.Env):
     after ``reset``.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    # Not a ClassVar: gymnasium declares ``Env.metadata`` as a plain (instance) attribute.
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
 
     def __init__(
         self,
@@ -268,7 +275,9 @@ class TradingEnv(gym.Env):
         obs[:, N_MARKET_FEATURES] = self._held[lo:hi]
         return obs
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         if self.mode == "train":
             span = len(self.decision_range) - self.episode_steps
@@ -282,7 +291,7 @@ class TradingEnv(gym.Env):
         self._needs_reset = False
         return self._observation(), {"bar": self._t}
 
-    def step(self, action):
+    def step(self, action: SupportsInt) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._needs_reset:
             raise RuntimeError("step() called before reset() or after the episode ended")
         a = int(action)

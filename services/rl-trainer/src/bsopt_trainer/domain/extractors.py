@@ -129,7 +129,8 @@ class MlpExtractor(FeaturesExtractor):
         self._init_features_dim()
 
     def extract(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs)  # (B, hidden)
+        features: torch.Tensor = self.net(obs)  # (B, hidden); nn.Module.__call__ is typed Any
+        return features
 
 
 EXTRACTORS: dict[str, type[FeaturesExtractor]] = {

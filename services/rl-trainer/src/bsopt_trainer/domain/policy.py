@@ -61,11 +61,13 @@ class ActorCritic(nn.Module):
 
     def logits(self, obs: torch.Tensor) -> torch.Tensor:
         """``obs`` ``(B, W, F)`` -> action logits ``(B, n_actions)``."""
-        return self.policy_head(self.extractor(obs))
+        logits: torch.Tensor = self.policy_head(self.extractor(obs))  # nn.Module.__call__ is typed Any
+        return logits
 
     def get_value(self, obs: torch.Tensor) -> torch.Tensor:
         """``obs`` ``(B, W, F)`` -> state values ``(B,)``."""
-        return self.value_head(self.extractor(obs)).squeeze(-1)
+        values: torch.Tensor = self.value_head(self.extractor(obs))  # nn.Module.__call__ is typed Any
+        return values.squeeze(-1)
 
     def get_action_and_value(
         self,

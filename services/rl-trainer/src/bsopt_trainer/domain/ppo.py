@@ -71,12 +71,15 @@ class _EnvPool:
         """-> observations ``(E, *O)``; env ``i`` is seeded with ``seed + i``."""
         return np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(self.envs)])
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict, list]:
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray], list[tuple[float, int]]]:
         """``actions`` ``(E,)`` -> ``(next_obs (E, *O), rewards (E,), terminated (E,),
         truncated (E,), final_obs {env index: obs O} for truncated envs,
         finished episodes [(return, length)])``."""
         n = len(self.envs)
-        obs, rewards = [None] * n, np.zeros(n, dtype=np.float32)
+        obs: list[np.ndarray] = []
+        rewards = np.zeros(n, dtype=np.float32)
         terminated, truncated = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         final_obs: dict[int, np.ndarray] = {}
         finished: list[tuple[float, int]] = []
@@ -91,7 +94,7 @@ class _EnvPool:
                 finished.append((float(self.episode_returns[i]), int(self.episode_lengths[i])))
                 self.episode_returns[i], self.episode_lengths[i] = 0.0, 0
                 o, _ = env.reset()
-            obs[i] = o
+            obs.append(o)  # obs[i]
         return np.stack(obs), rewards, terminated, truncated, final_obs, finished
 
 
