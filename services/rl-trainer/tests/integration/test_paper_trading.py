@@ -40,7 +40,7 @@ def stack(postgres_url, kafka_bootstrap, test_issuer, tmp_path_factory):
         yield f"127.0.0.1:{broker_port}", f"127.0.0.1:{trainer_port}"
 
 
-def _call(target: str, stub_type, method: str, request, token: str, timeout: float = 120):  # noqa: ANN001
+def _call(target: str, stub_type, method: str, request, token: str, timeout: float = 120):
     with grpc.insecure_channel(target) as ch:
         return getattr(stub_type(ch), method)(request, metadata=(("authorization", f"Bearer {token}"),),
                                               timeout=timeout)
