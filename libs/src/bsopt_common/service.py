@@ -139,6 +139,8 @@ class ServiceRuntime:
                     bootstrap_servers=bootstrap, group_id=spec.group_id, handlers=spec.handlers,
                     session_factory=session_factory, schema=self.schema, verifier=events_verifier,
                     dlq_publisher=self.publisher, outbox=outbox,
+                    session_timeout_ms=self.settings.kafka_session_timeout_ms,
+                    heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
                 )
                 await consumer.start()
                 self.consumers.append(consumer)

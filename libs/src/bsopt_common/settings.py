@@ -55,6 +55,8 @@ class ServiceSettings(BaseSettings):
         "database_url": "DATABASE_URL",
         "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
         "issuer": "BSOPT_ISSUER",
+        "kafka_session_timeout_ms": "KAFKA_SESSION_TIMEOUT_MS",
+        "kafka_heartbeat_interval_ms": "KAFKA_HEARTBEAT_INTERVAL_MS",
     }
 
     service_name: str = "bsopt"
@@ -65,6 +67,12 @@ class ServiceSettings(BaseSettings):
     database_url: DatabaseDsn | None = Field(default=None, repr=False)
     #: Comma-separated host:port list.
     kafka_bootstrap_servers: str | None = None
+    #: Consumer-group session timeout and heartbeat, milliseconds (aiokafka's defaults;
+    #: a real Kafka refuses sessions below its group.min.session.timeout.ms, 6 s by default).
+    #: The embedded Tansu broker answers a group join after about half the session, so the
+    #: local stack and the tests use 2000 / 200 there.
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     #: The authorization server's issuer identifier; its JWKS is found from metadata.
     issuer: str | None = None
     #: Override for the JWKS URL (defaults to ``<issuer>/.well-known/jwks.json``).

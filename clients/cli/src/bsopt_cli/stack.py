@@ -75,6 +75,7 @@ class Stack:
     log_level: str = "INFO"
     children: list[Child] = field(default_factory=list)
     _pg: object | None = None
+    _embedded_kafka: bool = False
 
     @property
     def issuer(self) -> str:
@@ -116,6 +117,7 @@ class Stack:
         except BrokerStartError as exc:
             raise StackError(f"embedded Kafka did not start: {exc}; see {log_path}") from None
         self.children.append(Child("kafka", kafka.process, log_path))
+        self._embedded_kafka = True
         return bootstrap
 
     # --- services ----------------------------------------------------------------------
@@ -145,6 +147,11 @@ class Stack:
             "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": kafka, "BSOPT_ISSUER": self.issuer,
             "BSOPT_LOG_LEVEL": self.log_level,
         }
+        if self._embedded_kafka:  # Tansu answers a group join after ~session/2: keep it short
+            from bsopt_common.embedded.kafka import FAST_GROUP_SETTINGS
+
+            common["KAFKA_SESSION_TIMEOUT_MS"] = str(FAST_GROUP_SETTINGS["session_timeout_ms"])
+            common["KAFKA_HEARTBEAT_INTERVAL_MS"] = str(FAST_GROUP_SETTINGS["heartbeat_interval_ms"])
         secret = {c: f"dev-{c}-secret" for c in SERVICE_CLIENTS}
         return {
             "auth-server": {**common, "BSOPT_AUTH_PORT": str(p.auth), "BSOPT_AUTH_ISSUER": self.issuer},

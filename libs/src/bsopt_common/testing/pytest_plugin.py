@@ -22,10 +22,14 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    from bsopt_common.testing.tokens import TestIssuer
 
 LOCAL_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -73,27 +77,28 @@ def postgres_server_url() -> Iterator[str]:
         yield pg.url
 
 
-def _admin_conninfo(server_url: str) -> dict[str, object]:
+def _admin_connect(server_url: str) -> psycopg.Connection[tuple[object, ...]]:
+    """An autocommit connection to the server's maintenance database (for CREATE/DROP DATABASE)."""
     u = make_url(server_url)
-    return {
-        "host": u.host or u.query.get("host"), "port": u.port or 5432, "user": u.username,
-        "password": u.password, "dbname": u.database or "postgres", "autocommit": True,
-    }
+    socket_dir = u.query.get("host")
+    host = u.host or (socket_dir if isinstance(socket_dir, str) else None)
+    return psycopg.connect(host=host, port=u.port or 5432, user=u.username, password=u.password,
+                           dbname=u.database or "postgres", autocommit=True)
 
 
 @pytest.fixture(scope="module")
 def postgres_url(postgres_server_url: str) -> Iterator[str]:
     """A fresh, empty database for this test module; dropped afterwards."""
     name = f"bsopt_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(**_admin_conninfo(postgres_server_url)) as conn:
+    with _admin_connect(postgres_server_url) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     yield make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(**_admin_conninfo(postgres_server_url)) as conn:
+    with _admin_connect(postgres_server_url) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
-def test_issuer():
+def test_issuer() -> Iterator[TestIssuer]:
     """A token issuer whose JWKS is served over HTTP on 127.0.0.1 (see testing.tokens)."""
     from bsopt_common.testing.tokens import TestIssuer
 
@@ -136,9 +141,14 @@ def kafka_bootstrap() -> Iterator[str]:
         with KafkaContainer().with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
-    from bsopt_common.embedded.kafka import EmbeddedKafka
+    from bsopt_common.embedded.kafka import FAST_GROUP_SETTINGS, EmbeddedKafka
 
-    with EmbeddedKafka() as kafka:
+    # Services built from settings in this session join groups on Tansu fast too.
+    fast = {"KAFKA_SESSION_TIMEOUT_MS": str(FAST_GROUP_SETTINGS["session_timeout_ms"]),
+            "KAFKA_HEARTBEAT_INTERVAL_MS": str(FAST_GROUP_SETTINGS["heartbeat_interval_ms"])}
+    with pytest.MonkeyPatch.context() as env, EmbeddedKafka() as kafka:
+        for name, value in fast.items():
+            env.setenv(name, value)
         yield kafka.bootstrap_servers
 
 

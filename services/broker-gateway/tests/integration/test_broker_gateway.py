@@ -149,7 +149,7 @@ async def test_import_dedupes_by_trade_id_and_publishes_events(gateway, test_iss
     assert (second.trades_imported, second.duplicates_skipped) == (0, 3)
 
     consumer = AIOKafkaConsumer("trades.imported.v1", bootstrap_servers=kafka_bootstrap,
-                                group_id="test-broker-import", auto_offset_reset="earliest")
+                                auto_offset_reset="earliest")  # no group: reads every partition at once
     await consumer.start()
     try:
         seen = {}

@@ -72,8 +72,7 @@ async def publish(bootstrap: str, token: str | None, message, user: str) -> str:
 
 
 async def dead_letters(bootstrap: str, wanted: set[str], timeout: float = 20.0) -> dict[str, str]:
-    consumer = AIOKafkaConsumer(topics.TRADES_SCORED.dlq, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                group_id=f"dlq-reader-{uuid.uuid4()}")
+    consumer = AIOKafkaConsumer(topics.TRADES_SCORED.dlq, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
     found: dict[str, str] = {}
     try:
@@ -114,8 +113,8 @@ async def test_valid_event_builds_the_weekly_digest(worker, kafka_bootstrap, tes
     event = scored("trader", "2017-03-01")  # a Wednesday
     await publish(kafka_bootstrap, token, event, "trader")
     await publish(kafka_bootstrap, token, event, "trader")  # same trade again: counted once
-    consumer = AIOKafkaConsumer("digests.ready.v1", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
-                                group_id=f"digest-reader-{uuid.uuid4()}")
+    consumer = AIOKafkaConsumer(topics.DIGESTS_READY.name, bootstrap_servers=kafka_bootstrap,
+                                auto_offset_reset="earliest")
     await consumer.start()
     ready = []
     try:

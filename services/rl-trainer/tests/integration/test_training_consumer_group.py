@@ -53,7 +53,7 @@ def store(postgres_url):
 
 
 async def test_two_consumers_in_one_group_split_the_requests_and_claim_each_once(
-        store, kafka_bootstrap, kafka_topics, test_issuer):
+        store, kafka_bootstrap, kafka_topics, kafka_group_settings, test_issuer):
     partitions = kafka_topics([topics.TRAINING_REQUESTED.name], partitions=4)[topics.TRAINING_REQUESTED.name]
     assert partitions >= 2, "training.requested.v1 needs 2+ partitions for two consumers to share it"
     group = f"rl-trainer-{uuid.uuid4().hex[:8]}"
@@ -65,7 +65,7 @@ async def test_two_consumers_in_one_group_split_the_requests_and_claim_each_once
         EventConsumer(bootstrap_servers=kafka_bootstrap, group_id=group,
                       handlers=training_requests(store, worker).handlers,  # type: ignore[arg-type]
                       session_factory=store.session_factory, schema=models.SCHEMA, verifier=verifier,
-                      dlq_publisher=publisher)
+                      dlq_publisher=publisher, **kafka_group_settings)
         for worker in workers
     ]
     tasks: list[asyncio.Task] = []
