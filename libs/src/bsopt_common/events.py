@@ -48,9 +48,7 @@ from google.protobuf.message import DecodeError, Message
 from opentelemetry import propagate, trace
 from sqlalchemy import (
     Column,
-    Connection,
     DateTime,
-    Engine,
     LargeBinary,
     MetaData,
     Row,
@@ -190,8 +188,10 @@ class EventPublisher:
 
 @cache
 def event_tables(schema: str) -> tuple[Table, Table]:
-    """``(processed_events, outbox)`` tables in ``schema``. Services create them in their
-    first migration with :func:`create_event_tables`."""
+    """``(processed_events, outbox)`` tables in ``schema``: the runtime definition.
+    Migrations create them with the frozen
+    :func:`bsopt_common.migrations.create_event_tables_op`; the drift test holds the two
+    equal."""
     md = MetaData(schema=schema)
     processed = Table(
         "processed_events", md,
@@ -211,11 +211,6 @@ def event_tables(schema: str) -> tuple[Table, Table]:
         Column("published_at", DateTime(timezone=True), nullable=True, index=True),
     )
     return processed, outbox
-
-
-def create_event_tables(bind: Engine | Connection, schema: str) -> None:
-    for table in event_tables(schema):
-        table.create(bind, checkfirst=True)
 
 
 class Outbox:

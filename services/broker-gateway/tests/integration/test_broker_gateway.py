@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as pb
 from bsopt.broker_gateway.v1 import broker_gateway_pb2_grpc as pb_grpc
 from bsopt.broker_gateway.v1 import events_pb2
+from bsopt.type.v1 import money_pb2
 from bsopt_broker.bootstrap import serve
 from bsopt_broker.config import BrokerSettings
 from bsopt_common import codec
@@ -25,7 +26,7 @@ from bsopt_common.testing.services import ServiceThread, free_port
 ALL_SCOPES = "broker:accounts broker:orders broker:import"
 
 
-def usd(amount: str | int) -> codec._money_pb.Money:
+def usd(amount: str | int) -> money_pb2.Money:
     return codec.money_pb(Money.of(amount, "USD"))
 
 
@@ -177,9 +178,9 @@ async def test_import_dedupes_by_trade_id_and_publishes_events(gateway, test_iss
     (None, "initial_cash is required"),
     (usd(0), "initial_cash must be > 0"),
     (usd(-5), "initial_cash must be > 0"),
-    (codec._money_pb.Money(currency_code="", units=100), "currency must be an ISO 4217 code"),
-    (codec._money_pb.Money(currency_code="EUR", units=100), "paper accounts hold USD"),
-    (codec._money_pb.Money(currency_code="USD", units=1, nanos=-5), "same sign"),
+    (money_pb2.Money(currency_code="", units=100), "currency must be an ISO 4217 code"),
+    (money_pb2.Money(currency_code="EUR", units=100), "paper accounts hold USD"),
+    (money_pb2.Money(currency_code="USD", units=1, nanos=-5), "same sign"),
 ])
 async def test_create_account_refuses_bad_money(gateway, test_issuer, initial_cash, reason):
     request = pb.CreateAccountRequest(user_id="u-money")
