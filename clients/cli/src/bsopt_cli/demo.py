@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import date, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -126,7 +127,7 @@ async def run_demo(opts: DemoOptions, log=print) -> dict:
                                           json={"account_id": account_id}, timeout=600.0),
                            "POST paper-trading")
             log(f"paper trading: {paper['orders']} orders, {paper['fills']} fills, "
-                f"final equity {paper['final_equity']['amount']} {paper['final_equity']['currency']}")
+                f"final equity {Decimal(paper['final_equity']['amount']):,.2f} {paper['final_equity']['currency']}")
             window = {"start": opts.test_start.isoformat(), "end": (opts.test_end + timedelta(days=1)).isoformat()}
             first = _check(await api.post(f"/v1/accounts/{account_id}/imports", json=window), "first import")
             second = _check(await api.post(f"/v1/accounts/{account_id}/imports", json=window), "second import")
