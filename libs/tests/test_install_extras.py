@@ -26,7 +26,7 @@ COMMON = LIBS / "src" / "bsopt_common"
 # extra of bsopt-libs -> {distribution in that extra: top-level modules it brings}.
 # Kept equal to libs/pyproject.toml's extras by test_extra_table_matches_libs_pyproject.
 EXTRA_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
-    "http": {"fastapi": ("fastapi", "starlette"), "uvicorn": ("uvicorn",)},
+    "http": {"fastapi": ("fastapi", "starlette"), "uvicorn": ("uvicorn",), "fastapi-offline": ("fastapi_offline",)},
     "marketdata": {"numpy": ("numpy",), "pandas": ("pandas",), "gym-anytrading": ("gym_anytrading",)},
     "embedded": {
         "pgserver": ("pgserver",),
@@ -38,6 +38,7 @@ EXTRA_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
         "testcontainers": ("testcontainers",),
         "ruff": ("ruff",),
         "mypy": ("mypy",),
+        "schemathesis": ("schemathesis",),
     },
 }
 
@@ -46,6 +47,7 @@ EXTRA_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
 OPTIONAL_COMMON_MODULES = {
     "bsopt_common.security.fastapi": "http",
     "bsopt_common.http_server": "http",
+    "bsopt_common.http_security": "http",
     "bsopt_common.marketdata": "marketdata",
     "bsopt_common.embedded.postgres": "embedded",
     "bsopt_common.embedded.kafka": "embedded",

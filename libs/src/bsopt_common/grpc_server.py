@@ -6,10 +6,18 @@ built from each service's :class:`GrpcService`), the error mapping, start, drain
 stop. A service's ``bootstrap.py`` then only says which servicers it serves and which
 scope each method needs.
 
+Input guard: before a servicer runs, :func:`check_request_strings` walks the request's
+string fields recursively (nested messages, repeated fields and maps included) and refuses
+a NUL byte or a string longer than :data:`MAX_STRING_LENGTH` characters with
+``INVALID_ARGUMENT`` naming the field (never echoing the value): Postgres cannot store
+NUL in text, and no field of ours needs more.
+
 Errors: servicers raise the named errors of :mod:`bsopt_common.errors`;
 :data:`STATUS_BY_ERROR` is the one table mapping them to gRPC status codes, applied by
 :class:`DomainErrorInterceptor` to every call, so servicers carry no ``try/except``. Any
 other exception is a bug: ``INTERNAL`` with a fixed message, and its stack is logged.
+A named error's message is cut to :data:`MAX_ERROR_MESSAGE_LENGTH` characters, so input a
+servicer quotes cannot make a reply unbounded.
 
 Drain on stop: health flips to ``NOT_SERVING`` (load balancers and probes stop sending),
 the server stops accepting calls, in-flight calls get ``grace_seconds`` to finish.
@@ -24,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -36,6 +45,7 @@ from bsopt_common.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 from bsopt_common.security.grpc import TokenAuthInterceptor
@@ -51,8 +61,19 @@ STATUS_BY_ERROR: Mapping[type[DomainError], grpc.StatusCode] = {
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 INTERNAL_MESSAGE = "internal error"
+#: Longest string (characters) a request field may hold; ids, symbols and text fields of
+#: the contracts are far shorter.
+MAX_STRING_LENGTH = 4096
+#: Longest error message (characters) sent to a caller.
+MAX_ERROR_MESSAGE_LENGTH = 512
+
+
+def truncate(text: str, limit: int = MAX_ERROR_MESSAGE_LENGTH) -> str:
+    """``text`` cut to ``limit`` characters (marked with an ellipsis when cut)."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -60,14 +81,50 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     for cls in type(exc).__mro__:
         code = STATUS_BY_ERROR.get(cls)
         if code is not None:
-            return code, str(exc)
+            return code, truncate(str(exc))
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+def _check_string(path: str, value: str, max_length: int) -> None:
+    if "\x00" in value:
+        raise InvalidArgument(f"{path} must not contain NUL (0x00) characters")
+    if len(value) > max_length:
+        raise InvalidArgument(f"{path} is longer than {max_length} characters")
+
+
+def _check_value(path: str, fd: FieldDescriptor, value: Any, max_length: int) -> None:
+    if fd.type == FieldDescriptor.TYPE_STRING:
+        _check_string(path, value, max_length)
+    elif fd.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
+        check_request_strings(value, max_length=max_length, prefix=path)
+
+
+def check_request_strings(message: Message, *, max_length: int = MAX_STRING_LENGTH, prefix: str = "") -> None:
+    """Raise :class:`InvalidArgument` naming the first string field of ``message`` (at any
+    depth) that holds a NUL character or more than ``max_length`` characters."""
+    for fd, value in message.ListFields():
+        path = f"{prefix}.{fd.name}" if prefix else fd.name
+        if fd.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP) and \
+                fd.message_type.GetOptions().map_entry:
+            key_field = fd.message_type.fields_by_name["key"]
+            value_field = fd.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                if key_field.type == FieldDescriptor.TYPE_STRING:
+                    _check_string(f"{path} (a key)", key, max_length)
+                _check_value(f"{path}[{truncate(str(key), 64)!r}]", value_field, item, max_length)
+        elif fd.is_repeated:
+            for index, item in enumerate(value):
+                _check_value(f"{path}[{index}]", fd, item, max_length)
+        else:
+            _check_value(path, fd, value, max_length)
 
 
 # grpcio ships no type information (grpc.aio's base classes are Any to mypy).
 class DomainErrorInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
-    """Turn what a unary servicer raises into its status (see :func:`status_for`); log
-    the stack of everything that maps to ``INTERNAL``."""
+    """Refuse requests with a NUL byte or an over-long string in any field
+    (:func:`check_request_strings`, ``INVALID_ARGUMENT`` before the servicer runs); turn
+    what a unary servicer raises into its status (see :func:`status_for`); log the stack
+    of everything that maps to ``INTERNAL``."""
 
     async def intercept_service(
         self,
@@ -82,6 +139,8 @@ class DomainErrorInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
         async def mapped(request: Any, context: aio.ServicerContext) -> Any:
             try:
+                if isinstance(request, Message):
+                    check_request_strings(request)
                 return await inner(request, context)
             except aio.AbortError:
                 raise  # the servicer aborted with a status of its own choosing
