@@ -45,3 +45,9 @@ class PermissionDenied(DomainError):
 class Unavailable(DomainError):
     """A dependency is down for now; the same request may succeed later
     (gRPC ``UNAVAILABLE``, HTTP 503 with ``Retry-After``)."""
+
+
+class ResourceExhausted(DomainError):
+    """The caller is over a quota (e.g. too many queued jobs); the same request may
+    succeed once their usage drops (gRPC ``RESOURCE_EXHAUSTED``, HTTP 429 with
+    ``Retry-After``)."""

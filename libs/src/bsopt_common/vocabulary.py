@@ -35,9 +35,11 @@ class BiasLabel(StrEnum):
 
 class JobStatus(StrEnum):
     """Lifecycle of a training job (``bsopt.rl_trainer.v1.JobStatus``):
-    ``QUEUED -> RUNNING -> SUCCEEDED | FAILED``."""
+    ``QUEUED -> RUNNING -> SUCCEEDED | FAILED``; ``QUEUED | RUNNING -> CANCELLED`` on the
+    owner's request."""
 
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"

@@ -16,7 +16,7 @@ from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE, RL_TRAINER_AUDIENCE
 from bsopt_trainer import models
 from bsopt_trainer.config import TrainerSettings
 from bsopt_trainer.consumers import training_requests
-from bsopt_trainer.job_store import JobStore, TrainingWorker
+from bsopt_trainer.job_store import JobStore, Quotas, TrainingWorker
 from bsopt_trainer.servicer import RlTrainerServicer, grpc_service
 
 log = logging.getLogger(__name__)
@@ -26,12 +26,18 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event, market_data: Mar
     runtime = ServiceRuntime(settings, schema=models.SCHEMA, migrations_package="bsopt_trainer",
                              audience=RL_TRAINER_AUDIENCE)
     await runtime.connect()
-    store = JobStore(runtime.session_factory, runtime.outbox, market_data or bundled_provider())
+    quotas = Quotas(max_running_jobs_per_user=settings.max_running_jobs_per_user,
+                    max_queued_jobs_per_user=settings.max_queued_jobs_per_user,
+                    max_total_timesteps=settings.max_total_timesteps)
+    store = JobStore(runtime.session_factory, runtime.outbox, market_data or bundled_provider(), quotas)
     interrupted = await asyncio.to_thread(store.fail_interrupted)
     if interrupted:
         log.warning("marked %d interrupted training job(s) failed", interrupted)
     worker = TrainingWorker(store, settings.artifacts_dir, settings.torch_threads,
-                            on_event=runtime.notify_outbox_threadsafe)
+                            on_event=runtime.notify_outbox_threadsafe,
+                            cancel_poll_seconds=settings.cancel_poll_seconds)
+    for job_id, user_id in await asyncio.to_thread(store.claimed_queued):
+        worker.enqueue(job_id, user_id)
     worker.start()
     try:
         async with runtime.running([training_requests(store, worker)]):
@@ -39,7 +45,7 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event, market_data: Mar
                                          BROKER_GATEWAY_AUDIENCE, "broker:accounts broker:orders")
             try:
                 servicer = RlTrainerServicer(store, bpb_grpc.BrokerGatewayServiceStub(channel),
-                                             runtime.notify_outbox_threadsafe)
+                                             runtime.notify_outbox_threadsafe, cancel_running=worker.cancel)
                 await serve_grpc(stop, host=settings.host, port=settings.port, verifier=runtime.verifier,
                                  services=[grpc_service(servicer)])
             finally:

@@ -15,7 +15,7 @@ training_jobs = Table(
     Column("job_id", String(36), primary_key=True),
     Column("user_id", String(64), nullable=False, index=True),
     Column("spec", JSONB, nullable=False),
-    # queued | running | succeeded | failed
+    # queued | running | succeeded | failed | cancelled
     Column("status", String(10), nullable=False),
     Column("timesteps_done", BigInteger, nullable=False, server_default="0"),
     Column("total_timesteps", BigInteger, nullable=False),
@@ -24,6 +24,10 @@ training_jobs = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
+    # A trainer replica's consumer took the queued job into its worker's queue.
+    Column("claimed_at", DateTime(timezone=True)),
+    # The owner asked to cancel the job while it was running.
+    Column("cancel_requested_at", DateTime(timezone=True)),
 )
 
 paper_runs = Table(

@@ -28,6 +28,8 @@ class TrainingJob:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    cancel_requested: bool = False
+    """The owner asked to cancel the job while it ran; it stops at its next iteration."""
 
     @property
     def progress(self) -> float:

@@ -22,16 +22,19 @@ from bsopt_trainer.papertrade import PaperRunResult, run_paper_trading
 METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "SubmitTrainingJob": ("trainer:jobs.write",),
     "GetTrainingJob": ("trainer:jobs.read",),
+    "CancelTrainingJob": ("trainer:jobs.write",),
     "RunPaperTrading": ("trainer:jobs.write",),
 }
 
 
 class RlTrainerServicer(pb_grpc.RlTrainerServiceServicer):
     def __init__(self, store: JobStore, broker_stub: bpb_grpc.BrokerGatewayServiceStub,
-                 notify: Callable[[], None]):
+                 notify: Callable[[], None], cancel_running: Callable[[str], None] | None = None):
         self.store = store
         self.broker_stub = broker_stub
         self.notify = notify
+        #: Stops a job this process is training at its next iteration (TrainingWorker.cancel).
+        self.cancel_running = cancel_running
 
     async def SubmitTrainingJob(self, request: pb.SubmitTrainingJobRequest,
                                 context: aio.ServicerContext) -> pb.TrainingJob:
@@ -41,6 +44,14 @@ class RlTrainerServicer(pb_grpc.RlTrainerServiceServicer):
 
     async def GetTrainingJob(self, request: pb.GetTrainingJobRequest, context: aio.ServicerContext) -> pb.TrainingJob:
         return job_pb(await asyncio.to_thread(self.store.get, request.job_id, request.user_id))
+
+    async def CancelTrainingJob(self, request: pb.CancelTrainingJobRequest,
+                                context: aio.ServicerContext) -> pb.TrainingJob:
+        job = await asyncio.to_thread(self.store.cancel, request.job_id, request.user_id)
+        if job.status is JobStatus.RUNNING and self.cancel_running is not None:
+            self.cancel_running(job.job_id)
+        self.notify()
+        return job_pb(job)
 
     async def RunPaperTrading(self, request: pb.RunPaperTradingRequest,
                               context: aio.ServicerContext) -> pb.RunPaperTradingResponse:

@@ -32,7 +32,7 @@ class RecordingWorker:
     def __init__(self) -> None:
         self.enqueued: list[str] = []
 
-    def enqueue(self, job_id: str) -> None:
+    def enqueue(self, job_id: str, user_id: str) -> None:
         self.enqueued.append(job_id)
 
 
@@ -110,7 +110,8 @@ async def test_two_consumers_in_one_group_split_the_requests_and_claim_each_once
     assert set(claims) == ours and set(claims.values()) == {1}, claims
     assert all(w.enqueued for w in workers), "one consumer did all the work: the group did not share it"
     statuses = {store.get(job_id).status.value for job_id in ours}
-    assert statuses == {"running"}
+    assert statuses == {"queued"}  # claimed, waiting for a worker to start them
+    assert {job_id for job_id, _ in store.claimed_queued()} >= ours
 
 
 def _requested(job):
