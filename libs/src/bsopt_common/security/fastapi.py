@@ -7,6 +7,10 @@ need by type::
 
 HTTP failures follow RFC 6750 §3: 401 with ``WWW-Authenticate: Bearer
 error="invalid_token"`` or 403 with ``error="insufficient_scope"``.
+Every protected operation declares :data:`BEARER_SCHEME` (OAuth 2.0 authorization code
+flow, scheme ``bsopt``) with the scopes it needs, so the app's OpenAPI document lists
+them and Swagger UI can authorize; :func:`document_oauth_flow` fills in the issuer's real
+endpoint URLs and the scope descriptions when the app builds its document.
 WebSocket handshakes carry the token in ``Authorization: Bearer`` or, for browsers
 that cannot set headers, as the subprotocol pair ``["bearer", <token>]``; a failed check
 closes with code 1008 (policy violation) before accepting.
@@ -14,9 +18,11 @@ closes with code 1008 (policy violation) before accepting.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
-from fastapi import HTTPException, Request, WebSocket, status
+from fastapi import HTTPException, Request, Security, WebSocket, status
+from fastapi.security import OAuth2AuthorizationCodeBearer
 
 from bsopt_common.security.jwt import (
     AccessTokenClaims,
@@ -27,6 +33,40 @@ from bsopt_common.security.jwt import (
 )
 
 WS_POLICY_VIOLATION = 1008
+#: Name of the security scheme in the OpenAPI documents.
+SCHEME_NAME = "bsopt"
+
+#: The documented scheme (its URLs are placeholders until :func:`document_oauth_flow`).
+#: ``auto_error=False``: the dependency below answers every refusal itself (RFC 6750).
+BEARER_SCHEME = OAuth2AuthorizationCodeBearer(
+    authorizationUrl="/authorize",
+    tokenUrl="/oauth2/token",
+    scheme_name=SCHEME_NAME,
+    description="OAuth 2.0 authorization code flow with PKCE (S256) against the bsopt issuer; "
+    "send the access token as `Authorization: Bearer <token>`.",
+    auto_error=False,
+)
+
+
+def document_oauth_flow(openapi: dict[str, Any], *, authorization_url: str, token_url: str,
+                        scopes: Mapping[str, str] = {}) -> dict[str, Any]:
+    """Point the ``bsopt`` scheme of ``openapi`` at the issuer's endpoints and describe
+    every scope an operation asks for (``scopes`` gives descriptions; others get their
+    name). Returns ``openapi`` (changed in place)."""
+    schemes = openapi.get("components", {}).get("securitySchemes", {})
+    scheme = schemes.get(SCHEME_NAME)
+    if scheme is None:
+        return openapi
+    used: set[str] = set()
+    for operations in openapi.get("paths", {}).values():
+        for operation in operations.values():
+            for requirement in operation.get("security", []) if isinstance(operation, dict) else []:
+                used.update(requirement.get(SCHEME_NAME, []))
+    flow = scheme["flows"]["authorizationCode"]
+    flow["authorizationUrl"] = authorization_url
+    flow["tokenUrl"] = token_url
+    flow["scopes"] = {name: scopes.get(name, name) for name in sorted(used | set(scopes))}
+    return openapi
 
 
 def _challenge(error: str, description: str, scopes: tuple[str, ...] = ()) -> str:
@@ -37,10 +77,13 @@ def _challenge(error: str, description: str, scopes: tuple[str, ...] = ()) -> st
     return value
 
 
-def require_scopes(*scopes: str) -> Callable[[Request], Awaitable[AccessTokenClaims]]:
+def require_scopes(*scopes: str) -> Callable[..., Awaitable[AccessTokenClaims]]:
     """A dependency returning the caller's validated claims, or raising 401/403."""
 
-    async def dependency(request: Request) -> AccessTokenClaims:
+    async def dependency(
+        request: Request,
+        _documented: str | None = Security(BEARER_SCHEME, scopes=list(scopes)),
+    ) -> AccessTokenClaims:
         verifier: AccessTokenVerifier = request.app.state.token_verifier
         token = bearer_token(request.headers.get("authorization"))
         if token is None:

@@ -5,19 +5,32 @@ tests pass their own ``runtime`` (e.g. with a token source for the backend chann
 The lifespan starts the runtime and publishes its parts on ``app.state``:
 ``settings``, ``token_verifier`` (read by ``bsopt_common.security.fastapi``),
 ``session_factory``, ``backends``, ``hub``, ``ready``.
+
+Hardening (``bsopt_common.http_security``): security headers on every HTTP response,
+``Cache-Control: no-store`` on everything under ``/v1`` (user data), HSTS when
+``public_url`` is https; Swagger UI at ``/docs`` from local assets (no CDN), authorizing
+with the code flow + PKCE as the CLI's public client; the OpenAPI document is
+:func:`bsopt_api.openapi.build_openapi`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from bsopt_api.api.deps import safe_path_params
 from bsopt_api.api.routes import ROUTERS
 from bsopt_api.config import ApiSettings
+from bsopt_api.openapi import SCOPE_DESCRIPTIONS, build_openapi, origin
 from bsopt_api.problems import install_problem_handlers
 from bsopt_api.runtime import ApiRuntime, bootstrap
+from bsopt_common.http_security import hsts_for, install_security_headers, install_swagger_ui
+
+#: OAuth client Swagger UI authorizes as (the CLI's public client: code flow + PKCE).
+DOCS_CLIENT_ID = "bsopt-cli"
 
 
 def create_app(settings: ApiSettings, *, runtime: ApiRuntime | None = None) -> FastAPI:
@@ -41,6 +54,8 @@ def create_app(settings: ApiSettings, *, runtime: ApiRuntime | None = None) -> F
         version="1",
         summary="Training jobs, paper accounts, scored trades, weekly digests and the coach WebSocket.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.runtime = runtime
@@ -48,5 +63,17 @@ def create_app(settings: ApiSettings, *, runtime: ApiRuntime | None = None) -> F
     app.state.ready = False
     install_problem_handlers(app)
     for router in ROUTERS:
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(safe_path_params)])
+
+    def openapi() -> dict[str, Any]:
+        return build_openapi(app, settings)
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    install_swagger_ui(
+        app,
+        init_oauth={"clientId": DOCS_CLIENT_ID, "usePkceWithAuthorizationCodeGrant": True,
+                    "scopes": " ".join(SCOPE_DESCRIPTIONS)},
+        connect_src=[origin(settings.token_url)],
+    )
+    install_security_headers(app, hsts=hsts_for(settings.public_url), no_store_prefixes=("/v1",))
     return app

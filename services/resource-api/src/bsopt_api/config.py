@@ -27,6 +27,9 @@ class ApiSettings(ServiceSettings):
     service_name: str = "resource-api"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    #: URL clients reach this API at (behind the TLS-terminating proxy). When it is
+    #: https, every response carries HSTS (Strict-Transport-Security).
+    public_url: str | None = None
     #: OAuth client of this service (client credentials grant towards the backends).
     client_id: str | None = "resource-api"
 

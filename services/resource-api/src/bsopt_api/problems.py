@@ -28,6 +28,8 @@ from bsopt_common.security.token_provider import TokenRequestError
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+#: Longest ``instance`` (the request path) echoed in a problem, characters.
+MAX_INSTANCE_LENGTH = 512
 #: Seconds a client should wait before retrying after a 503 (RFC 9110 §10.2.3).
 RETRY_AFTER_SECONDS = 5
 
@@ -38,6 +40,7 @@ GRPC_TO_HTTP: Mapping[grpc.StatusCode, int] = {
     grpc.StatusCode.FAILED_PRECONDITION: 409,
     grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,  # a per-user quota; with Retry-After
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 503,
 }
@@ -62,7 +65,7 @@ def problem(
     if detail:
         body["detail"] = detail
     if instance:
-        body["instance"] = instance
+        body["instance"] = instance if len(instance) <= MAX_INSTANCE_LENGTH else instance[:MAX_INSTANCE_LENGTH] + "..."
     body.update(extensions)
     return JSONResponse(jsonable_encoder(body), status_code=status, headers=dict(headers or {}),
                         media_type=PROBLEM_JSON)
@@ -81,6 +84,8 @@ async def _rpc_error(request: Request, exc: grpc.aio.AioRpcError) -> JSONRespons
             headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     else:
         detail = exc.details() or None
+        if status == 429:
+            headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return problem(status, detail, instance=request.url.path, headers=headers, grpc_status=code.name)
 
 

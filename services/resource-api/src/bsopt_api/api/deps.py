@@ -7,9 +7,11 @@ details by :mod:`bsopt_api.problems`. The user id is always the token's ``sub``.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import Depends
+from fastapi.exceptions import RequestValidationError
 from fastapi.requests import HTTPConnection
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -46,6 +48,29 @@ def _session_factory(conn: HTTPConnection) -> sessionmaker[Session]:
 
 def _hub(conn: HTTPConnection) -> CoachHub:
     return conn.app.state.hub
+
+
+#: Longest path id (account, job) accepted; ids are UUIDs or short names.
+MAX_PATH_ID_LENGTH = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def safe_path_params(conn: HTTPConnection) -> None:
+    """Router-wide guard: a path id with a control character (NUL above all: Postgres
+    cannot store it) or longer than :data:`MAX_PATH_ID_LENGTH` is a 422 before any
+    backend is called. Raises RequestValidationError (rendered as problem+json)."""
+    errors = []
+    for name, value in conn.path_params.items():
+        if not isinstance(value, str):
+            continue
+        if _CONTROL.search(value):
+            errors.append({"type": "string_pattern_mismatch", "loc": ("path", name),
+                           "msg": f"{name} must not contain control characters (NUL included)"})
+        elif len(value) > MAX_PATH_ID_LENGTH:
+            errors.append({"type": "string_too_long", "loc": ("path", name),
+                           "msg": f"{name} is longer than {MAX_PATH_ID_LENGTH} characters"})
+    if errors:
+        raise RequestValidationError(errors)
 
 
 Settings = Annotated[ApiSettings, Depends(_settings)]

@@ -67,9 +67,13 @@ class TrainingJobCreate(_Request):
         return self
 
 
+#: Printable text: no control characters (NUL included), which no id contains.
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+
+
 class PaperTradingRun(_Request):
     #: broker-gateway account (of the caller) that receives the orders.
-    account_id: str = Field(min_length=1, max_length=255)
+    account_id: str = Field(min_length=1, max_length=255, pattern=PRINTABLE)
 
 
 class AccountCreate(_Request):
@@ -92,7 +96,12 @@ def _date_or_datetime(value: object) -> object:
 
 
 def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-23:59 is after year 9999 in UTC
+        raise ValueError("instant is out of range: in UTC it must lie within years 0001-9999") from None
 
 
 #: An instant given as an ISO date (midnight UTC) or an RFC 3339 date-time (no offset = UTC).
