@@ -40,6 +40,7 @@ GRPC_TO_HTTP: Mapping[grpc.StatusCode, int] = {
     grpc.StatusCode.FAILED_PRECONDITION: 409,
     grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,  # a per-user quota; with Retry-After
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 503,
 }
@@ -83,6 +84,8 @@ async def _rpc_error(request: Request, exc: grpc.aio.AioRpcError) -> JSONRespons
             headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     else:
         detail = exc.details() or None
+        if status == 429:
+            headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return problem(status, detail, instance=request.url.path, headers=headers, grpc_status=code.name)
 
 

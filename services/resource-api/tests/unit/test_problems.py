@@ -16,6 +16,7 @@ EXPECTED = {
     grpc.StatusCode.FAILED_PRECONDITION: 409,
     grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 503,
 }
@@ -74,6 +75,13 @@ async def test_unavailable_says_when_to_retry():
     assert resp.status_code == 503
     assert int(resp.headers["retry-after"]) > 0
     assert resp.json()["title"] == "Service Unavailable"
+
+
+async def test_over_quota_is_429_with_the_backends_message_and_when_to_retry():
+    resp = await _get(_app_raising(grpc.StatusCode.RESOURCE_EXHAUSTED, "you have 3 queued training jobs"))
+    assert resp.status_code == 429
+    assert int(resp.headers["retry-after"]) > 0
+    assert resp.json()["detail"] == "you have 3 queued training jobs"
 
 
 async def test_unexpected_errors_are_500_problem_without_internals():

@@ -37,6 +37,22 @@ async def get_training_job(job_id: str, principal: TrainingReader, backends: Bac
     return encoding.training_job(job)
 
 
+@router.post("/{job_id}:cancel", response_model=TrainingJob,
+             responses={202: {"model": TrainingJob, "description": "Running: it stops within seconds"}})
+async def cancel_training_job(
+    job_id: str, principal: TrainingWriter, backends: Backends, response: Response
+) -> dict[str, Any]:
+    """Cancel one of your jobs: a queued job is ``cancelled`` at once (200); a running
+    job stops within seconds (202, still ``running``; poll it until ``cancelled``).
+    Another user's job is 404; a succeeded or failed job is 409."""
+    job = await backends.rl_trainer.CancelTrainingJob(
+        pb.CancelTrainingJobRequest(job_id=job_id, user_id=principal.subject), timeout=backends.timeout_seconds
+    )
+    if job.status != pb.JOB_STATUS_CANCELLED:
+        response.status_code = status.HTTP_202_ACCEPTED
+    return encoding.training_job(job)
+
+
 @router.post("/{job_id}/paper-trading", response_model=PaperTradingResult)
 async def run_paper_trading(
     job_id: str, body: PaperTradingRun, principal: TrainingWriter, backends: Backends
