@@ -3,10 +3,11 @@
 - Every error is ``application/problem+json`` (:mod:`bsopt_api.problems`): FastAPI's
   default 422 schema is replaced by :data:`PROBLEM_SCHEMA`, and each ``/v1`` operation
   lists the problems it can answer: 401 (missing or invalid token, with the RFC 6750
-  challenge), 403 (a scope is missing; a backend refused), and for the operations that
-  call a backend 400/404/409 (the backend's named errors), 502 (a backend failed) and
-  503 with ``Retry-After`` (a backend or our credentials are unavailable). This API has
-  no rate limit, so no operation answers 429.
+  challenge), 403 (a scope is missing), and for the operations that call a backend every
+  status of :data:`bsopt_api.problems.GRPC_TO_HTTP` plus its default (400/403/404/409 for
+  the backend's named errors, 502 when a backend failed, 503 with ``Retry-After`` when a
+  backend or our credentials are unavailable); derived from the table, so a new mapping
+  is documented without an edit here.
 - The ``bsopt`` OAuth 2.0 scheme (authorization code + PKCE) points at the issuer's
   ``/authorize`` and token endpoint, so Swagger UI at ``/docs`` can authorize.
 """
@@ -20,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from bsopt_api.config import ApiSettings
-from bsopt_api.problems import PROBLEM_JSON
+from bsopt_api.problems import GRPC_DEFAULT_HTTP, GRPC_TO_HTTP, PROBLEM_JSON
 from bsopt_common.security.fastapi import document_oauth_flow
 
 #: Operations under these paths call a backend over gRPC.
@@ -64,6 +65,19 @@ _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying"
 _CHALLENGE = {"WWW-Authenticate": {"description": "RFC 6750 Bearer challenge", "schema": {"type": "string"}}}
 
 
+#: Descriptions (and headers) of the statuses a backend call can answer.
+BACKEND_PROBLEMS: dict[int, tuple[str, dict[str, Any] | None]] = {
+    400: ("The backend refused an argument.", None),
+    403: ("The access token lacks a scope, or the backend refused the call.", _CHALLENGE),
+    404: ("No such resource for this user.", None),
+    409: ("The resource is not in a state that allows this (or already exists).", None),
+    429: ("A quota is exhausted; retry after Retry-After seconds.", _RETRY_AFTER),
+    502: ("A backend service failed.", None),
+    503: ("A backend service, or this service's credentials, are unavailable; retry after Retry-After seconds.",
+          _RETRY_AFTER),
+}
+
+
 def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     response: dict[str, Any] = {"description": description, "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}}}
     if headers:
@@ -81,14 +95,9 @@ def _add_problems(path: str, operation: dict[str, Any]) -> None:
         if any(scopes for requirement in requirements for scopes in requirement.values()):
             responses["403"] = _problem("The access token lacks a scope this operation needs.", _CHALLENGE)
     if path.startswith(BACKEND_PREFIXES):
-        responses.setdefault("400", _problem("The backend refused an argument."))
-        responses["403"] = _problem("The access token lacks a scope, or the backend refused the call.",
-                                    _CHALLENGE)
-        responses["404"] = _problem("No such resource for this user.")
-        responses["409"] = _problem("The resource is not in a state that allows this (or already exists).")
-        responses["502"] = _problem("A backend service failed.")
-        responses["503"] = _problem("A backend service, or this service's credentials, are unavailable; "
-                                    "retry after Retry-After seconds.", _RETRY_AFTER)
+        for status in sorted({*GRPC_TO_HTTP.values(), GRPC_DEFAULT_HTTP}):
+            description, headers = BACKEND_PROBLEMS.get(status, ("A backend answered with this status.", None))
+            responses[str(status)] = _problem(description, headers)
     elif "404" in responses:
         responses["404"] = _problem(responses["404"].get("description") or "Not found.")
 
