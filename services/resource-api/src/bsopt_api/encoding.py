@@ -73,6 +73,7 @@ def training_job(job: trainer_pb.TrainingJob) -> dict[str, Any]:
         "job_id": job.job_id,
         "status": job_status(job.status),
         "progress": job.progress,
+        "cancel_requested": job.cancel_requested,
         "spec": fields(job.spec),
         "results": training_results(job.results) if job.HasField("results") else None,
         "error": job.error or None,

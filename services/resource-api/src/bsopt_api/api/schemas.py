@@ -169,10 +169,12 @@ class TrainingResults(BaseModel):
 
 class TrainingJob(BaseModel):
     job_id: str
-    #: "queued", "running", "succeeded" or "failed".
+    #: "queued", "running", "succeeded", "failed" or "cancelled".
     status: str
     #: Fraction of timesteps done, 0..1.
     progress: float
+    #: The owner cancelled the job while it ran; it becomes "cancelled" within seconds.
+    cancel_requested: bool
     spec: TrainingJobSpec
     results: TrainingResults | None
     error: str | None

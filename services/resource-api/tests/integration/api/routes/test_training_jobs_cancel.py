@@ -60,6 +60,7 @@ async def test_cancel_running_and_queued_jobs_and_the_queued_quota(client, token
     # the worker is busy: bob's job waits queued; one queued job is bob's quota here
     resp = await client.post("/v1/training-jobs", json=JOB, headers=bob)
     assert resp.status_code == 202 and resp.json()["status"] == "queued"
+    assert resp.json()["cancel_requested"] is False
     queued = resp.headers["location"]
     resp = await client.post("/v1/training-jobs", json=JOB, headers=bob)
     assert resp.status_code == 429, resp.text
@@ -76,7 +77,7 @@ async def test_cancel_running_and_queued_jobs_and_the_queued_quota(client, token
     started = time.monotonic()
     resp = await client.post(f"{running}:cancel", headers=alice)
     assert resp.status_code == 202, resp.text
-    assert resp.json()["status"] == "running"
+    assert resp.json()["status"] == "running" and resp.json()["cancel_requested"] is True
     job = await poll(client, running, alice, lambda j: j["status"] == "cancelled", 10)
     assert time.monotonic() - started < 10
     assert job["results"] is None and job["progress"] < 0.5
