@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -87,7 +88,108 @@ async def test_unknown_kid_refetch_is_rate_limited(issuer):
     for _ in range(5):
         with pytest.raises(InvalidTokenError):
             await v.verify(issuer.token(aud=AUD, rogue=True))
+    # one refetch proved the kid unknown; the repeats hit the negative cache
+    assert v.jwks.fetches == 2
+
+
+async def test_forged_unknown_kid_cannot_starve_a_rotation(issuer):
+    """Replay of the audit's attack: the issuer rotates, a forged unknown-kid token arrives
+    first, then the real new key's tokens arrive mixed with more forged kids. Before, the
+    forged request spent the 10 s refetch budget and 24 of 37 real requests got 401."""
+    v = verifier_for(issuer, min_refetch_interval_seconds=10.0)  # the services' setting
+    await v.verify(issuer.token(aud=AUD))
     assert v.jwks.fetches == 1
+    issuer.rotate()
+    with pytest.raises(InvalidTokenError, match="not in the issuer's JWKS"):
+        await v.verify(issuer.forged_token(aud=AUD))
+    started = time.monotonic()
+
+    async def real() -> bool:
+        try:
+            await v.verify(issuer.token(aud=AUD))
+            return True
+        except InvalidTokenError:
+            return False
+
+    async def forged() -> bool:
+        try:
+            await v.verify(issuer.forged_token(aud=AUD))
+            return True
+        except InvalidTokenError:
+            return False
+
+    results = await asyncio.gather(*(real() for _ in range(37)), *(forged() for _ in range(37)))
+    elapsed = time.monotonic() - started
+    assert results[:37] == [True] * 37  # 0 refusals of the real new key
+    assert not any(results[37:])  # every forged kid refused
+    assert elapsed < 3.0  # the new key was picked up within about one second
+    # fetches are bounded: at most one per second of attack, plus the first ones
+    assert v.jwks.fetches <= 3 + elapsed / 1.0
+    # and a sustained flood of random forged kids stays bounded too
+    flood_start, before = time.monotonic(), v.jwks.fetches
+    await asyncio.gather(*(forged() for _ in range(200)))
+    assert v.jwks.fetches - before <= 2 + (time.monotonic() - flood_start) / 1.0
+    assert await real()
+
+
+async def test_concurrent_requests_for_a_new_kid_share_one_fetch(issuer):
+    v = verifier_for(issuer)
+    await v.verify(issuer.token(aud=AUD))
+    issuer.rotate()
+    token = issuer.token(aud=AUD)
+    await asyncio.gather(*(v.verify(token) for _ in range(20)))
+    assert v.jwks.fetches == 2
+    assert issuer.jwks_requests == 2
+
+
+async def test_jwks_max_age_is_honoured_and_defaults_to_five_minutes(issuer):
+    v = verifier_for(issuer)
+    await v.verify(issuer.token(aud=AUD))
+    assert v.jwks.max_age == 300.0  # no Cache-Control: the default
+    issuer.jwks_max_age = 42
+    v2 = verifier_for(issuer)
+    await v2.verify(issuer.token(aud=AUD))
+    assert v2.jwks.max_age == 42.0
+
+
+async def test_a_key_removed_from_the_jwks_stops_verifying_within_max_age(issuer):
+    issuer.jwks_max_age = 1
+    v = verifier_for(issuer)
+    old_token = issuer.token(aud=AUD)
+    await v.verify(old_token)
+    old_kid = issuer.key.kid
+    issuer.rotate()
+    issuer.revoke(old_kid)
+    await v.verify(old_token)  # still cached: within max-age
+    await asyncio.sleep(1.2)
+    with pytest.raises(InvalidTokenError, match="not in the issuer's JWKS"):
+        await v.verify(old_token)
+    await v.verify(issuer.token(aud=AUD))
+
+
+async def test_the_jwks_is_refreshed_in_the_background_before_expiry(issuer):
+    issuer.jwks_max_age = 2
+    v = verifier_for(issuer)
+    await v.verify(issuer.token(aud=AUD))
+    await asyncio.sleep(1.85)  # inside the last 10% of max-age
+    await v.verify(issuer.token(aud=AUD))  # answered from the cache, refresh started
+    await asyncio.sleep(0.3)
+    assert v.jwks.fetches == 2
+    await v.verify(issuer.token(aud=AUD))  # past the first expiry: the refreshed set, no wait
+    assert v.jwks.fetches == 2
+
+
+async def test_unreachable_issuer_serves_the_stale_set_only_for_a_grace(issuer):
+    issuer.jwks_max_age = 1
+    v = verifier_for(issuer, stale_if_error_seconds=1.0)
+    token = issuer.token(aud=AUD)
+    await v.verify(token)
+    issuer.stop()
+    await asyncio.sleep(1.1)
+    await v.verify(token)  # fetch fails: the stale set serves within the grace
+    await asyncio.sleep(1.2)
+    with pytest.raises(InvalidTokenError, match="unavailable"):
+        await v.verify(token)
 
 
 async def test_event_clock_override_checks_expiry_at_production_time(issuer):

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bsopt_auth.app import create_app
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.db import migrate
+from bsopt_auth.rfc7517 import configure_key_encryption
 from bsopt_auth.rfc7636 import create_s256_code_challenge
 from bsopt_auth.seed import CLI_CLIENT_ID, DEMO_PASSWORD, DEMO_USERNAME, seed_dev
 from bsopt_common.db import create_db_engine, make_session_factory
@@ -32,7 +33,9 @@ TOKEN_PATH = "/oauth2/token"
 
 @pytest.fixture(scope="module")
 def settings() -> AuthSettings:
-    return AuthSettings(_env_file=None, issuer=ISSUER, environment="test", signing_alg="RS256")
+    settings = AuthSettings(_env_file=None, issuer=ISSUER, environment="test", signing_alg="RS256")
+    configure_key_encryption(settings.key_encryption_key_provider())  # the dev-only KEK
+    return settings
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,12 @@ What :meth:`AccessTokenVerifier.verify` checks, in order (RFC 9068 §4):
 
 1. the JOSE header: ``typ`` is ``at+jwt`` (or ``application/at+jwt``), ``alg`` is an
    asymmetric algorithm we accept, ``kid`` is present;
-2. the signature, with the key of that ``kid`` from the cached JWKS. An unknown ``kid``
-   triggers one refetch of the JWKS (key rotation), at most once per
-   ``min_refetch_interval_seconds`` so a flood of forged kids cannot hammer the
-   authorization server;
+2. the signature, with the key of that ``kid`` from the cached JWKS (kept for the
+   ``max-age`` the issuer sends, so removed keys stop verifying within it). An unknown
+   ``kid`` waits for a refetch (key rotation); refetches are shared and at most one per
+   second, and a kid just proved unknown is refused from a short negative cache, so a
+   flood of forged kids can neither hammer the authorization server nor starve a real
+   new key (see :class:`JWKSCache`);
 3. ``iss`` equals the configured issuer; ``aud`` contains this resource server's
    identifier; ``exp`` and ``nbf`` hold with a small leeway (seconds); ``sub``,
    ``client_id``, ``iat`` and ``jti`` are present;
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,12 +76,51 @@ class AccessTokenClaims:
         return set(needed) <= self.scopes
 
 
-class JWKSCache:
-    """The issuer's JSON Web Key Set, fetched over HTTP and cached.
+#: JWKS lifetime when the response says nothing (``Cache-Control: max-age`` absent).
+DEFAULT_JWKS_MAX_AGE_SECONDS = 300.0
+#: Upper bound on the gap between two unknown-kid refetches. An unknown kid waits for the
+#: next refetch slot instead of being refused, so a longer gap would let one forged token
+#: delay the tokens of a real new key by that long.
+MAX_REFETCH_INTERVAL_SECONDS = 1.0
 
-    ``get_key_set(kid)`` returns the cached set when it holds ``kid``; otherwise it
-    refetches, at most once per ``min_refetch_interval_seconds`` (rate limit), and
-    returns whatever set it then has (the caller fails on a still-unknown kid).
+
+class _FetchFailed(Exception):
+    pass
+
+
+def _max_age(cache_control: str | None, default: float) -> float:
+    """Seconds from ``Cache-Control`` (``max-age``; 0 for ``no-cache``/``no-store``)."""
+    if not cache_control:
+        return default
+    directives = [d.strip().lower() for d in cache_control.split(",")]
+    if "no-store" in directives or "no-cache" in directives:
+        return 0.0
+    for d in directives:
+        name, _, value = d.partition("=")
+        if name.strip() == "max-age":
+            try:
+                return max(0.0, float(int(value.strip().strip('"'))))
+            except ValueError:
+                return default
+    return default
+
+
+class JWKSCache:
+    """The issuer's JSON Web Key Set, fetched over HTTP and cached for the ``max-age`` the
+    response sends (:data:`DEFAULT_JWKS_MAX_AGE_SECONDS` without one).
+
+    * Expiry: a set older than its max-age is refetched before it answers, so a key the
+      issuer removed (revoked, retired) stops verifying within max-age. Shortly before
+      expiry an access starts a background refresh instead, so requests rarely wait.
+      If the issuer is unreachable the old set keeps serving for at most
+      ``stale_if_error_seconds`` past expiry, then every token is refused.
+    * Unknown kid (a rotation): the request waits for a JWKS fetch that started after it
+      arrived. Fetches for unknown kids are at most one per ``min_refetch_interval_seconds``
+      (capped at :data:`MAX_REFETCH_INTERVAL_SECONDS`), and every request waiting meanwhile
+      shares that one fetch. A kid a fetch has just proved unknown is refused without
+      another fetch for ``negative_ttl_seconds``. So a flood of forged kids costs at most
+      one fetch per interval, and never makes a real new key's tokens fail: they wait at
+      most one interval plus one fetch.
     """
 
     def __init__(
@@ -86,48 +128,123 @@ class JWKSCache:
         jwks_url: str,
         *,
         http_client: httpx.AsyncClient | None = None,
-        min_refetch_interval_seconds: float = 10.0,
+        min_refetch_interval_seconds: float = MAX_REFETCH_INTERVAL_SECONDS,
         timeout_seconds: float = 5.0,
+        default_max_age_seconds: float = DEFAULT_JWKS_MAX_AGE_SECONDS,
+        max_max_age_seconds: float = 86_400.0,
+        min_max_age_seconds: float = 1.0,
+        negative_ttl_seconds: float = 5.0,
+        negative_cache_size: int = 1024,
+        stale_if_error_seconds: float = 300.0,
     ):
         self.jwks_url = jwks_url
         self._client = http_client
         self._owns_client = http_client is None
-        self._interval = min_refetch_interval_seconds
+        self._interval = min(max(min_refetch_interval_seconds, 0.0), MAX_REFETCH_INTERVAL_SECONDS)
         self._timeout = timeout_seconds
+        self._default_max_age = default_max_age_seconds
+        self._max_age_bounds = (min_max_age_seconds, max_max_age_seconds)
+        self._negative_ttl = negative_ttl_seconds
+        self._negative_size = negative_cache_size
+        self._stale_grace = stale_if_error_seconds
         self._keys: KeySet | None = None
         self._kids: frozenset[str] = frozenset()
-        self._last_fetch = float("-inf")
-        self._lock = asyncio.Lock()
+        self._last_fetch = float("-inf")  # when the latest fetch started
+        self._expires_at = float("-inf")
+        #: max-age of the set held now, seconds.
+        self.max_age = default_max_age_seconds
+        self._inflight: asyncio.Future[None] | None = None
+        self._unknown: OrderedDict[str, float] = OrderedDict()
+        self._unknown_lock = asyncio.Lock()
         #: Number of HTTP fetches made (observable for tests and metrics).
         self.fetches = 0
 
     async def _fetch(self) -> None:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self._timeout)
-        self._last_fetch = time.monotonic()
+        started = self._last_fetch = time.monotonic()
         self.fetches += 1
-        resp = await self._client.get(self.jwks_url)
-        resp.raise_for_status()
-        keys = KeySet.import_key_set(resp.json())
+        try:
+            resp = await self._client.get(self.jwks_url)
+            resp.raise_for_status()
+            keys = KeySet.import_key_set(resp.json())
+        except (httpx.HTTPError, ValueError, JoseError) as exc:
+            log.warning("JWKS fetch from %s failed: %s", self.jwks_url, exc)
+            raise _FetchFailed from exc
+        low, high = self._max_age_bounds
+        self.max_age = min(max(_max_age(resp.headers.get("cache-control"), self._default_max_age), low), high)
         self._keys = keys
         self._kids = frozenset(k.kid for k in keys if k.kid)
+        self._expires_at = started + self.max_age
+        for kid in self._kids & self._unknown.keys():
+            del self._unknown[kid]
+
+    def _start_fetch(self) -> asyncio.Future[None]:
+        if self._inflight is None:
+            task = asyncio.ensure_future(self._fetch())
+
+            def done(t: asyncio.Future[None]) -> None:
+                self._inflight = None
+                if not t.cancelled():
+                    t.exception()  # retrieved here; awaiters see it too
+
+            task.add_done_callback(done)
+            self._inflight = task
+        return self._inflight
+
+    async def _refresh(self) -> bool:
+        """Start a fetch (or join the one in flight) and wait for it; False if it failed."""
+        try:
+            await asyncio.shield(self._start_fetch())
+        except _FetchFailed:
+            return False
+        return True
+
+    def _due_for_fetch(self, now: float) -> bool:
+        return self._inflight is None and now - self._last_fetch >= self._interval
 
     async def get_key_set(self, kid: str) -> KeySet | None:
-        if self._keys is not None and kid in self._kids:
+        """The key set, fresh within max-age; fetched again first when ``kid`` is unknown
+        (see the class docstring). The caller refuses a kid still missing from it."""
+        now = time.monotonic()
+        if self._keys is None or now >= self._expires_at:
+            if self._keys is None or self._inflight is not None or self._due_for_fetch(now):
+                await self._refresh()
+            if self._keys is None or time.monotonic() >= self._expires_at + self._stale_grace:
+                raise InvalidTokenError("signing keys are unavailable")
+        elif now >= self._expires_at - min(30.0, 0.1 * self.max_age) and self._due_for_fetch(now):
+            self._start_fetch()  # refresh ahead, in the background
+        if kid in self._kids:
             return self._keys
-        async with self._lock:
-            if self._keys is not None and kid in self._kids:
-                return self._keys
-            if time.monotonic() - self._last_fetch >= self._interval or self._keys is None:
-                try:
-                    await self._fetch()
-                except (httpx.HTTPError, ValueError, JoseError) as exc:
-                    log.warning("JWKS fetch from %s failed: %s", self.jwks_url, exc)
-                    if self._keys is None:
-                        raise InvalidTokenError("signing keys are unavailable") from exc
-            return self._keys
+        return await self._unknown_kid(kid)
+
+    async def _unknown_kid(self, kid: str) -> KeySet | None:
+        arrival = time.monotonic()
+        until = self._unknown.get(kid)
+        if until is not None and until > arrival:
+            return self._keys  # just proved unknown: refused without a fetch
+        async with self._unknown_lock:
+            # Wait until a fetch that started after this request arrived has finished;
+            # requests queued here share it.
+            while kid not in self._kids and self._last_fetch < arrival:
+                wait = self._last_fetch + self._interval - time.monotonic()
+                if wait > 0 and self._inflight is None:
+                    await asyncio.sleep(wait)
+                    continue
+                if not await self._refresh():
+                    break
+            if self._inflight is not None:
+                await self._refresh()
+        if kid not in self._kids:
+            self._unknown[kid] = time.monotonic() + self._negative_ttl
+            self._unknown.move_to_end(kid)
+            while len(self._unknown) > self._negative_size:
+                self._unknown.popitem(last=False)
+        return self._keys
 
     async def aclose(self) -> None:
+        if self._inflight is not None:
+            self._inflight.cancel()
         if self._owns_client and self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -28,6 +28,8 @@ class TestIssuer:
         self.rogue_key = ECKey.generate_key("P-256", parameters={"alg": "ES256", "use": "sig"})
         self.rogue_key.ensure_kid()
         self.published: list[Key] = [self.key]
+        #: ``Cache-Control: max-age`` the JWKS is served with (None: no header).
+        self.jwks_max_age: int | None = None
         self.jwks_requests = 0
         self.token_requests = 0
         self._server: ThreadingHTTPServer | None = None
@@ -43,6 +45,8 @@ class TestIssuer:
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
+                if owner.jwks_max_age is not None:
+                    self.send_header("cache-control", f"public, max-age={owner.jwks_max_age}")
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -140,6 +144,20 @@ class TestIssuer:
         new.ensure_kid()
         self.key = new
         self.published = [new, *self.published]
+
+    def revoke(self, kid: str) -> None:
+        """Remove ``kid`` from the JWKS (tokens it signed must stop verifying)."""
+        self.published = [k for k in self.published if k.kid != kid]
+
+    def forged_token(self, *, aud: str | list[str], kid: str | None = None, **kw: Any) -> str:
+        """A token signed by a fresh unpublished key under ``kid`` (a random one if None):
+        an attacker probing unknown kids."""
+        key = ECKey.generate_key("P-256", parameters={"alg": "ES256", "use": "sig"})
+        key.ensure_kid()
+        now = int(time.time())
+        claims = {"iss": self.issuer, "sub": "attacker", "aud": aud, "client_id": "attacker", "scope": "",
+                  "iat": now, "nbf": now, "exp": now + 300, "jti": str(uuid.uuid4()), **kw}
+        return jwt.encode({"alg": "ES256", "kid": kid or key.kid, "typ": "at+jwt"}, claims, key)
 
 
 def refusal_tokens(issuer: TestIssuer, audience: str, scope: str) -> dict[str, str | None]:

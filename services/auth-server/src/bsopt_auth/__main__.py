@@ -1,17 +1,21 @@
 """Command line: ``python -m bsopt_auth`` / ``bsopt-auth-server``.
 
 Commands: ``serve`` (migrate, then run uvicorn on host/port), ``migrate``, ``seed-dev``,
-``rotate-keys``. Configuration comes from the environment (``BSOPT_AUTH_*``, see
+``keys list`` / ``keys rotate`` / ``keys revoke KID`` (``rotate-keys`` is an alias of
+``keys rotate``). Configuration comes from the environment (``BSOPT_AUTH_*``, see
 :class:`bsopt_auth.config.AuthSettings`; ``DATABASE_URL`` also works unprefixed).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import typer
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt_auth.config import AuthSettings
-from bsopt_common.db import create_db_engine, make_session_factory, wait_for_database
+from bsopt_common.db import create_db_engine, make_session_factory, session_scope, wait_for_database
 from bsopt_common.runtime import load_settings, run_serve
 from bsopt_common.telemetry import setup_logging
 
@@ -67,18 +71,88 @@ def seed_dev_command() -> None:
     typer.echo(f"seeded: users={created['users']} clients={created['clients']}")
 
 
-@cli.command("rotate-keys")
-def rotate_keys() -> None:
-    """Make a new active signing key; the old one stays published as ``previous``."""
-    from bsopt_auth.rfc7517 import rotate_signing_key
+keys_cli = typer.Typer(no_args_is_help=True, help="Signing keys: list, rotate, revoke.")
+cli.add_typer(keys_cli, name="keys")
+
+
+def _key_session_factory(settings: AuthSettings) -> tuple[Engine, sessionmaker[Session]]:
+    from bsopt_auth.bootstrap import configure_keys
+    from bsopt_auth.db import migrate as run_migrations
+
+    try:
+        configure_keys(settings)
+    except ValueError as exc:
+        typer.echo(f"key-encryption key: {exc}", err=True)
+        raise typer.Exit(2) from None
+    engine = _engine(settings)
+    wait_for_database(engine)
+    run_migrations(engine)
+    return engine, make_session_factory(engine)
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else "-"
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """Every signing key: kid, alg, status, created / deactivated / retired times."""
+    from bsopt_auth.rfc7517 import list_keys
 
     settings = _settings()
     engine = _engine(settings)
     try:
-        kid = rotate_signing_key(make_session_factory(engine), settings.signing_alg)
+        wait_for_database(engine)
+        with session_scope(make_session_factory(engine)) as session:
+            keys = list_keys(session)
+    finally:
+        engine.dispose()
+    typer.echo(f"{'kid':<45} {'alg':<6} {'status':<9} {'created':<21} {'deactivated':<21} retired")
+    for k in keys:
+        typer.echo(f"{k.kid:<45} {k.alg:<6} {k.status:<9} {_when(k.created_at):<21} "
+                   f"{_when(k.deactivated_at):<21} {_when(k.retired_at)}")
+
+
+@keys_cli.command("rotate")
+def keys_rotate() -> None:
+    """Make a new active signing key; the old one stays published as ``previous`` for the
+    verification window (longest token lifetime + leeway), without its private part."""
+    from bsopt_auth.rfc7517 import rotate_signing_key
+
+    settings = _settings()
+    engine, factory = _key_session_factory(settings)
+    try:
+        kid = rotate_signing_key(factory, settings.signing_alg)
     finally:
         engine.dispose()
     typer.echo(f"new active signing key kid={kid}")
+
+
+@keys_cli.command("revoke")
+def keys_revoke(kid: str = typer.Argument(..., help="The kid to withdraw.")) -> None:
+    """Withdraw a key now: removed from the JWKS (verifiers drop it within the JWKS
+    max-age); revoking the active key rotates first."""
+    from bsopt_auth.rfc7517 import revoke_signing_key
+
+    settings = _settings()
+    engine, factory = _key_session_factory(settings)
+    try:
+        new_kid = revoke_signing_key(factory, kid, settings.signing_alg)
+    except KeyError:
+        typer.echo(f"no signing key kid={kid}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    typer.echo(f"revoked signing key kid={kid}")
+    if new_kid:
+        typer.echo(f"new active signing key kid={new_kid}")
+    typer.echo(f"verifiers stop accepting it within the JWKS max-age ({settings.jwks_max_age_seconds} s)")
+
+
+@cli.command("rotate-keys")
+def rotate_keys() -> None:
+    """Alias of ``keys rotate``."""
+    keys_rotate()
 
 
 @cli.command()

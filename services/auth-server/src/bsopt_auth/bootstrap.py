@@ -1,36 +1,77 @@
-"""Wire auth-server from settings: database reachable and migrated, an active signing key,
-the dev seed when asked for, then the ASGI app behind the shared HTTP serve helper until
-``stop`` (SIGTERM drains like every other service)."""
+"""Wire auth-server from settings: the key-encryption key, database reachable and
+migrated, an active signing key (decryptable with that KEK), the dev seed when asked for,
+then the ASGI app behind the shared HTTP serve helper until ``stop`` (SIGTERM drains like
+every other service). Beside it, the key maintenance loop retires previous keys past the
+verification window and rotates on schedule (``signing_key_rotation_days``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt_auth.app import create_app
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.db import migrate
-from bsopt_auth.rfc7517 import ensure_active_key
+from bsopt_auth.rfc7517 import configure_key_encryption, maintain_keys
 from bsopt_auth.seed import seed_dev
 from bsopt_common.db import create_db_engine, make_session_factory, wait_for_database
 from bsopt_common.http_server import serve_asgi
 
+log = logging.getLogger(__name__)
 
-def prepare(settings: AuthSettings, *, seed: bool) -> object:
-    """Blocking start-up: engine, migrations, signing key, optional dev seed."""
+
+def configure_keys(settings: AuthSettings) -> None:
+    """Load the KEK (reads the secret file) and make it the process-wide one."""
+    kek = settings.key_encryption_key_provider()
+    configure_key_encryption(kek)
+    log.info("signing keys are encrypted at rest with KEK %s", kek.key_id)
+
+
+def maintain(settings: AuthSettings, factory: sessionmaker[Session]) -> str | None:
+    """One pass of key maintenance (also makes sure an active key exists)."""
+    return maintain_keys(factory, alg=settings.signing_alg, rotation_days=settings.signing_key_rotation_days,
+                         window_seconds=settings.verification_window_seconds)
+
+
+def prepare(settings: AuthSettings, *, seed: bool) -> Engine:
+    """Blocking start-up: KEK, engine, migrations, signing key, optional dev seed."""
+    configure_keys(settings)
     engine = create_db_engine(settings.require_database_url(), application_name="bsopt-auth-server")
     wait_for_database(engine)
     migrate(engine)
     factory = make_session_factory(engine)
-    ensure_active_key(factory, settings.signing_alg)
+    maintain(settings, factory)
     if seed:
         seed_dev(factory)
     return engine
 
 
+async def key_maintenance_loop(settings: AuthSettings, factory: sessionmaker[Session],
+                               stop: asyncio.Event) -> None:
+    """Run :func:`maintain` every ``key_maintenance_interval_seconds`` until ``stop``."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.key_maintenance_interval_seconds)
+        if stop.is_set():
+            return
+        try:
+            await asyncio.to_thread(maintain, settings, factory)
+        except Exception:  # the next pass retries; serving goes on with the current key
+            log.exception("signing key maintenance failed")
+
+
 async def serve(settings: AuthSettings, stop: asyncio.Event) -> None:
     engine = await asyncio.to_thread(prepare, settings, seed=settings.seed_dev_on_start)
+    maintenance = asyncio.create_task(key_maintenance_loop(settings, make_session_factory(engine), stop))
     try:
-        await serve_asgi(create_app(settings, engine), stop, host=settings.host, port=settings.port,  # type: ignore[arg-type]
+        await serve_asgi(create_app(settings, engine), stop, host=settings.host, port=settings.port,
                          grace_seconds=settings.shutdown_grace_seconds)
     finally:
-        engine.dispose()  # type: ignore[attr-defined]
+        maintenance.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await maintenance
+        engine.dispose()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from bsopt_common.settings import RESOURCE_API_AUDIENCE, ServiceSettings
+from bsopt_common.settings import DEV_ENVIRONMENTS, RESOURCE_API_AUDIENCE, ServiceSettings
+
+if TYPE_CHECKING:
+    from bsopt_auth.rfc7517.encryption import KeyEncryptionKey
 
 #: Postgres schema holding every table of this service.
 SCHEMA = "auth"
@@ -39,8 +43,74 @@ class AuthSettings(ServiceSettings):
     seed_dev_on_start: bool = False
     #: On SIGTERM, how long in-flight requests may take to finish, seconds.
     shutdown_grace_seconds: float = Field(10.0, gt=0)
-    #: Cache lifetime the JWKS and metadata documents advertise to clients, seconds.
+    #: Cache lifetime the metadata documents advertise to clients, seconds.
     discovery_max_age_seconds: int = Field(300, ge=0)
+    #: Cache lifetime the JWKS advertises (``Cache-Control: max-age``), seconds. Resource
+    #: servers refetch within it, so a revoked key stops verifying everywhere within it.
+    jwks_max_age_seconds: int = Field(300, ge=0)
+    #: Key-encryption key (KEK) for the signing keys at rest: a file holding base64 of
+    #: 32 random bytes (a mounted secret), or the base64 value itself. One of the two is
+    #: required outside dev/test; dev/test fall back to a deterministic dev-only KEK.
+    key_encryption_key_file: Path | None = None
+    key_encryption_key: SecretStr | None = Field(default=None, repr=False)
+    #: Rotate the active signing key when it is older than this many days; 0 = never
+    #: (rotate with ``keys rotate``). Checked at start and every
+    #: ``key_maintenance_interval_seconds``.
+    signing_key_rotation_days: float = Field(0, ge=0)
+    #: How often the server retires expired previous keys and checks the rotation age.
+    key_maintenance_interval_seconds: float = Field(300, gt=0)
+
+    @model_validator(mode="after")
+    def _key_encryption_key_outside_dev(self) -> AuthSettings:
+        if self.key_encryption_key_file is not None and self.key_encryption_key is not None:
+            raise ValueError(
+                f"{self.service_name}: set only one of BSOPT_AUTH_KEY_ENCRYPTION_KEY_FILE and "
+                "BSOPT_AUTH_KEY_ENCRYPTION_KEY"
+            )
+        if self.key_encryption_key is not None:
+            from bsopt_auth.rfc7517.encryption import LocalKeyEncryptionKey, dev_only_key_encryption_key
+
+            kek = LocalKeyEncryptionKey.from_base64(self.key_encryption_key.get_secret_value())
+            if self.environment not in DEV_ENVIRONMENTS and kek.secret == dev_only_key_encryption_key().secret:
+                raise ValueError(f"{self.service_name}: BSOPT_AUTH_KEY_ENCRYPTION_KEY is the dev-only key")
+        elif self.key_encryption_key_file is None and self.environment not in DEV_ENVIRONMENTS:
+            raise ValueError(
+                f"{self.service_name}: environment={self.environment!r} needs a key-encryption key for the "
+                "signing keys: set BSOPT_AUTH_KEY_ENCRYPTION_KEY_FILE (a secret file) or "
+                "BSOPT_AUTH_KEY_ENCRYPTION_KEY, holding base64 of 32 random bytes "
+                "(e.g. `openssl rand -base64 32`)"
+            )
+        return self
+
+    def key_encryption_key_provider(self) -> KeyEncryptionKey:
+        """The KEK: from the file or the variable; the dev-only KEK in dev/test when
+        neither is set. Reads the file (start-up only). Raises ValueError."""
+        from bsopt_auth.rfc7517.encryption import LocalKeyEncryptionKey, dev_only_key_encryption_key
+
+        if self.key_encryption_key_file is not None:
+            try:
+                text = self.key_encryption_key_file.read_text()
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read BSOPT_AUTH_KEY_ENCRYPTION_KEY_FILE={self.key_encryption_key_file}: "
+                    f"{exc.strerror}"
+                ) from exc
+            kek = LocalKeyEncryptionKey.from_base64(text)
+        elif self.key_encryption_key is not None:
+            kek = LocalKeyEncryptionKey.from_base64(self.key_encryption_key.get_secret_value())
+        elif self.environment in DEV_ENVIRONMENTS:
+            return dev_only_key_encryption_key()
+        else:  # the validator above makes this unreachable
+            raise ValueError("no key-encryption key configured")
+        if self.environment not in DEV_ENVIRONMENTS and kek.secret == dev_only_key_encryption_key().secret:
+            raise ValueError("the configured key-encryption key is the dev-only key")
+        return kek
+
+    @property
+    def verification_window_seconds(self) -> int:
+        """How long a key that stopped signing must stay published: the longest token
+        lifetime plus the verifiers' leeway."""
+        return max(self.access_token_ttl_seconds, self.id_token_ttl_seconds) + self.token_leeway_seconds
 
     @field_validator("issuer")
     @classmethod

@@ -1,4 +1,4 @@
-"""SQLAlchemy tables, all in schema ``auth`` (created by ``migrations/versions/0001``)."""
+"""SQLAlchemy tables, all in schema ``auth`` (``migrations/versions/0001`` and ``0002``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -101,9 +102,23 @@ class AuthorizationCode(Base):
 
 
 class SigningKey(Base):
+    """A signing key. Only the ``active`` key has private material, and only encrypted
+    (see :mod:`bsopt_auth.rfc7517.encryption`); every other status keeps the public JWK
+    alone. ``previous`` keys are still published, ``retired`` and ``revoked`` are not."""
+
     __tablename__ = "signing_keys"
     __table_args__ = (
-        CheckConstraint("status IN ('active', 'previous', 'retired')", name="signing_keys_status_check"),
+        CheckConstraint(
+            "status IN ('active', 'previous', 'retired', 'revoked')", name="signing_keys_status_check"
+        ),
+        CheckConstraint(
+            "num_nulls(private_ciphertext, private_nonce, wrapped_dek, kek_id) IN (0, 4)",
+            name="signing_keys_sealed_parts_together",
+        ),
+        CheckConstraint(
+            "(status = 'active') = (private_ciphertext IS NOT NULL)",
+            name="signing_keys_private_only_when_active",
+        ),
         # At most one active key at any time.
         Index(
             "signing_keys_one_active_idx", "status", unique=True,
@@ -113,10 +128,20 @@ class SigningKey(Base):
 
     #: RFC 7638 JWK thumbprint of the public key.
     kid: Mapped[str] = mapped_column(String(64), primary_key=True)
-    #: Private JWK (RFC 7517) as JSON.
-    private_jwk: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    #: Public JWK (RFC 7517): kty and its public members only.
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    #: AES-256-GCM ciphertext of the private JWK (associated data: kid and alg).
+    private_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    private_nonce: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    #: The per-key data-encryption key, wrapped by the key-encryption key ``kek_id``.
+    wrapped_dek: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    kek_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     alg: Mapped[str] = mapped_column(String(16), nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    #: When it stopped signing (rotation or revocation).
+    deactivated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: When it left the JWKS (retired after the verification window, or revoked).
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,4 +1,4 @@
-"""The command line: migrate / seed-dev / rotate-keys in-process, and ``serve`` as a real
+"""The command line: migrate / seed-dev / keys (list, rotate, revoke) in-process, and ``serve`` as a real
 uvicorn process on a free 127.0.0.1 port."""
 
 from __future__ import annotations
@@ -40,8 +40,42 @@ def test_migrate_seed_rotate(env: dict[str, str]) -> None:
     assert "secret" not in result.output
     result = runner.invoke(cli, ["seed-dev"], env=env)
     assert result.exit_code == 0 and "clients=[]" in result.output
-    result = runner.invoke(cli, ["rotate-keys"], env=env)
+    result = runner.invoke(cli, ["rotate-keys"], env=env)  # alias of ``keys rotate``
     assert result.exit_code == 0 and "kid=" in result.output
+
+
+def test_keys_list_rotate_revoke(env: dict[str, str]) -> None:
+    runner = CliRunner()
+    rotated = runner.invoke(cli, ["keys", "rotate"], env=env)
+    assert rotated.exit_code == 0, rotated.output
+    kid = rotated.output.split("kid=")[1].split()[0]
+    listed = runner.invoke(cli, ["keys", "list"], env=env)
+    assert listed.exit_code == 0, listed.output
+    line = next(ln for ln in listed.output.splitlines() if ln.startswith(kid))
+    assert line.split()[1:3] == ["RS256", "active"]
+    assert '"d"' not in listed.output and "kty" not in listed.output  # never private material
+
+    revoked = runner.invoke(cli, ["keys", "revoke", kid], env=env)
+    assert revoked.exit_code == 0, revoked.output
+    assert f"revoked signing key kid={kid}" in revoked.output and "new active signing key" in revoked.output
+    listed = runner.invoke(cli, ["keys", "list"], env=env).output
+    assert next(ln for ln in listed.splitlines() if ln.startswith(kid)).split()[2] == "revoked"
+    assert [ln.split()[2] for ln in listed.splitlines()[1:]].count("active") == 1
+    missing = runner.invoke(cli, ["keys", "revoke", "no-such-kid"], env=env)
+    assert missing.exit_code == 1
+
+
+def test_keys_need_a_key_encryption_key_outside_dev(env: dict[str, str], tmp_path: Path) -> None:
+    prod = {**env, "BSOPT_AUTH_ENVIRONMENT": "prod", "BSOPT_AUTH_ISSUER": "https://auth.example"}
+    result = CliRunner().invoke(cli, ["keys", "rotate"], env=prod)
+    assert result.exit_code == 2
+    assert "BSOPT_AUTH_KEY_ENCRYPTION_KEY_FILE" in result.output + (result.stderr or "")
+    kek = tmp_path / "kek"
+    kek.write_text("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n")
+    result = CliRunner().invoke(cli, ["keys", "rotate"], env={**prod, "BSOPT_AUTH_KEY_ENCRYPTION_KEY_FILE": str(kek)})
+    assert result.exit_code == 0, result.output
+    # back to a key the dev/test KEK opens, for the server below
+    assert CliRunner().invoke(cli, ["keys", "rotate"], env=env).exit_code == 0
 
 
 def test_seed_dev_is_refused_in_prod(env: dict[str, str]) -> None:

@@ -1,13 +1,16 @@
-"""Signing key rotation (RFC 7517 JWKS): previous keys keep verifying, retired ones vanish."""
+"""Signing key rotation (RFC 7517 JWKS): previous keys keep verifying for the verification
+window, then retire and vanish from the JWKS."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from joserfc.errors import JoseError
 from sqlalchemy import func, select
 
 from bsopt_auth.models import SigningKey
-from bsopt_auth.rfc7517 import ensure_active_key, rotate_signing_key
+from bsopt_auth.rfc7517 import ensure_active_key, maintain_keys, rotate_signing_key
 from bsopt_common.db import session_scope
 
 
@@ -49,18 +52,26 @@ async def test_rotation_keeps_old_tokens_verifiable(oauth, session_factory, sett
     assert (await oauth.decode(body["id_token"])).header["kid"] == new_kid
 
 
-async def test_second_rotation_retires_the_oldest_key(oauth, session_factory, settings) -> None:
+async def test_keys_retire_after_the_verification_window(oauth, session_factory, settings) -> None:
     token = (await oauth.client_credentials("ml-scorer")).json()["access_token"]
     first = (await oauth.decode(token)).header["kid"]
     second = rotate_signing_key(session_factory, settings.signing_alg)
     third = rotate_signing_key(session_factory, settings.signing_alg)
 
+    # both earlier keys may still have live tokens: both stay published, without private parts
     statuses = _statuses(session_factory)
-    assert statuses[first] == "retired"
-    assert statuses[second] == "previous"
-    assert statuses[third] == "active"
+    assert (statuses[first], statuses[second], statuses[third]) == ("previous", "previous", "active")
     kids = {k["kid"] for k in (await oauth.client.get("/.well-known/jwks.json")).json()["keys"]}
-    assert kids == {second, third}
+    assert {first, second, third} <= kids
+    assert (await oauth.decode(token)).header["kid"] == first
+
+    later = datetime.now(UTC) + timedelta(seconds=settings.verification_window_seconds + 1)
+    maintain_keys(session_factory, alg=settings.signing_alg, rotation_days=0,
+                  window_seconds=settings.verification_window_seconds, now=later)
+    statuses = _statuses(session_factory)
+    assert (statuses[first], statuses[second], statuses[third]) == ("retired", "retired", "active")
+    kids = {k["kid"] for k in (await oauth.client.get("/.well-known/jwks.json")).json()["keys"]}
+    assert kids == {third}
     with pytest.raises(JoseError):
         await oauth.decode(token)  # its key is no longer published
 
@@ -76,7 +87,7 @@ def test_es256_keys(session_factory) -> None:
     kid = rotate_signing_key(session_factory, "ES256")
     with session_scope(session_factory) as s:
         row = s.get(SigningKey, kid)
-        assert row.alg == "ES256" and row.private_jwk["crv"] == "P-256"
+        assert row.alg == "ES256" and row.public_jwk["crv"] == "P-256"
 
 
 async def test_es256_tokens_verify(oauth, session_factory) -> None:

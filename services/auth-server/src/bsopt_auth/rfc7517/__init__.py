@@ -1,41 +1,80 @@
-"""RFC 7517 signing keys: generation, rotation and the published JWK Set.
+"""RFC 7517 signing keys: generation, encryption at rest, rotation, revocation and the
+published JWK Set.
 
 Keys live in ``auth.signing_keys`` with a status:
 
-* ``active``   -- signs every new token; exactly one (a partial unique index enforces it);
-* ``previous`` -- the key active before the last rotation; still published, so tokens it
-  signed keep verifying until they expire;
-* ``retired``  -- no longer published; tokens it signed stop verifying.
+* ``active``   -- signs every new token; exactly one (a partial unique index enforces it).
+  The only status with private material, and that only encrypted (envelope AES-256-GCM
+  under the key-encryption key, :mod:`bsopt_auth.rfc7517.encryption`);
+* ``previous`` -- stopped signing (rotation); its private part is gone, its public JWK
+  is still published so tokens it signed keep verifying for the verification window
+  (longest token lifetime + leeway), after which :func:`retire_expired_keys` retires it;
+* ``retired``  -- past the window: no longer published;
+* ``revoked``  -- withdrawn at once (``keys revoke``): no longer published, whatever
+  tokens it signed. Verifiers drop it within the JWKS ``max-age``.
 
-The ``kid`` is the RFC 7638 JWK thumbprint of the public key. Generation and rotation
-take a transaction-scoped advisory lock, so concurrent starts do not race.
+The ``kid`` is the RFC 7638 JWK thumbprint of the public key. Generation, rotation and
+revocation take a transaction-scoped advisory lock, so concurrent starts do not race.
+
+The KEK used by the functions below is the ``kek`` argument, else the process-wide one
+set by :func:`configure_key_encryption` at start-up (``bootstrap``, the CLI), else the
+one :class:`~bsopt_auth.config.AuthSettings` builds from the environment.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from joserfc.jwk import ECKey, RSAKey
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt_auth.models import SigningKey
+from bsopt_auth.rfc7517.encryption import (
+    KeyDecryptionError,
+    KeyEncryptionKey,
+    SealedKey,
+    open_private_jwk,
+    seal_private_jwk,
+)
 from bsopt_common.db import session_scope
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_ALGS = ("RS256", "ES256")
-ACTIVE, PREVIOUS, RETIRED = "active", "previous", "retired"
+ACTIVE, PREVIOUS, RETIRED, REVOKED = "active", "previous", "retired", "revoked"
 #: Arbitrary constant identifying this table's advisory lock.
 _LOCK_ID = 0x6273_6F70_7461_7531 & 0x7FFF_FFFF_FFFF_FFFF
 
 Key = RSAKey | ECKey
 
+_kek: KeyEncryptionKey | None = None
+
+
+def configure_key_encryption(kek: KeyEncryptionKey | None) -> None:
+    """Set the process-wide key-encryption key (``None``: back to the environment's)."""
+    global _kek
+    _kek = kek
+
+
+def current_key_encryption_key() -> KeyEncryptionKey:
+    """The configured KEK, or the one the environment's settings give."""
+    global _kek
+    if _kek is None:
+        from bsopt_auth.config import AuthSettings
+
+        _kek = AuthSettings().key_encryption_key_provider()
+        log.info("signing keys: key-encryption key %s (from the environment)", _kek.key_id)
+    return _kek
+
 
 @dataclass(frozen=True)
 class LoadedKey:
+    """The active key with its (decrypted, in-memory only) private part."""
+
     kid: str
     alg: str
     status: str
@@ -44,6 +83,19 @@ class LoadedKey:
     def public_jwk(self) -> dict[str, Any]:
         """The public JWK as published in the JWKS: kid, alg and use included."""
         return {**self.key.as_dict(private=False), "kid": self.kid, "alg": self.alg, "use": "sig"}
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What ``keys list`` shows of a key: never private material."""
+
+    kid: str
+    alg: str
+    status: str
+    created_at: datetime
+    deactivated_at: datetime | None
+    retired_at: datetime | None
+    kek_id: str | None
 
 
 def generate_key(alg: str) -> tuple[str, Key]:
@@ -57,9 +109,14 @@ def generate_key(alg: str) -> tuple[str, Key]:
     return key.thumbprint(), key
 
 
-def _import(row: SigningKey) -> LoadedKey:
-    jwk = dict(row.private_jwk)
-    key: Key = RSAKey.import_key(jwk) if jwk.get("kty") == "RSA" else ECKey.import_key(jwk)
+def _import_private(row: SigningKey, kek: KeyEncryptionKey) -> LoadedKey:
+    if row.private_ciphertext is None or row.private_nonce is None or row.wrapped_dek is None or not row.kek_id:
+        raise KeyDecryptionError(f"signing key {row.kid} has no private part")
+    sealed = SealedKey(row.private_ciphertext, row.private_nonce, row.wrapped_dek, row.kek_id)
+    jwk = open_private_jwk(sealed, kid=row.kid, alg=row.alg, kek=kek)
+    key: Key = RSAKey.import_key(jwk) if jwk.get("kty") == "RSA" else ECKey.import_key(jwk)  # type: ignore[arg-type]
+    if key.thumbprint() != row.kid:
+        raise KeyDecryptionError(f"signing key {row.kid} decrypts to another key")
     return LoadedKey(kid=row.kid, alg=row.alg, status=row.status, key=key)
 
 
@@ -67,78 +124,189 @@ def _lock(session: Session) -> None:
     session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
 
 
-def _insert_active(session: Session, alg: str) -> SigningKey:
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _insert_active(session: Session, alg: str, kek: KeyEncryptionKey) -> SigningKey:
     kid, key = generate_key(alg)
-    row = SigningKey(kid=kid, private_jwk=key.as_dict(private=True), alg=alg, status=ACTIVE)
+    sealed = seal_private_jwk(key.as_dict(private=True), kid=kid, alg=alg, kek=kek)
+    row = SigningKey(
+        kid=kid, public_jwk=key.as_dict(private=False), alg=alg, status=ACTIVE,
+        private_ciphertext=sealed.ciphertext, private_nonce=sealed.nonce,
+        wrapped_dek=sealed.wrapped_dek, kek_id=sealed.kek_id,
+    )
     session.add(row)
     session.flush()
-    log.info("generated signing key kid=%s alg=%s", kid, alg)
+    log.info("generated signing key kid=%s alg=%s kek=%s", kid, alg, sealed.kek_id)
     return row
+
+
+#: Values that strip a key of its private part.
+_NO_PRIVATE: dict[str, Any] = {"private_ciphertext": None, "private_nonce": None, "wrapped_dek": None,
+                               "kek_id": None}
 
 
 def _active_row(session: Session) -> SigningKey | None:
     return session.scalars(select(SigningKey).where(SigningKey.status == ACTIVE)).one_or_none()
 
 
-def get_active_key(session: Session, alg: str = "RS256") -> LoadedKey:
-    """The active signing key; generates one (with ``alg``) if there is none."""
+def get_active_key(session: Session, alg: str = "RS256", kek: KeyEncryptionKey | None = None) -> LoadedKey:
+    """The active signing key, decrypted; generates one (with ``alg``) if there is none."""
+    kek = kek or current_key_encryption_key()
     row = _active_row(session)
     if row is None:
         _lock(session)
-        row = _active_row(session) or _insert_active(session, alg)
-    return _import(row)
+        row = _active_row(session) or _insert_active(session, alg, kek)
+    return _import_private(row, kek)
 
 
-def ensure_active_key(session_factory: sessionmaker[Session], alg: str = "RS256") -> str:
-    """Make sure an active key exists (first start); returns its kid."""
+def ensure_active_key(
+    session_factory: sessionmaker[Session], alg: str = "RS256", kek: KeyEncryptionKey | None = None
+) -> str:
+    """Make sure an active key exists (first start) and decrypts; returns its kid."""
     with session_scope(session_factory) as session:
-        return get_active_key(session, alg).kid
+        return get_active_key(session, alg, kek).kid
 
 
-def rotate_signing_key_in(session: Session, alg: str = "RS256") -> str:
-    """Rotation inside the caller's transaction; see :func:`rotate_signing_key`."""
-    _lock(session)
-    session.execute(update(SigningKey).where(SigningKey.status == PREVIOUS).values(status=RETIRED))
-    session.execute(update(SigningKey).where(SigningKey.status == ACTIVE).values(status=PREVIOUS))
+def _deactivate_active(session: Session, now: datetime) -> None:
+    session.execute(
+        update(SigningKey).where(SigningKey.status == ACTIVE)
+        .values(status=PREVIOUS, deactivated_at=now, **_NO_PRIVATE)
+    )
     session.flush()
-    return _insert_active(session, alg).kid
 
 
-def rotate_signing_key(session_factory: sessionmaker[Session], alg: str = "RS256") -> str:
-    """Create a new active key; the old active one becomes ``previous`` (still published
-    and verifying) and any older ``previous`` key becomes ``retired`` (unpublished).
-    Returns the new kid. Rotate no more often than the access token lifetime, or tokens
-    signed two keys ago stop verifying before they expire."""
+def rotate_signing_key_in(session: Session, alg: str = "RS256", kek: KeyEncryptionKey | None = None) -> str:
+    """Rotation inside the caller's transaction; see :func:`rotate_signing_key`."""
+    kek = kek or current_key_encryption_key()
+    _lock(session)
+    _deactivate_active(session, _now())
+    return _insert_active(session, alg, kek).kid
+
+
+def rotate_signing_key(
+    session_factory: sessionmaker[Session], alg: str = "RS256", kek: KeyEncryptionKey | None = None
+) -> str:
+    """Create a new active key; the old active one becomes ``previous``: its private part
+    is deleted, its public key stays published until :func:`retire_expired_keys` finds
+    it past the verification window. Returns the new kid."""
     with session_scope(session_factory) as session:
-        return rotate_signing_key_in(session, alg)
+        return rotate_signing_key_in(session, alg, kek)
 
 
-def published_keys(session: Session) -> list[LoadedKey]:
-    """Active and previous keys, active first."""
+def revoke_signing_key(
+    session_factory: sessionmaker[Session], kid: str, alg: str = "RS256", kek: KeyEncryptionKey | None = None
+) -> str | None:
+    """Withdraw ``kid`` at once: status ``revoked``, private part deleted, gone from the
+    JWKS. Revoking the active key rotates first (a fresh active key). Returns the new
+    active kid when one was made, else None. Raises KeyError for an unknown kid."""
+    with session_scope(session_factory) as session:
+        _lock(session)
+        row = session.get(SigningKey, kid)
+        if row is None:
+            raise KeyError(kid)
+        new_kid = None
+        now = _now()
+        if row.status == ACTIVE:
+            _deactivate_active(session, now)
+            new_kid = _insert_active(session, alg, kek or current_key_encryption_key()).kid
+        session.execute(
+            update(SigningKey).where(SigningKey.kid == kid)
+            .values(status=REVOKED, retired_at=now, deactivated_at=func.coalesce(SigningKey.deactivated_at, now),
+                    **_NO_PRIVATE)
+            .execution_options(synchronize_session=False)
+        )
+        session.expire_all()
+        log.warning("revoked signing key kid=%s", kid)
+        return new_kid
+
+
+def retire_expired_keys(session: Session, window_seconds: float, now: datetime | None = None) -> list[str]:
+    """``previous`` keys that stopped signing more than ``window_seconds`` ago leave the
+    JWKS (status ``retired``). Returns their kids."""
+    now = now or _now()
+    rows = session.scalars(
+        select(SigningKey).where(
+            SigningKey.status == PREVIOUS,
+            SigningKey.deactivated_at < now - timedelta(seconds=window_seconds),
+        )
+    ).all()
+    for row in rows:
+        row.status, row.retired_at = RETIRED, now
+    session.flush()
+    for row in rows:
+        log.info("retired signing key kid=%s", row.kid)
+    return [r.kid for r in rows]
+
+
+def maintain_keys(
+    session_factory: sessionmaker[Session],
+    *,
+    alg: str,
+    rotation_days: float,
+    window_seconds: float,
+    kek: KeyEncryptionKey | None = None,
+    now: datetime | None = None,
+) -> str | None:
+    """The scheduled job: retire previous keys past the window; rotate when the active key
+    is older than ``rotation_days`` (0 = never). Returns the new kid if it rotated."""
+    now = now or _now()
+    with session_scope(session_factory) as session:
+        _lock(session)
+        retire_expired_keys(session, window_seconds, now)
+        active = _active_row(session)
+        if active is None:
+            return get_active_key(session, alg, kek).kid
+        if rotation_days > 0 and active.created_at <= now - timedelta(days=rotation_days):
+            kid = rotate_signing_key_in(session, alg, kek)
+            log.info("scheduled rotation: kid=%s replaces kid=%s", kid, active.kid)
+            return kid
+    return None
+
+
+def list_keys(session: Session) -> list[KeyInfo]:
+    """Every key, newest first (no private material)."""
+    rows = session.scalars(select(SigningKey).order_by(SigningKey.created_at.desc())).all()
+    return [KeyInfo(r.kid, r.alg, r.status, r.created_at, r.deactivated_at, r.retired_at, r.kek_id)
+            for r in rows]
+
+
+def published_keys(session: Session) -> list[dict[str, Any]]:
+    """Public JWKs of the active and previous keys, active first."""
     rows = session.scalars(
         select(SigningKey)
         .where(SigningKey.status.in_((ACTIVE, PREVIOUS)))
         .order_by(SigningKey.status.asc(), SigningKey.created_at.desc())
     ).all()
-    return [_import(r) for r in rows]
+    return [{**r.public_jwk, "kid": r.kid, "alg": r.alg, "use": "sig"} for r in rows]
 
 
 def jwks_document(session: Session) -> dict[str, list[dict[str, Any]]]:
     """The JWK Set (RFC 7517 §5): public parts of active and previous keys only."""
-    return {"keys": [k.public_jwk() for k in published_keys(session)]}
+    return {"keys": published_keys(session)}
 
 
 __all__ = [
     "ACTIVE",
     "PREVIOUS",
     "RETIRED",
+    "REVOKED",
     "SUPPORTED_ALGS",
+    "KeyDecryptionError",
+    "KeyInfo",
     "LoadedKey",
+    "configure_key_encryption",
+    "current_key_encryption_key",
     "ensure_active_key",
     "generate_key",
     "get_active_key",
     "jwks_document",
+    "list_keys",
+    "maintain_keys",
     "published_keys",
+    "retire_expired_keys",
+    "revoke_signing_key",
     "rotate_signing_key",
     "rotate_signing_key_in",
 ]

@@ -18,6 +18,11 @@ def _cache_headers(state: AppState) -> dict[str, str]:
     return {"Cache-Control": f"public, max-age={state.settings.discovery_max_age_seconds}"}
 
 
+def _jwks_cache_headers(state: AppState) -> dict[str, str]:
+    """Verifiers refetch within this max-age, so it bounds how long a revoked key verifies."""
+    return {"Cache-Control": f"public, max-age={state.settings.jwks_max_age_seconds}"}
+
+
 async def _metadata(request: Request) -> JSONResponse:
     state = AppState.of(request)
 
@@ -46,7 +51,7 @@ async def jwks(request: Request) -> JSONResponse:
             return document
 
     document = await run_in_threadpool(load)
-    return JSONResponse(document, headers=_cache_headers(state), media_type="application/jwk-set+json")
+    return JSONResponse(document, headers=_jwks_cache_headers(state), media_type="application/jwk-set+json")
 
 
 __all__ = ["router"]
