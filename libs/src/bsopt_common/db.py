@@ -141,11 +141,16 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def ensure_schema(engine: Engine, schema: str) -> None:
-    """Create ``schema`` if missing (idempotent)."""
+    """Create ``schema`` if missing (idempotent). A service connecting with its own role
+    finds its schema already created (and owned by it) by
+    :func:`bsopt_common.db_roles.bootstrap_service_roles`, and needs no CREATE privilege
+    on the database: the schema is only created when it does not exist yet."""
     if not schema.isidentifier():
         raise ValueError(f"invalid schema name {schema!r}")
     with engine.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        exists = conn.execute(text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}).first()
+        if exists is None:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
 
 
 def wait_for_database(engine: Engine, timeout_seconds: float = 60.0) -> None:

@@ -141,7 +141,18 @@ class Stack:
         if rc != 0:
             raise StackError(f"{name} failed (exit {rc}); see {log_path}")
 
-    def service_env(self, database_url: str, kafka: str) -> dict[str, dict[str, str]]:
+    def _database_urls(self, database_url: str) -> dict[str, str]:
+        """Each service's own role (bsopt_common.db_roles) when this stack owns the database
+        (embedded, or given to the Stack by a caller that may create roles); a
+        ``DATABASE_URL`` from the environment is a platform's database: used as it is."""
+        if self._pg is None and self.database_url is None:
+            return {}
+        from bsopt_common.db_roles import bootstrap_service_roles
+
+        return bootstrap_service_roles(database_url)
+
+    def service_env(self, database_url: str, kafka: str,
+                    role_urls: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
         p = self.ports
         common = {
             "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": kafka, "BSOPT_ISSUER": self.issuer,
@@ -153,7 +164,7 @@ class Stack:
             common["KAFKA_SESSION_TIMEOUT_MS"] = str(FAST_GROUP_SETTINGS["session_timeout_ms"])
             common["KAFKA_HEARTBEAT_INTERVAL_MS"] = str(FAST_GROUP_SETTINGS["heartbeat_interval_ms"])
         secret = {c: f"dev-{c}-secret" for c in SERVICE_CLIENTS}
-        return {
+        envs = {
             "auth-server": {**common, "BSOPT_AUTH_PORT": str(p.auth), "BSOPT_AUTH_ISSUER": self.issuer},
             "broker-gateway": {**common, "BSOPT_BROKER_PORT": str(p.broker),
                                "BSOPT_BROKER_CLIENT_SECRET": secret["broker-gateway"]},
@@ -171,6 +182,9 @@ class Stack:
                              "BSOPT_API_ML_SCORER_TARGET": f"127.0.0.1:{p.scorer}",
                              "BSOPT_API_RL_TRAINER_TARGET": f"127.0.0.1:{p.trainer}"},
         }
+        for service, url in (role_urls or {}).items():  # each service as its own database role
+            envs[service]["DATABASE_URL"] = url
+        return envs
 
     def start(self, timeout_seconds: float = 120.0) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +192,7 @@ class Stack:
         try:
             database_url = self._start_postgres()
             kafka = self._start_kafka()
-            envs = self.service_env(database_url, kafka)
+            envs = self.service_env(database_url, kafka, self._database_urls(database_url))
             py = sys.executable
             self._run_once("auth-server-migrate", [py, "-m", "bsopt_auth", "migrate"], envs["auth-server"])
             self._run_once("auth-server-seed", [py, "-m", "bsopt_auth", "seed-dev"], envs["auth-server"])

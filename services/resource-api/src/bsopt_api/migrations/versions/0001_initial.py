@@ -22,7 +22,10 @@ SCHEMA = "api"
 
 
 def upgrade() -> None:
-    op.execute(f'CREATE SCHEMA IF NOT EXISTS "{SCHEMA}"')
+    # Only when missing: a service's own role owns its schema but may not CREATE in the
+    # database, and CREATE SCHEMA IF NOT EXISTS checks that privilege first.
+    op.execute(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = '{SCHEMA}') "
+               f'THEN CREATE SCHEMA "{SCHEMA}"; END IF; END $$')
     create_event_tables_op(SCHEMA)
 
     op.create_table(
