@@ -1,11 +1,17 @@
 """FastAPI assembly. ``create_app`` builds the application; nothing connects until the
-first request (or the lifespan start, which makes sure a signing key exists)."""
+first request (or the lifespan start, which makes sure a signing key exists).
+
+Hardening (``bsopt_common.http_security``): security headers on every response, ``Cache-
+Control: no-store`` on the authorization, token and UserInfo responses, HSTS when the
+issuer is https; the OpenAPI document (:mod:`bsopt_auth.openapi`) at ``/openapi.json``
+and Swagger UI at ``/docs`` from local assets (no CDN)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -15,10 +21,12 @@ from starlette.concurrency import run_in_threadpool
 
 from bsopt_auth import __version__
 from bsopt_auth.config import AuthSettings
+from bsopt_auth.openapi import build_openapi
 from bsopt_auth.rfc7517 import ensure_active_key
 from bsopt_auth.routes import authorize, discovery, token, userinfo
 from bsopt_auth.routes.state import AppState
 from bsopt_common.db import make_session_factory
+from bsopt_common.http_security import hsts_for, install_security_headers, install_swagger_ui
 from bsopt_common.security.jwt import AccessTokenVerifier, JWKSCache
 
 log = logging.getLogger(__name__)
@@ -57,7 +65,7 @@ def create_app(settings: AuthSettings, engine: Engine) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json",
     )
     app.state.auth = state
     app.state.token_verifier, self_client = _self_verifier(app, settings)
@@ -81,6 +89,13 @@ def create_app(settings: AuthSettings, engine: Engine) -> FastAPI:
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    def openapi() -> dict[str, Any]:
+        return build_openapi(app, settings)
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    install_swagger_ui(app)
+    install_security_headers(app, hsts=hsts_for(settings.issuer),
+                             no_store_prefixes=("/authorize", "/oauth2/token", "/userinfo"))
     return app
 
 

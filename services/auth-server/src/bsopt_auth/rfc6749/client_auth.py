@@ -44,7 +44,10 @@ def parse_basic_authorization(header: str) -> tuple[str, str]:
     client_id, sep, secret = decoded.partition(":")
     if not sep or not client_id:
         raise InvalidClientError("malformed basic credentials")
-    return unquote_plus(client_id), unquote_plus(secret)
+    client_id, secret = unquote_plus(client_id), unquote_plus(secret)
+    if "\x00" in client_id or "\x00" in secret:  # Postgres text cannot hold it; no client has it
+        raise InvalidClientError("malformed basic credentials")
+    return client_id, secret
 
 
 def authenticate_client(

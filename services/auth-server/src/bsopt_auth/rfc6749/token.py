@@ -25,6 +25,7 @@ from bsopt_auth.rfc6749.errors import (
     UnauthorizedClientError,
     UnsupportedGrantTypeError,
 )
+from bsopt_auth.rfc6749.parameters import check_parameters
 from bsopt_auth.rfc6749.scope import parse_scope, resolve_scope, to_scope_string
 from bsopt_auth.rfc7517 import get_active_key
 from bsopt_auth.rfc7636 import verify_code_verifier
@@ -62,6 +63,8 @@ def handle_token_request(
     items: Iterable[tuple[str, str]],
 ) -> dict[str, Any]:
     """Process a token request; returns the RFC 6749 §5.1 response body."""
+    items = list(items)
+    check_parameters(items)
     params, resources = _parse(items)
     grant_type = _require(params, "grant_type")
     if grant_type not in GRANT_TYPES_SUPPORTED:

@@ -22,6 +22,8 @@ from bsopt_auth.rfc6749.authorization import (
     success_redirect,
     validate_authorization_request,
 )
+from bsopt_auth.rfc6749.errors import OAuth2Error
+from bsopt_auth.rfc6749.parameters import check_parameters
 from bsopt_auth.routes.state import AppState
 from bsopt_common.db import session_scope
 
@@ -56,6 +58,16 @@ def _error_page(description: str) -> Response:
     return render("error.html", status_code=400, error="invalid_request", description=description)
 
 
+def _malformed(items: list[tuple[str, str]]) -> Response | None:
+    """The error page for parameters that cannot be trusted (NUL, over-long), else None.
+    Shown to the user, never redirected: the redirect URI and state are among them."""
+    try:
+        check_parameters(items)
+    except OAuth2Error as exc:
+        return _error_page(exc.description or exc.error)
+    return None
+
+
 def _redirect(location: str) -> Response:
     return RedirectResponse(location, status_code=302, headers={"Cache-Control": "no-store"})
 
@@ -73,6 +85,8 @@ def _validate(state: AppState, items: Iterable[tuple[str, str]]) -> Authorizatio
 async def authorize_get(request: Request) -> Response:
     state = AppState.of(request)
     items = list(request.query_params.multi_items())
+    if (refused := _malformed(items)) is not None:
+        return refused
     try:
         req = await run_in_threadpool(_validate, state, items)
     except UnsafeRedirectError as exc:
@@ -120,6 +134,8 @@ async def authorize_post(request: Request) -> Response:
     state = AppState.of(request)
     form = await request.form()
     items = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    if (refused := _malformed(items)) is not None:
+        return refused
     return await run_in_threadpool(_login, state, items)
 
 

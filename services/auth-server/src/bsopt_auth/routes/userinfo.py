@@ -57,6 +57,7 @@ async def _userinfo(request: Request, principal: Principal) -> JSONResponse:
     return JSONResponse(claims, headers={"Cache-Control": "no-store"})
 
 
-router.add_api_route("/userinfo", _userinfo, methods=["GET", "POST"])
+router.add_api_route("/userinfo", _userinfo, methods=["GET"], operation_id="userinfo_get")
+router.add_api_route("/userinfo", _userinfo, methods=["POST"], operation_id="userinfo_post")
 
 __all__ = ["router"]

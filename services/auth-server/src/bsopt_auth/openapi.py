@@ -1,0 +1,184 @@
+"""auth-server's OpenAPI document.
+
+The endpoints read their parameters from the raw request (the OAuth rules on repeated,
+unknown and multi-valued parameters are the protocol's, not pydantic's), so FastAPI sees
+none of them; :func:`build_openapi` adds what each endpoint takes and answers: the
+authorization endpoint's query and login form (HTML pages, 302 redirects), the token
+endpoint's form and its RFC 6749 §5.1 / §5.2 JSON, UserInfo (OIDC Core §5.3, with the
+``bsopt`` OAuth2 scheme pointing at this issuer), the metadata documents and the JWKS.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from bsopt_auth.config import AuthSettings
+from bsopt_auth.rfc6749.token import GRANT_TYPES_SUPPORTED
+from bsopt_common.security.fastapi import document_oauth_flow
+
+_STRING = {"type": "string"}
+_HTML = {"text/html": {"schema": _STRING}}
+_NO_STORE = {"Cache-Control": {"description": "no-store", "schema": _STRING}}
+_LOCATION = {"Location": {"description": "the client's redirect URI with code/error, state and iss (RFC 9207)",
+                          "schema": _STRING}}
+
+SCHEMAS: dict[str, Any] = {
+    "OAuthError": {
+        "title": "OAuthError",
+        "description": "RFC 6749 §5.2 error response.",
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": _STRING, "error_description": _STRING},
+    },
+    "TokenResponse": {
+        "title": "TokenResponse",
+        "description": "RFC 6749 §5.1 access token response (RFC 9068 JWT access token).",
+        "type": "object",
+        "required": ["access_token", "token_type", "expires_in"],
+        "properties": {"access_token": _STRING, "token_type": _STRING, "expires_in": {"type": "integer"},
+                       "scope": _STRING, "id_token": _STRING},
+    },
+    "UserInfo": {
+        "title": "UserInfo",
+        "type": "object",
+        "required": ["sub"],
+        "properties": {"sub": _STRING, "preferred_username": _STRING},
+    },
+    "ErrorDetail": {"title": "ErrorDetail", "type": "object", "properties": {"detail": _STRING}},
+    "JWKS": {"title": "JWKS", "type": "object", "required": ["keys"],
+             "properties": {"keys": {"type": "array", "items": {"type": "object"}}}},
+    "ServerMetadata": {"title": "ServerMetadata", "description": "RFC 8414 / OpenID Provider metadata.",
+                       "type": "object", "required": ["issuer", "authorization_endpoint", "token_endpoint"],
+                       "properties": {"issuer": _STRING, "authorization_endpoint": _STRING,
+                                      "token_endpoint": _STRING, "jwks_uri": _STRING}},
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str, media_type: str = "application/json") -> dict[str, Any]:
+    return {media_type: {"schema": _ref(name)}}
+
+
+_AUTHORIZE_FIELDS: dict[str, Any] = {
+    "response_type": {"type": "string", "enum": ["code"]},
+    "client_id": _STRING,
+    "redirect_uri": _STRING,
+    "scope": _STRING,
+    "state": _STRING,
+    "code_challenge": _STRING,
+    "code_challenge_method": {"type": "string", "enum": ["S256"]},
+    "nonce": _STRING,
+    "resource": {"type": "array", "items": _STRING},
+}
+_AUTHORIZE_REQUIRED = ["response_type", "client_id", "redirect_uri", "code_challenge", "code_challenge_method"]
+_TOKEN_FIELDS: dict[str, Any] = {
+    "grant_type": {"type": "string", "enum": list(GRANT_TYPES_SUPPORTED)},
+    "code": _STRING,
+    "redirect_uri": _STRING,
+    "code_verifier": _STRING,
+    "client_id": _STRING,
+    "client_secret": _STRING,
+    "scope": _STRING,
+    "resource": {"type": "array", "items": _STRING},
+}
+
+
+def _form(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+        "type": "object", "properties": properties, "required": required}}}}
+
+
+def _query(properties: dict[str, Any], required: list[str]) -> list[dict[str, Any]]:
+    return [{"name": name, "in": "query", "required": name in required, "schema": schema,
+             **({"style": "form", "explode": True} if schema.get("type") == "array" else {})}
+            for name, schema in properties.items()]
+
+
+_PAGE_RESPONSES: dict[str, Any] = {
+    "200": {"description": "The login form.", "content": _HTML},
+    "302": {"description": "Back to the client with a code or an RFC 6749 §4.1.2.1 error.", "headers": _LOCATION},
+    "400": {"description": "invalid_request shown to the user (unknown client, unregistered redirect URI, "
+                           "malformed parameters): never redirected.", "content": _HTML},
+}
+_USERINFO_RESPONSES: dict[str, Any] = {
+    "200": {"description": "Claims about the user (OIDC Core §5.3.2).", "content": _json("UserInfo"),
+            "headers": _NO_STORE},
+    "401": {"description": "Missing or invalid access token (RFC 6750 §3.1 invalid_token).",
+            "content": _json("ErrorDetail"),
+            "headers": {"WWW-Authenticate": {"description": "RFC 6750 challenge", "schema": _STRING}}},
+    "403": {"description": "The token lacks the openid scope (insufficient_scope).", "content": _json("ErrorDetail"),
+            "headers": {"WWW-Authenticate": {"description": "RFC 6750 challenge", "schema": _STRING}}},
+}
+
+OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("/authorize", "get"): {
+        "summary": "Authorization endpoint (RFC 6749 §4.1.1, PKCE RFC 7636, resource indicators RFC 8707)",
+        "parameters": _query(_AUTHORIZE_FIELDS, _AUTHORIZE_REQUIRED),
+        "responses": _PAGE_RESPONSES,
+    },
+    ("/authorize", "post"): {
+        "summary": "Login form submission: the authorization request again plus the credentials",
+        "requestBody": _form({**_AUTHORIZE_FIELDS, "username": _STRING, "password": _STRING},
+                             [*_AUTHORIZE_REQUIRED, "username", "password"]),
+        "responses": {**_PAGE_RESPONSES, "401": {"description": "Wrong credentials: the form again.",
+                                                  "content": _HTML}},
+    },
+    ("/oauth2/token", "post"): {
+        "summary": "Token endpoint (RFC 6749 §3.2): authorization_code (+ PKCE) and client_credentials",
+        "requestBody": _form(_TOKEN_FIELDS, ["grant_type"]),
+        "responses": {
+            "200": {"description": "RFC 6749 §5.1", "content": _json("TokenResponse"), "headers": _NO_STORE},
+            "400": {"description": "RFC 6749 §5.2 error", "content": _json("OAuthError"), "headers": _NO_STORE},
+            "401": {"description": "invalid_client (RFC 6749 §5.2)", "content": _json("OAuthError"),
+                    "headers": {**_NO_STORE, "WWW-Authenticate": {"description": "Basic challenge",
+                                                                  "schema": _STRING}}},
+            "403": {"description": "access_denied", "content": _json("OAuthError"), "headers": _NO_STORE},
+        },
+    },
+    ("/userinfo", "get"): {"summary": "UserInfo (OIDC Core §5.3)", "responses": _USERINFO_RESPONSES},
+    ("/userinfo", "post"): {"summary": "UserInfo (OIDC Core §5.3)", "responses": _USERINFO_RESPONSES},
+    ("/.well-known/oauth-authorization-server", "get"): {
+        "summary": "RFC 8414 metadata",
+        "responses": {"200": {"description": "metadata", "content": _json("ServerMetadata")}},
+    },
+    ("/.well-known/openid-configuration", "get"): {
+        "summary": "OpenID Provider metadata",
+        "responses": {"200": {"description": "metadata", "content": _json("ServerMetadata")}},
+    },
+    ("/.well-known/jwks.json", "get"): {
+        "summary": "JSON Web Key Set (RFC 7517) of the signing keys",
+        "responses": {"200": {"description": "public keys",
+                              "content": _json("JWKS", "application/jwk-set+json")}},
+    },
+}
+
+
+def build_openapi(app: FastAPI, settings: AuthSettings) -> dict[str, Any]:
+    """The document served at ``/openapi.json`` (built once, then cached on the app)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(copy.deepcopy(SCHEMAS))
+    for (path, method), documented in OPERATIONS.items():
+        operation = schema.get("paths", {}).get(path, {}).get(method)
+        if operation is None:  # the route is gone: nothing to document
+            continue
+        operation.update(copy.deepcopy(documented))
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    document_oauth_flow(schema, authorization_url=settings.authorization_endpoint_url,
+                        token_url=settings.token_endpoint_url,
+                        scopes={"openid": "your user id at /userinfo", "profile": "your username at /userinfo"})
+    app.openapi_schema = schema
+    return schema
+
+
+__all__ = ["build_openapi"]
