@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bsopt_auth.app import create_app
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.db import migrate
-from bsopt_auth.rfc7517 import configure_key_encryption, maintain_keys
+from bsopt_auth.rfc7517 import KeyDecryptionError, configure_key_encryption, ensure_active_key, maintain_keys
 from bsopt_auth.seed import seed_dev
 from bsopt_common.db import create_db_engine, make_session_factory, wait_for_database
 from bsopt_common.http_server import serve_asgi
@@ -28,7 +28,23 @@ def configure_keys(settings: AuthSettings) -> None:
     """Load the KEK (reads the secret file) and make it the process-wide one."""
     kek = settings.key_encryption_key_provider()
     configure_key_encryption(kek)
-    log.info("signing keys are encrypted at rest with KEK %s", kek.key_id)
+    if kek.key_id.startswith("dev-only:"):
+        log.warning("signing keys are sealed with the DEV-ONLY key-encryption key %s (environment=%s)",
+                    kek.key_id, settings.environment)
+    else:
+        log.info("signing keys are encrypted at rest with KEK %s", kek.key_id)
+
+
+def check_active_key(settings: AuthSettings, factory: sessionmaker[Session]) -> str:
+    """Decrypt the active key now, so a wrong KEK stops start-up with a clear message."""
+    try:
+        return ensure_active_key(factory, settings.signing_alg)
+    except KeyDecryptionError as exc:
+        raise RuntimeError(
+            f"auth-server: the active signing key cannot be decrypted ({exc}). Configure the "
+            "key-encryption key it was sealed with, or replace the key with "
+            "`python -m bsopt_auth keys revoke <kid>` (tokens it signed stop verifying)"
+        ) from exc
 
 
 def maintain(settings: AuthSettings, factory: sessionmaker[Session]) -> str | None:
@@ -45,6 +61,7 @@ def prepare(settings: AuthSettings, *, seed: bool) -> Engine:
     migrate(engine)
     factory = make_session_factory(engine)
     maintain(settings, factory)
+    check_active_key(settings, factory)
     if seed:
         seed_dev(factory)
     return engine

@@ -23,10 +23,11 @@ from joserfc.jwk import ECKey, OctKey, RSAKey
 from pydantic import ValidationError
 from sqlalchemy import Engine, text
 
-from bsopt_auth.bootstrap import serve
+from bsopt_auth.bootstrap import prepare, serve
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.rfc7517 import (
     KeyDecryptionError,
+    configure_key_encryption,
     get_active_key,
     maintain_keys,
     revoke_signing_key,
@@ -175,6 +176,17 @@ def test_ciphertext_cannot_be_swapped_between_rows_or_opened_with_another_kek(en
         get_active_key(s, "RS256", other)
     with session_scope(session_factory) as s:
         assert get_active_key(s, "RS256").kid == second
+
+
+def test_start_up_with_another_kek_stops_with_a_clear_message(postgres_url: str, engine) -> None:
+    other = base64.b64encode(b"\x02" * 32).decode()
+    settings = AuthSettings(_env_file=None, environment="test", database_url=postgres_url,
+                            key_encryption_key=other)
+    try:
+        with pytest.raises(RuntimeError, match=r"cannot be decrypted.*keys revoke"):
+            prepare(settings, seed=False).dispose()
+    finally:
+        configure_key_encryption(dev_only_key_encryption_key())
 
 
 async def test_revoked_key_is_refused_by_resource_servers_within_max_age(http_issuer, session_factory) -> None:
