@@ -101,9 +101,10 @@ def make_settings(postgres_url: str, issuer: TestIssuer, **overrides: object) ->
 
 
 @pytest.fixture(scope="module")
-def settings_for(postgres_url: str, test_issuer: TestIssuer) -> Callable[..., ApiSettings]:
-    """``settings_for(**overrides)``: settings for this module's database and issuer."""
-    return lambda **overrides: make_settings(postgres_url, test_issuer, **overrides)
+def settings_for(service_database_urls: dict[str, str], test_issuer: TestIssuer) -> Callable[..., ApiSettings]:
+    """``settings_for(**overrides)``: settings for this module's database (as resource-api's
+    own role) and issuer."""
+    return lambda **overrides: make_settings(service_database_urls["resource-api"], test_issuer, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -97,6 +97,17 @@ def postgres_url(postgres_server_url: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="module")
+def service_database_urls(postgres_url: str) -> dict[str, str]:
+    """``{service: URL}`` of each service's own role in this module's database
+    (:func:`bsopt_common.db_roles.bootstrap_service_roles`): connect a service under test
+    as production does, owner of its schema and of nothing else. ``postgres_url`` stays
+    the superuser's, for a test's own checks."""
+    from bsopt_common.db_roles import bootstrap_service_roles
+
+    return bootstrap_service_roles(postgres_url)
+
+
 @pytest.fixture(scope="session")
 def test_issuer() -> Iterator[TestIssuer]:
     """A token issuer whose JWKS is served over HTTP on 127.0.0.1 (see testing.tokens)."""

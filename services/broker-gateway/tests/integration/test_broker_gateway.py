@@ -35,10 +35,10 @@ def cash(account: pb.Account) -> Decimal:
 
 
 @pytest.fixture(scope="module")
-def gateway(postgres_url, kafka_bootstrap, test_issuer):
+def gateway(service_database_urls, kafka_bootstrap, test_issuer):
     port = free_port()
     settings = BrokerSettings(
-        database_url=postgres_url, kafka_bootstrap_servers=kafka_bootstrap, port=port,
+        database_url=service_database_urls["broker-gateway"], kafka_bootstrap_servers=kafka_bootstrap, port=port,
         issuer=test_issuer.issuer, jwks_url=test_issuer.jwks_url, token_endpoint=test_issuer.token_url,
         client_id="broker-gateway", client_secret="dev-broker-gateway-secret", paper_commission_bps=10.0,
     )

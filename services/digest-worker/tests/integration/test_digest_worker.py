@@ -41,12 +41,12 @@ class FixedToken:
 
 
 @pytest.fixture(scope="module")
-def worker(postgres_url, kafka_bootstrap, test_issuer):
+def worker(postgres_url, service_database_urls, kafka_bootstrap, test_issuer):
     from bsopt_common.testing.services import free_port
 
     port = free_port()
     settings = DigestSettings(
-        database_url=postgres_url, kafka_bootstrap_servers=kafka_bootstrap, health_port=port,
+        database_url=service_database_urls["digest-worker"], kafka_bootstrap_servers=kafka_bootstrap, health_port=port,
         issuer=test_issuer.issuer, jwks_url=test_issuer.jwks_url, token_endpoint=test_issuer.token_url,
         client_secret="dev-digest-worker-secret")
     with ServiceThread(lambda stop: serve(settings, stop), port=port):

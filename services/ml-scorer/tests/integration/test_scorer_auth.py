@@ -15,10 +15,11 @@ from bsopt_scorer.config import ScorerSettings
 
 
 @pytest.fixture(scope="module")
-def scorer(postgres_url, kafka_bootstrap, test_issuer):
+def scorer(service_database_urls, kafka_bootstrap, test_issuer):
     port = free_port()
     settings = ScorerSettings(
-        database_url=postgres_url, kafka_bootstrap_servers=kafka_bootstrap, port=port, issuer=test_issuer.issuer,
+        database_url=service_database_urls["ml-scorer"], kafka_bootstrap_servers=kafka_bootstrap, port=port,
+        issuer=test_issuer.issuer,
         jwks_url=test_issuer.jwks_url, token_endpoint=test_issuer.token_url, client_secret="dev-ml-scorer-secret")
     with ServiceThread(lambda stop: serve(settings, stop), port=port):
         yield f"127.0.0.1:{port}"

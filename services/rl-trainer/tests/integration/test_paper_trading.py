@@ -27,12 +27,14 @@ SCOPES = "trainer:jobs.read trainer:jobs.write"
 
 
 @pytest.fixture(scope="module")
-def stack(postgres_url, kafka_bootstrap, test_issuer, tmp_path_factory):
-    common = dict(database_url=postgres_url, kafka_bootstrap_servers=kafka_bootstrap, issuer=test_issuer.issuer,
+def stack(service_database_urls, kafka_bootstrap, test_issuer, tmp_path_factory):
+    common = dict(kafka_bootstrap_servers=kafka_bootstrap, issuer=test_issuer.issuer,
                   jwks_url=test_issuer.jwks_url, token_endpoint=test_issuer.token_url)
     broker_port, trainer_port = free_port(), free_port()
-    broker = BrokerSettings(port=broker_port, client_secret="dev-broker-gateway-secret", **common)
+    broker = BrokerSettings(port=broker_port, client_secret="dev-broker-gateway-secret",
+                            database_url=service_database_urls["broker-gateway"], **common)
     trainer = TrainerSettings(port=trainer_port, client_secret="dev-rl-trainer-secret",
+                              database_url=service_database_urls["rl-trainer"],
                               broker_gateway_target=f"127.0.0.1:{broker_port}",
                               artifacts_dir=tmp_path_factory.mktemp("artifacts"), **common)
     with ServiceThread(lambda stop: serve_broker(broker, stop), port=broker_port), \

@@ -18,10 +18,11 @@ SCOPES = "trainer:jobs.read trainer:jobs.write"
 
 
 @pytest.fixture(scope="module")
-def trainer(postgres_url, kafka_bootstrap, test_issuer, tmp_path_factory):
+def trainer(service_database_urls, kafka_bootstrap, test_issuer, tmp_path_factory):
     port = free_port()
     settings = TrainerSettings(
-        database_url=postgres_url, kafka_bootstrap_servers=kafka_bootstrap, port=port, issuer=test_issuer.issuer,
+        database_url=service_database_urls["rl-trainer"], kafka_bootstrap_servers=kafka_bootstrap, port=port,
+        issuer=test_issuer.issuer,
         jwks_url=test_issuer.jwks_url, token_endpoint=test_issuer.token_url, client_secret="dev-rl-trainer-secret",
         broker_gateway_target=f"127.0.0.1:{free_port()}", artifacts_dir=tmp_path_factory.mktemp("artifacts"))
     with ServiceThread(lambda stop: serve(settings, stop), port=port):
