@@ -132,6 +132,28 @@ async def test_forged_unknown_kid_cannot_starve_a_rotation(issuer):
     assert await real()
 
 
+async def test_a_kid_published_after_being_proved_unknown_verifies_within_a_second(issuer):
+    v = verifier_for(issuer)
+    await v.verify(issuer.token(aud=AUD))
+    old = issuer.key
+    issuer.rotate()
+    new = issuer.key
+    issuer.published = [old]  # the new key signs before the JWKS shows it (replica lag)
+    token = issuer.token(aud=AUD)
+    with pytest.raises(InvalidTokenError):
+        await v.verify(token)
+    issuer.published = [new, old]
+    started = time.monotonic()
+    while True:
+        try:
+            await v.verify(token)
+            break
+        except InvalidTokenError:
+            assert time.monotonic() - started < 2.5
+            await asyncio.sleep(0.05)
+    assert time.monotonic() - started < 2.5
+
+
 async def test_concurrent_requests_for_a_new_kid_share_one_fetch(issuer):
     v = verifier_for(issuer)
     await v.verify(issuer.token(aud=AUD))

@@ -118,7 +118,8 @@ class JWKSCache:
       arrived. Fetches for unknown kids are at most one per ``min_refetch_interval_seconds``
       (capped at :data:`MAX_REFETCH_INTERVAL_SECONDS`), and every request waiting meanwhile
       shares that one fetch. A kid a fetch has just proved unknown is refused without
-      another fetch for ``negative_ttl_seconds``. So a flood of forged kids costs at most
+      another fetch for ``negative_ttl_seconds`` (1 s: a kid published just after a fetch
+      proved it unknown verifies about a second later). So a flood of forged kids costs at most
       one fetch per interval, and never makes a real new key's tokens fail: they wait at
       most one interval plus one fetch.
     """
@@ -133,7 +134,7 @@ class JWKSCache:
         default_max_age_seconds: float = DEFAULT_JWKS_MAX_AGE_SECONDS,
         max_max_age_seconds: float = 86_400.0,
         min_max_age_seconds: float = 1.0,
-        negative_ttl_seconds: float = 5.0,
+        negative_ttl_seconds: float = 1.0,
         negative_cache_size: int = 1024,
         stale_if_error_seconds: float = 300.0,
     ):
@@ -150,6 +151,7 @@ class JWKSCache:
         self._keys: KeySet | None = None
         self._kids: frozenset[str] = frozenset()
         self._last_fetch = float("-inf")  # when the latest fetch started
+        self._last_success = float("-inf")  # when the latest successful fetch started
         self._expires_at = float("-inf")
         #: max-age of the set held now, seconds.
         self.max_age = default_max_age_seconds
@@ -176,6 +178,7 @@ class JWKSCache:
         self._keys = keys
         self._kids = frozenset(k.kid for k in keys if k.kid)
         self._expires_at = started + self.max_age
+        self._last_success = started
         for kid in self._kids & self._unknown.keys():
             del self._unknown[kid]
 
@@ -235,7 +238,7 @@ class JWKSCache:
                     break
             if self._inflight is not None:
                 await self._refresh()
-        if kid not in self._kids:
+        if kid not in self._kids and self._last_success >= arrival:  # proved unknown, not a failed fetch
             self._unknown[kid] = time.monotonic() + self._negative_ttl
             self._unknown.move_to_end(kid)
             while len(self._unknown) > self._negative_size:
