@@ -42,8 +42,10 @@ def check_active_key(settings: AuthSettings, factory: sessionmaker[Session]) -> 
     except KeyDecryptionError as exc:
         raise RuntimeError(
             f"auth-server: the active signing key cannot be decrypted ({exc}). Configure the "
-            "key-encryption key it was sealed with, or replace the key with "
-            "`python -m bsopt_auth keys revoke <kid>` (tokens it signed stop verifying)"
+            "key-encryption key it was sealed with; or, to move to this KEK, run "
+            "`python -m bsopt_auth keys rotate` (the old key stays published without its private "
+            "part); or, if it is compromised, `python -m bsopt_auth keys revoke <kid>` (tokens it "
+            "signed stop verifying)"
         ) from exc
 
 
