@@ -14,10 +14,15 @@ endpoint URLs and the scope descriptions when the app builds its document.
 WebSocket handshakes carry the token in ``Authorization: Bearer`` or, for browsers
 that cannot set headers, as the subprotocol pair ``["bearer", <token>]``; a failed check
 closes with code 1008 (policy violation) before accepting.
+
+A verifier failure that is not one of its named errors (a bug on some malformed input) is
+logged with its stack and treated as an invalid token (:data:`UNVERIFIABLE`): the caller
+gets 401 / close 1008 with a fixed message, never a 500 quoting the exception.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -32,7 +37,11 @@ from bsopt_common.security.jwt import (
     bearer_token,
 )
 
+log = logging.getLogger(__name__)
+
 WS_POLICY_VIOLATION = 1008
+#: What a caller is told when verifying its token failed unexpectedly.
+UNVERIFIABLE = "the access token could not be verified"
 #: Name of the security scheme in the OpenAPI documents.
 SCHEME_NAME = "bsopt"
 
@@ -94,17 +103,24 @@ def require_scopes(*scopes: str) -> Callable[..., Awaitable[AccessTokenClaims]]:
             )
         try:
             return await verifier.verify(token, scopes)
+        except InsufficientScopeError as exc:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                detail=str(exc),
+                headers={"WWW-Authenticate": _challenge("insufficient_scope", str(exc), scopes)},
+            ) from None
         except InvalidTokenError as exc:
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
                 detail=str(exc),
                 headers={"WWW-Authenticate": _challenge("invalid_token", str(exc))},
             ) from None
-        except InsufficientScopeError as exc:
+        except Exception:
+            log.exception("token verification failed unexpectedly")
             raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                detail=str(exc),
-                headers={"WWW-Authenticate": _challenge("insufficient_scope", str(exc), scopes)},
+                status.HTTP_401_UNAUTHORIZED,
+                detail=UNVERIFIABLE,
+                headers={"WWW-Authenticate": _challenge("invalid_token", UNVERIFIABLE)},
             ) from None
 
     return dependency
@@ -133,6 +149,10 @@ async def authenticate_websocket(ws: WebSocket, *scopes: str) -> AccessTokenClai
         claims = await verifier.verify(token, scopes)
     except (InvalidTokenError, InsufficientScopeError) as exc:
         await ws.close(code=WS_POLICY_VIOLATION, reason=str(exc)[:120])
+        return None
+    except Exception:
+        log.exception("token verification failed unexpectedly")
+        await ws.close(code=WS_POLICY_VIOLATION, reason=UNVERIFIABLE)
         return None
     await ws.accept(subprotocol=subprotocol)
     return claims

@@ -4,7 +4,9 @@ Server side, :class:`TokenAuthInterceptor` validates ``authorization: Bearer`` m
 on every call and checks the scope that the method needs (a table passed in by the
 service). Health checks and server reflection are exempt. A bad token ends the call with
 ``UNAUTHENTICATED``, a missing scope with ``PERMISSION_DENIED``; a method missing from
-the table is refused (fail closed). The validated claims are available to the servicer
+the table is refused (fail closed). A verifier failure that is not one of its named errors
+(a bug on some malformed input) is logged with its stack and answered UNAUTHENTICATED
+with a fixed message, never UNKNOWN quoting the exception. The validated claims are available to the servicer
 through :func:`current_claims`.
 
 Client side, :class:`BearerTokenClientInterceptor` attaches a token from the
@@ -14,6 +16,7 @@ client-credentials provider to every call.
 from __future__ import annotations
 
 import contextvars
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -28,6 +31,11 @@ from bsopt_common.security.jwt import (
     bearer_token,
 )
 from bsopt_common.security.token_provider import ClientCredentialsTokenProvider
+
+log = logging.getLogger(__name__)
+
+#: What a caller is told when verifying its token failed unexpectedly.
+UNVERIFIABLE = "the access token could not be verified"
 
 _claims: contextvars.ContextVar[AccessTokenClaims | None] = contextvars.ContextVar("bsopt_claims", default=None)
 
@@ -81,6 +89,9 @@ class TokenAuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             return _abort_handler(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         except InsufficientScopeError as exc:
             return _abort_handler(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except Exception:
+            log.exception("token verification failed unexpectedly for %s", method)
+            return _abort_handler(grpc.StatusCode.UNAUTHENTICATED, UNVERIFIABLE)
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
