@@ -84,8 +84,10 @@ class ServiceSettings(BaseSettings):
     client_secret: SecretStr | None = None
     #: Leeway for exp/nbf checks, seconds.
     token_leeway_seconds: int = 30
-    #: Shortest interval between two JWKS refetches triggered by an unknown kid, seconds.
-    jwks_min_refetch_interval_seconds: float = 10.0
+    #: Shortest interval between two JWKS refetches triggered by an unknown kid, seconds
+    #: (JWKSCache caps it at 1 s: a longer gap would let one forged kid delay a rotated
+    #: key's tokens; concurrent requests for an unknown kid share one fetch).
+    jwks_min_refetch_interval_seconds: float = 1.0
 
     @model_validator(mode="before")
     @classmethod
