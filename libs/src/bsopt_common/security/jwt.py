@@ -12,7 +12,8 @@ What :meth:`AccessTokenVerifier.verify` checks, in order (RFC 9068 §4):
    new key (see :class:`JWKSCache`);
 3. ``iss`` equals the configured issuer; ``aud`` contains this resource server's
    identifier; ``exp`` and ``nbf`` hold with a small leeway (seconds); ``sub``,
-   ``client_id``, ``iat`` and ``jti`` are present;
+   ``client_id``, ``iat`` and ``jti`` are present; an RFC 8693 ``act`` claim, when
+   present, is a well-formed chain of actors (:attr:`AccessTokenClaims.actor`);
 4. the scopes a call needs are all in the space-separated ``scope`` claim.
 
 Failures raise :class:`InvalidTokenError` (HTTP 401 / gRPC UNAUTHENTICATED) or
@@ -71,6 +72,14 @@ class AccessTokenClaims:
     expires_at: int
     token_id: str
     raw: dict[str, Any] = field(repr=False, compare=False)
+    #: RFC 8693 §4.1 ``act``: the client ids acting for ``subject``, outermost (the
+    #: current actor, normally ``client_id``) first; empty when nobody acts for it.
+    actor: tuple[str, ...] = ()
+
+    @property
+    def is_delegated(self) -> bool:
+        """True when a client presents the token on behalf of ``subject`` (token exchange)."""
+        return bool(self.actor)
 
     def has_scopes(self, *needed: str) -> bool:
         return set(needed) <= self.scopes
@@ -323,11 +332,29 @@ class AccessTokenVerifier:
             expires_at=int(claims["exp"]),
             token_id=str(claims["jti"]),
             raw=dict(claims),
+            actor=_actor_chain(claims.get("act")),
         )
         missing = set(required_scopes) - scopes
         if missing:
             raise InsufficientScopeError(missing)
         return result
+
+
+#: Longest ``act`` nesting accepted.
+MAX_ACTOR_DEPTH = 8
+
+
+def _actor_chain(act: Any) -> tuple[str, ...]:
+    """Flatten a nested RFC 8693 ``act`` claim into its ``sub`` values, outermost first.
+    A malformed claim (not an object, no string ``sub``, too deep) refuses the token."""
+    chain: list[str] = []
+    while act is not None:
+        sub = act.get("sub") if isinstance(act, dict) else None
+        if not isinstance(sub, str) or not sub or len(chain) >= MAX_ACTOR_DEPTH:
+            raise InvalidTokenError("malformed act claim")
+        chain.append(sub)
+        act = act.get("act")
+    return tuple(chain)
 
 
 def _unverified_header(token: str) -> dict[str, Any]:

@@ -33,6 +33,9 @@ class AuthSettings(ServiceSettings):
     #: auth-server dials only its database (no broker, no peers).
     REQUIRED: ClassVar[tuple[str, ...]] = ("database_url", "issuer")
     access_token_ttl_seconds: int = Field(900, gt=0)
+    #: Longest lifetime of a token issued by token exchange (RFC 8693); never past the
+    #: subject token's own ``exp``.
+    token_exchange_ttl_seconds: int = Field(300, gt=0)
     id_token_ttl_seconds: int = Field(900, gt=0)
     authorization_code_ttl_seconds: int = Field(60, gt=0)
     #: Algorithm of newly generated signing keys: RS256 (RSA 2048) or ES256 (P-256).

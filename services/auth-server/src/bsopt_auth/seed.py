@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt_auth.models import Client, User
 from bsopt_auth.passwords import hash_secret, verify_secret
+from bsopt_auth.rfc8693 import TOKEN_EXCHANGE_GRANT_TYPE
 from bsopt_common.db import session_scope
 from bsopt_common.settings import (
     BROKER_GATEWAY_AUDIENCE,
@@ -41,10 +42,14 @@ class DevClient:
     #: public: no secret, authorization code + PKCE; confidential: client credentials.
     public: bool = False
     redirect_uris: tuple[str, ...] = ()
+    #: May exchange a user's token for one to a callee (RFC 8693), acting for the user.
+    token_exchange: bool = False
 
     @property
     def grant_types(self) -> list[str]:
-        return ["authorization_code"] if self.public else ["client_credentials"]
+        if self.public:
+            return ["authorization_code"]
+        return ["client_credentials"] + ([TOKEN_EXCHANGE_GRANT_TYPE] if self.token_exchange else [])
 
     @property
     def token_endpoint_auth_method(self) -> str:
@@ -68,11 +73,13 @@ DEV_CLIENTS: tuple[DevClient, ...] = (
         "resource-api",
         scopes="broker:accounts broker:orders broker:import scorer:read trainer:jobs.read trainer:jobs.write",
         resources=(BROKER_GATEWAY_AUDIENCE, ML_SCORER_AUDIENCE, RL_TRAINER_AUDIENCE),
+        token_exchange=True,
     ),
     DevClient(
         "rl-trainer",
         scopes="broker:accounts broker:orders events:publish",
         resources=(BROKER_GATEWAY_AUDIENCE, EVENTS_AUDIENCE),
+        token_exchange=True,
     ),
     DevClient("broker-gateway", scopes="events:publish", resources=(EVENTS_AUDIENCE,)),
     DevClient("ml-scorer", scopes="events:publish", resources=(EVENTS_AUDIENCE,)),

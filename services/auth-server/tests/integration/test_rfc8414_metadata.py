@@ -19,7 +19,9 @@ async def test_metadata(oauth, settings, path: str) -> None:
     assert meta["jwks_uri"] == base + "/.well-known/jwks.json"
     assert meta["userinfo_endpoint"] == base + "/userinfo"
     assert meta["response_types_supported"] == ["code"]
-    assert set(meta["grant_types_supported"]) == {"authorization_code", "client_credentials"}
+    assert set(meta["grant_types_supported"]) == {
+        "authorization_code", "client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"
+    }
     assert meta["code_challenge_methods_supported"] == ["S256"]
     assert set(meta["token_endpoint_auth_methods_supported"]) == {
         "client_secret_basic", "client_secret_post", "none"

@@ -46,9 +46,11 @@ def test_seeded_clients(session_factory) -> None:
         "urn:bsopt:broker-gateway", "urn:bsopt:ml-scorer", "urn:bsopt:rl-trainer"
     }
     assert set(clients["rl-trainer"].allowed_scopes) == {"broker:accounts", "broker:orders", "events:publish"}
+    exchange = "urn:ietf:params:oauth:grant-type:token-exchange"  # RFC 8693: acts for a user
     for cid in ("resource-api", "rl-trainer", "broker-gateway", "ml-scorer", "digest-worker"):
         c = clients[cid]
-        assert c.client_type == "confidential" and c.grant_types == ["client_credentials"]
+        expected = ["client_credentials", exchange] if cid in ("resource-api", "rl-trainer") else ["client_credentials"]
+        assert c.client_type == "confidential" and c.grant_types == expected
         assert c.client_secret_hash.startswith("$argon2id$")
         assert dev_client_secret(cid) not in c.client_secret_hash
         assert verify_secret(c.client_secret_hash, dev_client_secret(cid))

@@ -1,6 +1,7 @@
 """Token endpoint logic (RFC 6749 §3.2, §4.1.3, §4.4; OAuth 2.1 §3.2), HTTP-agnostic.
 
-Grants: ``authorization_code`` (with PKCE, RFC 7636) and ``client_credentials``. Every
+Grants: ``authorization_code`` (with PKCE, RFC 7636), ``client_credentials`` and token
+exchange (RFC 8693, :mod:`bsopt_auth.rfc8693`). Every
 failure raises an :class:`~bsopt_auth.rfc6749.errors.OAuth2Error` subclass; the HTTP
 layer renders it as RFC 6749 §5.2 JSON.
 """
@@ -29,11 +30,12 @@ from bsopt_auth.rfc6749.parameters import check_parameters
 from bsopt_auth.rfc6749.scope import parse_scope, resolve_scope, to_scope_string
 from bsopt_auth.rfc7517 import get_active_key
 from bsopt_auth.rfc7636 import verify_code_verifier
+from bsopt_auth.rfc8693 import TOKEN_EXCHANGE_GRANT_TYPE, token_exchange
 from bsopt_auth.rfc8707 import InvalidTargetError, resolve_resources
 from bsopt_auth.rfc9068 import issue_access_token
 from bsopt_common.db import session_scope
 
-GRANT_TYPES_SUPPORTED = ("authorization_code", "client_credentials")
+GRANT_TYPES_SUPPORTED = ("authorization_code", "client_credentials", TOKEN_EXCHANGE_GRANT_TYPE)
 
 
 def _parse(items: Iterable[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
@@ -78,6 +80,8 @@ def handle_token_request(
 
     if grant_type == "client_credentials":
         return _client_credentials(session_factory, settings, client, params, resources)
+    if grant_type == TOKEN_EXCHANGE_GRANT_TYPE:
+        return token_exchange(session_factory, settings, client, params, resources)
     return _authorization_code(session_factory, settings, client, params, resources)
 
 

@@ -1,14 +1,15 @@
 """RFC 9068: JSON Web Token profile for OAuth 2.0 access tokens.
 
 Header ``{"typ": "at+jwt", "alg", "kid"}``; claims ``iss, sub, aud, client_id, scope,
-iat, nbf, exp, jti`` and ``auth_time`` when a user authenticated.
+iat, nbf, exp, jti``, ``auth_time`` when a user authenticated, and ``act`` (RFC 8693
+§4.1) when a client acts for the subject (token exchange).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ def issue_access_token(
     scope: str,
     ttl_seconds: int,
     auth_time: int | None = None,
+    actor: Mapping[str, Any] | None = None,
     now: int | None = None,
 ) -> IssuedAccessToken:
     """Sign an RFC 9068 access token with ``key``."""
@@ -61,6 +63,8 @@ def issue_access_token(
     }
     if auth_time is not None:
         claims["auth_time"] = auth_time
+    if actor is not None:
+        claims["act"] = dict(actor)
     header = {"typ": ACCESS_TOKEN_TYP, "alg": key.alg, "kid": key.kid}
     return IssuedAccessToken(jwt.encode(header, claims, key.key, algorithms=[key.alg]), ttl_seconds, claims)
 
