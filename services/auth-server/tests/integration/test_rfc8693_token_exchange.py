@@ -340,3 +340,14 @@ async def test_repeated_subject_token_is_invalid_request(oauth, client) -> None:
     resp = await client.post(TOKEN_PATH, content=body, headers={
         "Content-Type": "application/x-www-form-urlencoded", "Authorization": "Basic " + raw})
     assert_error(resp, "invalid_request")
+
+
+async def test_delegation_chain_is_bounded(client, session_factory, settings, demo_user_id) -> None:
+    act: dict[str, Any] = {"sub": "resource-api"}
+    for _ in range(3):  # four actors already: one more exchange would make five
+        act = {"sub": "resource-api", "act": act}
+    token = sign(session_factory, settings, subject=demo_user_id, client_id="resource-api",
+                 audiences=[RL_TRAINER_AUDIENCE], scope="trainer:jobs.read", actor=act)
+    resp = await exchange(client, "rl-trainer", token)
+    assert_error(resp, "invalid_grant")
+    assert "chain" in resp.json()["error_description"]
