@@ -151,7 +151,8 @@ async def test_audience_parameter_and_default_scope_for_the_callee(oauth, client
     resp = await exchange(client, "resource-api", subject, resources=(BROKER_GATEWAY_AUDIENCE,),
                           audience=BROKER_GATEWAY_AUDIENCE)  # both, naming the same target
     assert resp.status_code == 200, resp.text
-    assert set(resp.json()["scope"].split()) == {"broker:accounts", "broker:orders", "broker:import"}
+    # the default is what the client may have for the callee AND the user's trades:read allows
+    assert resp.json()["scope"] == "broker:accounts"
 
 
 async def test_second_exchange_nests_act(oauth, client, settings) -> None:
@@ -289,11 +290,112 @@ async def test_client_without_the_grant_is_unauthorized(oauth, client) -> None:
     ("rl-trainer", "broker:import", BROKER_GATEWAY_AUDIENCE),  # the broker's, but not rl-trainer's
 ])
 async def test_scope_is_never_broadened(oauth, client, client_id: str, scope: str, resource: str) -> None:
-    subject = await user_token(oauth)
+    subject = await user_token(oauth, "trades:read trades:write training:write")
     if client_id == "rl-trainer":
         first = await exchange(client, "resource-api", subject, resources=(RL_TRAINER_AUDIENCE,))
+        assert first.status_code == 200, first.text
         subject = first.json()["access_token"]
     assert_error(await exchange(client, client_id, subject, resources=(resource,), scope=scope), "invalid_scope")
+
+
+# --------------------------------------------------------------------------- the user's consent bounds the scope
+
+ALL_USER_SCOPES = "trades:read trades:write training:read training:write"
+
+
+@pytest.mark.parametrize(("user_scope", "resource", "scope"), [
+    ("trades:read", BROKER_GATEWAY_AUDIENCE, "broker:orders"),  # the widening this policy exists for
+    ("trades:read", BROKER_GATEWAY_AUDIENCE, "broker:import"),  # importing is trades:write
+    ("trades:read", RL_TRAINER_AUDIENCE, None),  # no training scope at all
+    ("trades:write", ML_SCORER_AUDIENCE, "scorer:read"),  # reading scored trades is trades:read
+    ("training:read", RL_TRAINER_AUDIENCE, "trainer:jobs.write"),
+    ("training:write", BROKER_GATEWAY_AUDIENCE, None),  # paper trading goes through rl-trainer
+    (ALL_USER_SCOPES, BROKER_GATEWAY_AUDIENCE, "broker:orders"),  # no user scope reaches PlaceOrder directly
+    ("openid profile", ML_SCORER_AUDIENCE, None),
+])
+async def test_exchange_never_widens_the_users_scope(oauth, client, user_scope: str, resource: str,
+                                                     scope: str | None) -> None:
+    subject = await user_token(oauth, user_scope)
+    resp = await exchange(client, "resource-api", subject, resources=(resource,), scope=scope)
+    assert_error(resp, "invalid_scope")
+    assert "subject_token" in resp.json()["error_description"]
+
+
+@pytest.mark.parametrize(("user_scope", "resource", "granted"), [
+    ("trades:read", BROKER_GATEWAY_AUDIENCE, {"broker:accounts"}),  # GET /v1/accounts/{id}
+    ("trades:read", ML_SCORER_AUDIENCE, {"scorer:read"}),  # GET /v1/trades
+    ("trades:write", BROKER_GATEWAY_AUDIENCE, {"broker:accounts", "broker:import"}),  # create, import
+    ("training:read", RL_TRAINER_AUDIENCE, {"trainer:jobs.read"}),
+    ("training:write", RL_TRAINER_AUDIENCE, {"trainer:jobs.write"}),  # submit, cancel, paper trading
+    (ALL_USER_SCOPES, BROKER_GATEWAY_AUDIENCE, {"broker:accounts", "broker:import"}),
+    (ALL_USER_SCOPES, ML_SCORER_AUDIENCE, {"scorer:read"}),
+    (ALL_USER_SCOPES, RL_TRAINER_AUDIENCE, {"trainer:jobs.read", "trainer:jobs.write"}),
+])
+async def test_each_user_scope_grants_its_backend_scopes(oauth, client, settings, user_scope: str,
+                                                         resource: str, granted: set[str]) -> None:
+    subject = await user_token(oauth, user_scope)
+    resp = await exchange(client, "resource-api", subject, resources=(resource,))  # the default scope
+    assert resp.status_code == 200, resp.text
+    assert set(resp.json()["scope"].split()) == granted
+    claims = await verify_for(client, settings, resource, resp.json()["access_token"])
+    assert claims.scopes == granted
+    for scope in sorted(granted):  # each one alone, asked for explicitly
+        one = await exchange(client, "resource-api", subject, resources=(resource,), scope=scope)
+        assert one.status_code == 200, one.text
+        assert one.json()["scope"] == scope
+
+
+async def test_requested_scope_is_narrowed_to_what_the_user_allows(oauth, client, settings) -> None:
+    # resource-api asks for every broker scope it has; a trades:read user gets only accounts
+    subject = await user_token(oauth, "trades:read")
+    resp = await exchange(client, "resource-api", subject, resources=(BROKER_GATEWAY_AUDIENCE,),
+                          scope="broker:accounts broker:orders broker:import")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["scope"] == "broker:accounts"
+    claims = await verify_for(client, settings, BROKER_GATEWAY_AUDIENCE, resp.json()["access_token"])
+    assert claims.scopes == {"broker:accounts"}
+
+
+async def test_re_exchange_derives_from_the_delegated_tokens_scope(oauth, client, settings) -> None:
+    subject = await user_token(oauth, "training:write")
+    first = await exchange(client, "resource-api", subject, resources=(RL_TRAINER_AUDIENCE,))
+    assert first.status_code == 200, first.text
+    assert first.json()["scope"] == "trainer:jobs.write"
+    # rl-trainer, holding trainer:jobs.write for the user, may place paper orders for them
+    second = await exchange(client, "rl-trainer", first.json()["access_token"])
+    assert second.status_code == 200, second.text
+    assert set(second.json()["scope"].split()) == {"broker:accounts", "broker:orders"}
+    claims = await verify_for(client, settings, BROKER_GATEWAY_AUDIENCE, second.json()["access_token"])
+    assert claims.scopes == {"broker:accounts", "broker:orders"}
+    assert claims.actor == ("rl-trainer", "resource-api")
+
+
+@pytest.mark.parametrize(("user_scope", "first_scope"), [
+    ("training:read", None),  # the user may only read jobs: trainer:jobs.read
+    (ALL_USER_SCOPES, "trainer:jobs.read"),  # the user allows more, but resource-api delegated only reading
+])
+async def test_re_exchange_of_a_read_only_delegated_token_reaches_no_broker_scope(
+    oauth, client, user_scope: str, first_scope: str | None
+) -> None:
+    subject = await user_token(oauth, user_scope)
+    first = await exchange(client, "resource-api", subject, resources=(RL_TRAINER_AUDIENCE,), scope=first_scope)
+    assert first.status_code == 200, first.text
+    assert first.json()["scope"] == "trainer:jobs.read"
+    for scope in (None, "broker:accounts", "broker:orders"):
+        assert_error(await exchange(client, "rl-trainer", first.json()["access_token"], scope=scope),
+                     "invalid_scope")
+
+
+async def test_hand_signed_delegated_token_is_bounded_by_its_own_scope(
+    client, session_factory, settings, demo_user_id
+) -> None:
+    # hand-signed: what resource-api would hold for rl-trainer with only a write scope
+    token = sign(session_factory, settings, subject=demo_user_id, client_id="resource-api",
+                 audiences=[RL_TRAINER_AUDIENCE], scope="trainer:jobs.write", actor={"sub": "resource-api"})
+    resp = await exchange(client, "rl-trainer", token, scope="broker:orders")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["scope"] == "broker:orders"
+    assert_error(await exchange(client, "rl-trainer", token, scope="broker:import"), "invalid_scope")
 
 
 @pytest.mark.parametrize(("client_id", "resources", "audience"), [

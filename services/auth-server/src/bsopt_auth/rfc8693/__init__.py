@@ -18,8 +18,35 @@ published keys by the shared RFC 9068 verifier, as every resource server verifie
 client-credentials tokens (``sub`` is the client) are refused. The new token keeps the
 user as ``sub``, names the acting client in ``client_id`` and ``act`` (the subject
 token's own ``act`` nested inside), carries only scopes the acting client is allowed
-*for that callee* (:data:`RESOURCE_SCOPES`; narrowing only), and lives at most
+*for that callee* (:data:`RESOURCE_SCOPES`; narrowing only) *and* that the subject
+token's own scopes allow (:data:`DELEGATED_SCOPES`), and lives at most
 ``token_exchange_ttl_seconds`` and never past the subject token's ``exp``.
+
+Scopes. Granted = requested (or, when none is requested, every scope below) ∩ the acting
+client's allowed scopes for the callee ∩ the backend scopes the subject token's scopes
+allow by :data:`DELEGATED_SCOPES`. A requested scope the client is never allowed for the
+callee is refused (``invalid_scope``); a requested scope the client may have but the
+user's token does not allow is left out (RFC 6749 §3.3: the response's ``scope`` says
+what was granted); an empty result is ``invalid_scope``. The table is what the user
+consented to, expressed as the backend methods resource-api calls for each user-facing
+scope (``bsopt_api.api.routes``; the callees' ``METHOD_SCOPES``):
+
+=====================  ================================================================
+subject token scope    backend scopes an exchange may grant
+=====================  ================================================================
+``trades:read``        ``broker:accounts`` (GET /v1/accounts/{id}: GetAccount),
+                       ``scorer:read`` (GET /v1/trades: ListScoredTrades)
+``trades:write``       ``broker:accounts`` (POST /v1/accounts: CreateAccount),
+                       ``broker:import`` (POST /v1/accounts/{id}/imports: ImportTrades)
+``training:read``      ``trainer:jobs.read`` (GET /v1/training-jobs/{id})
+``training:write``     ``trainer:jobs.write`` (submit, cancel, paper trading)
+``trainer:jobs.write`` ``broker:accounts broker:orders`` (rl-trainer re-exchanging the
+                       delegated token for RunPaperTrading: GetAccount, PlaceOrder)
+=====================  ================================================================
+
+Every other scope (``openid``, ``profile``, ``trainer:jobs.read``, the broker's and the
+scorer's own) allows nothing further. A re-exchange (the subject token has ``act``) is
+thus bounded by the delegated token's scopes, which were bounded by the user's.
 """
 
 from __future__ import annotations
@@ -27,7 +54,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from joserfc.jwk import KeySet
@@ -35,7 +62,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.models import Client, User
-from bsopt_auth.rfc6749.errors import InvalidGrantError, InvalidRequestError, UnauthorizedClientError
+from bsopt_auth.rfc6749.errors import (
+    InvalidGrantError,
+    InvalidRequestError,
+    InvalidScopeError,
+    UnauthorizedClientError,
+)
 from bsopt_auth.rfc6749.scope import resolve_scope, to_scope_string
 from bsopt_auth.rfc7517 import get_active_key, jwks_document
 from bsopt_auth.rfc8707 import InvalidTargetError, resolve_resources
@@ -54,6 +86,16 @@ RESOURCE_SCOPES: Mapping[str, frozenset[str]] = {
     BROKER_GATEWAY_AUDIENCE: frozenset({"broker:accounts", "broker:orders", "broker:import"}),
     ML_SCORER_AUDIENCE: frozenset({"scorer:read"}),
     RL_TRAINER_AUDIENCE: frozenset({"trainer:jobs.read", "trainer:jobs.write"}),
+}
+
+#: What a subject token's scope lets an exchange grant (see the module docstring): the
+#: user's consent, carried down every delegation hop. Scopes not listed allow nothing.
+DELEGATED_SCOPES: Mapping[str, frozenset[str]] = {
+    "trades:read": frozenset({"broker:accounts", "scorer:read"}),
+    "trades:write": frozenset({"broker:accounts", "broker:import"}),
+    "training:read": frozenset({"trainer:jobs.read"}),
+    "training:write": frozenset({"trainer:jobs.write"}),
+    "trainer:jobs.write": frozenset({"broker:accounts", "broker:orders"}),
 }
 
 #: Longest delegation chain (``act`` nesting) a token may carry.
@@ -105,6 +147,21 @@ def _previous_actor(claims: AccessTokenClaims) -> dict[str, Any] | None:
     return act
 
 
+def delegable_scopes(subject_scopes: Iterable[str]) -> frozenset[str]:
+    """The backend scopes a token with ``subject_scopes`` allows by :data:`DELEGATED_SCOPES`."""
+    return frozenset().union(*(DELEGATED_SCOPES.get(s, frozenset()) for s in subject_scopes))
+
+
+def _granted_scope(requested: str | None, client_allowed: Sequence[str], subject: AccessTokenClaims) -> list[str]:
+    """Requested (or default) ∩ the client's scopes for the callee ∩ what the subject allows."""
+    wanted = resolve_scope(requested, client_allowed)  # invalid_scope beyond the client's scopes
+    permitted = delegable_scopes(subject.scopes)
+    granted = [s for s in wanted if s in permitted]
+    if not granted:
+        raise InvalidScopeError("the subject_token's scope allows none of: " + to_scope_string(wanted))
+    return granted
+
+
 def _target(params: Mapping[str, str], resources: Sequence[str], client: Client) -> str:
     audience = params.get("audience")
     requested = list(dict.fromkeys(resources))
@@ -148,7 +205,7 @@ def token_exchange(
 
     target = _target(params, resources, client)
     allowed = [s for s in client.allowed_scopes if s in RESOURCE_SCOPES[target]]
-    scope = resolve_scope(params.get("scope"), allowed)
+    resolve_scope(params.get("scope"), allowed)  # scopes the client may never have: refused early
 
     own_resource = resource_of(client.client_id)
     subject = _verify_subject_token(session_factory, settings, subject_token, own_resource)
@@ -175,6 +232,7 @@ def token_exchange(
     with session_scope(session_factory) as session:
         if session.get(User, user_id) is None:
             raise InvalidGrantError("subject_token names an unknown user")
+        scope = _granted_scope(params.get("scope"), allowed, subject)
         key = get_active_key(session, settings.signing_alg)
     token = issue_access_token(
         key,
@@ -199,9 +257,11 @@ def token_exchange(
 
 __all__ = [
     "ACCESS_TOKEN_TYPE",
+    "DELEGATED_SCOPES",
     "MAX_ACTOR_DEPTH",
     "RESOURCE_SCOPES",
     "TOKEN_EXCHANGE_GRANT_TYPE",
+    "delegable_scopes",
     "resource_of",
     "token_exchange",
 ]
