@@ -165,7 +165,9 @@ class Stack:
             common["KAFKA_HEARTBEAT_INTERVAL_MS"] = str(FAST_GROUP_SETTINGS["heartbeat_interval_ms"])
         secret = {c: f"dev-{c}-secret" for c in SERVICE_CLIENTS}
         envs = {
-            "auth-server": {**common, "BSOPT_AUTH_PORT": str(p.auth), "BSOPT_AUTH_ISSUER": self.issuer},
+            # resource-api's Swagger UI exchanges its code at the token endpoint (CORS)
+            "auth-server": {**common, "BSOPT_AUTH_PORT": str(p.auth), "BSOPT_AUTH_ISSUER": self.issuer,
+                            "BSOPT_AUTH_TOKEN_ENDPOINT_CORS_ORIGINS": self.api_url},
             "broker-gateway": {**common, "BSOPT_BROKER_PORT": str(p.broker),
                                "BSOPT_BROKER_CLIENT_SECRET": secret["broker-gateway"]},
             "ml-scorer": {**common, "BSOPT_SCORER_PORT": str(p.scorer),

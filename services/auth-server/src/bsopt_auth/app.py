@@ -4,12 +4,18 @@ first request (or the lifespan start, which makes sure a signing key exists).
 Hardening (``bsopt_common.http_security``): security headers on every response, ``Cache-
 Control: no-store`` on the authorization, token and UserInfo responses, HSTS when the
 issuer is https; the OpenAPI document (:mod:`bsopt_auth.openapi`) at ``/openapi.json``
-and Swagger UI at ``/docs`` from local assets (no CDN)."""
+and Swagger UI at ``/docs`` from local assets (no CDN).
+
+CORS: only the token endpoint, and only for ``token_endpoint_cors_origins`` (none by
+default): a browser page of another origin running a public client's code flow (resource-
+api's Swagger UI) may POST the code exchange there. The preflight allows ``POST`` with
+``Content-Type`` and ``X-Requested-With`` (Swagger UI sends both) and never credentials;
+every other path, and every other origin, gets no CORS headers."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,6 +24,8 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bsopt_auth import __version__
 from bsopt_auth.config import AuthSettings
@@ -44,6 +52,34 @@ def _self_verifier(app: FastAPI, settings: AuthSettings) -> tuple[AccessTokenVer
         settings.issuer, settings.issuer, jwks, leeway_seconds=settings.token_leeway_seconds
     )
     return verifier, client
+
+
+#: Path of the token endpoint (the one CORS-enabled path).
+TOKEN_ENDPOINT_PATH = "/oauth2/token"
+
+
+class TokenEndpointCORS:
+    """Starlette's :class:`CORSMiddleware` for :data:`TOKEN_ENDPOINT_PATH` alone, for the
+    listed origins (no wildcard, no credentials); every other path passes through as is."""
+
+    def __init__(self, app: ASGIApp, *, allow_origins: Sequence[str]) -> None:
+        if not allow_origins or "*" in allow_origins:
+            raise ValueError("TokenEndpointCORS needs explicit origins")
+        self.app = app
+        self.cors = CORSMiddleware(
+            app,
+            allow_origins=list(allow_origins),
+            allow_methods=["POST"],
+            allow_headers=["Content-Type", "X-Requested-With"],
+            allow_credentials=False,
+            max_age=600,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") == TOKEN_ENDPOINT_PATH:
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def create_app(settings: AuthSettings, engine: Engine) -> FastAPI:
@@ -94,9 +130,11 @@ def create_app(settings: AuthSettings, engine: Engine) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     install_swagger_ui(app)
+    if settings.token_endpoint_cors_origins:
+        app.add_middleware(TokenEndpointCORS, allow_origins=settings.token_endpoint_cors_origins)
     install_security_headers(app, hsts=hsts_for(settings.issuer),
                              no_store_prefixes=("/authorize", "/oauth2/token", "/userinfo"))
     return app
 
 
-__all__ = ["create_app"]
+__all__ = ["TOKEN_ENDPOINT_PATH", "TokenEndpointCORS", "create_app"]

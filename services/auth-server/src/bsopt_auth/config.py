@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from bsopt_common.settings import DEV_ENVIRONMENTS, RESOURCE_API_AUDIENCE, ServiceSettings
 
@@ -62,6 +62,12 @@ class AuthSettings(ServiceSettings):
     signing_key_rotation_days: float = Field(0, ge=0)
     #: How often the server retires expired previous keys and checks the rotation age.
     key_maintenance_interval_seconds: float = Field(300, gt=0)
+    #: Browser origins (``scheme://host[:port]``) allowed to call the token endpoint, and
+    #: only it, cross-origin (CORS: preflight + POST, no credentials): a page that runs a
+    #: public client's code flow, e.g. resource-api's Swagger UI. Comma- or space-
+    #: separated in the environment; no ``*``. Empty (no CORS) by default; the local
+    #: stack sets resource-api's origin (``http://127.0.0.1:8000``).
+    token_endpoint_cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
 
     @model_validator(mode="after")
     def _key_encryption_key_outside_dev(self) -> AuthSettings:
@@ -114,6 +120,33 @@ class AuthSettings(ServiceSettings):
         """How long a key that stopped signing must stay published: the longest token
         lifetime plus the verifiers' leeway."""
         return max(self.access_token_ttl_seconds, self.id_token_ttl_seconds) + self.token_leeway_seconds
+
+    @field_validator("token_endpoint_cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(value.replace(",", " ").split())
+        return value
+
+    @field_validator("token_endpoint_cors_origins")
+    @classmethod
+    def _origins_are_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            try:
+                parts = urlsplit(origin)
+                parts.port  # noqa: B018 - raises ValueError for a malformed port
+            except ValueError:
+                raise ValueError(f"token_endpoint_cors_origins: {origin!r} is not an origin") from None
+            if (
+                parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None
+                or parts.password is not None or parts.path or parts.query or parts.fragment
+                or "#" in origin or "?" in origin
+            ):
+                raise ValueError(
+                    f"token_endpoint_cors_origins: {origin!r} is not an origin (scheme://host[:port], "
+                    "no path, no wildcard)"
+                )
+        return tuple(dict.fromkeys(value))
 
     @field_validator("issuer")
     @classmethod

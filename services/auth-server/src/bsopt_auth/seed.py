@@ -32,6 +32,12 @@ DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "demo-password"
 CLI_CLIENT_ID = "bsopt-cli"
 CLI_REDIRECT_URI = "http://127.0.0.1/callback"
+#: resource-api's origin in dev (its default port; the local stack's): its Swagger UI signs
+#: in as the CLI's public client and exchanges the code from this origin (the auth-
+#: server's ``token_endpoint_cors_origins`` must list it).
+DEV_RESOURCE_API_ORIGIN = "http://127.0.0.1:8000"
+#: Swagger UI's redirect page at resource-api (``/docs/oauth2-redirect``).
+DOCS_REDIRECT_URI = DEV_RESOURCE_API_ORIGIN + "/docs/oauth2-redirect"
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,8 @@ DEV_CLIENTS: tuple[DevClient, ...] = (
         scopes="openid profile trades:read trades:write training:read training:write",
         resources=(RESOURCE_API_AUDIENCE,),
         public=True,
-        redirect_uris=(CLI_REDIRECT_URI,),  # loopback: any port (RFC 8252 §7.3)
+        # the CLI's loopback callback: any port (RFC 8252 §7.3); Swagger UI at resource-api
+        redirect_uris=(CLI_REDIRECT_URI, DOCS_REDIRECT_URI),
     ),
     DevClient(
         "resource-api",
@@ -140,6 +147,8 @@ __all__ = [
     "DEMO_PASSWORD",
     "DEMO_USERNAME",
     "DEV_CLIENTS",
+    "DEV_RESOURCE_API_ORIGIN",
+    "DOCS_REDIRECT_URI",
     "DevClient",
     "dev_client_secret",
     "seed_dev",
