@@ -72,3 +72,10 @@ def test_is_loopback() -> None:
     assert is_loopback_redirect("http://[::1]:1/x")
     assert not is_loopback_redirect("http://localhost:1/x")
     assert not is_loopback_redirect("https://127.0.0.1:1/x")
+
+
+def test_a_loopback_uri_registered_with_a_port_matches_exactly():
+    registered = "http://127.0.0.1:8000/docs/oauth2-redirect"
+    assert redirect_uri_matches(registered, registered)
+    assert not redirect_uri_matches("http://127.0.0.1:9999/docs/oauth2-redirect", registered)
+    assert not redirect_uri_matches("http://[::1]:8000/docs/oauth2-redirect", registered)

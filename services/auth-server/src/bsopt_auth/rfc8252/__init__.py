@@ -46,6 +46,10 @@ def redirect_uri_matches(requested: str, registered: str) -> bool:
         return False
     req, reg = _split(requested), _split(registered)
     assert req is not None and reg is not None
+    if reg.port is not None:
+        # Only a port-less loopback registration accepts any port (§7.3, native apps); one
+        # registered with a port (a browser page such as Swagger UI's redirect) is exact.
+        return False
     return (req.path or "/") == (reg.path or "/") and req.query == reg.query
 
 
