@@ -131,12 +131,16 @@ class EventPublisher:
         token_provider: ClientCredentialsTokenProvider | None,
         *,
         client_id: str | None = None,
+        client_options: Mapping[str, Any] | None = None,
     ):
+        """``client_options``: security settings for aiokafka
+        (:func:`bsopt_common.kafka_auth.kafka_client_options`)."""
         self.bootstrap_servers = bootstrap_servers
         self.source = source
         self.token_provider = token_provider
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers, client_id=client_id or source, acks="all",
+            **dict(client_options or {}),
         )
 
     async def start(self) -> None:
@@ -335,6 +339,7 @@ class EventConsumer:
         outbox: Outbox | None = None,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
+        client_options: Mapping[str, Any] | None = None,
     ):
         if not handlers:
             raise ValueError(f"consumer group {group_id!r} has no topics")
@@ -350,6 +355,7 @@ class EventConsumer:
             *self.topics, bootstrap_servers=bootstrap_servers, group_id=group_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms,
+            **dict(client_options or {}),
         )
         self._stopping = asyncio.Event()
         #: Counters, observable by tests and metrics.

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bsopt_common import migrations
 from bsopt_common.db import create_db_engine, make_session_factory, wait_for_database
 from bsopt_common.events import EventConsumer, EventPublisher, Handler, Outbox, OutboxRelay
+from bsopt_common.kafka_auth import kafka_client_options
 from bsopt_common.security import AccessTokenVerifier, ClientCredentialsTokenProvider, JWKSCache
 from bsopt_common.settings import EVENTS_AUDIENCE, ServiceSettings
 from bsopt_common.topics import Topic
@@ -127,8 +128,9 @@ class ServiceRuntime:
             self.token_provider = self.token_provider or make_token_provider(self.settings)
             bootstrap = self.settings.require_kafka()
             session_factory, outbox = self._database()
+            client_options = kafka_client_options(self.settings, self.token_provider)
             self.publisher = EventPublisher(bootstrap, source=f"/bsopt/{self.settings.service_name}",
-                                            token_provider=self.token_provider)
+                                            token_provider=self.token_provider, client_options=client_options)
             await self.publisher.start()
             self._relay = OutboxRelay(outbox, session_factory, self.publisher)
             self._tasks.append(asyncio.create_task(self._relay.run(), name="outbox-relay"))
@@ -141,6 +143,7 @@ class ServiceRuntime:
                     dlq_publisher=self.publisher, outbox=outbox,
                     session_timeout_ms=self.settings.kafka_session_timeout_ms,
                     heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
+                    client_options=client_options,
                 )
                 await consumer.start()
                 self.consumers.append(consumer)

@@ -16,7 +16,7 @@ Building a settings object reads the environment only; it never connects.
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +56,9 @@ class ServiceSettings(BaseSettings):
         "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
         "issuer": "BSOPT_ISSUER",
         "kafka_session_timeout_ms": "KAFKA_SESSION_TIMEOUT_MS",
+        "kafka_security_protocol": "KAFKA_SECURITY_PROTOCOL",
+        "kafka_ssl_cafile": "KAFKA_SSL_CAFILE",
+        "kafka_oauth_audience": "KAFKA_OAUTH_AUDIENCE",
         "kafka_heartbeat_interval_ms": "KAFKA_HEARTBEAT_INTERVAL_MS",
     }
 
@@ -67,6 +70,14 @@ class ServiceSettings(BaseSettings):
     database_url: DatabaseDsn | None = Field(default=None, repr=False)
     #: Comma-separated host:port list.
     kafka_bootstrap_servers: str | None = None
+    #: How clients reach a real Kafka: PLAINTEXT (embedded / trusted loopback), SSL, or
+    #: SASL_SSL / SASL_PLAINTEXT with SASL/OAUTHBEARER client-credentials tokens
+    #: (:mod:`bsopt_common.kafka_auth`).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    #: CA bundle for the brokers' TLS certificates (system trust store when unset).
+    kafka_ssl_cafile: str | None = None
+    #: Audience of the tokens presented to Kafka (RFC 8707 resource identifier).
+    kafka_oauth_audience: str = "urn:bsopt:kafka"
     #: Consumer-group session timeout and heartbeat, milliseconds (aiokafka's defaults;
     #: a real Kafka refuses sessions below its group.min.session.timeout.ms, 6 s by default).
     #: The embedded Tansu broker answers a group join after about half the session, so the
