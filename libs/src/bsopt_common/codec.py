@@ -62,9 +62,6 @@ def timestamp(dt: datetime) -> Timestamp:
     return ts
 
 
-def optional_timestamp(dt: datetime | None) -> Timestamp | None:
-    return None if dt is None else timestamp(dt)
-
 
 def from_timestamp(message: Message, field: str) -> datetime | None:
     """``message.<field>`` as an aware UTC datetime, or None when the field is unset."""

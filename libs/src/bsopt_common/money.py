@@ -44,6 +44,13 @@ def to_decimal(value: Decimal | int | str, what: str = "amount") -> Decimal:
     return d.quantize(NANO, rounding=ROUND_HALF_EVEN)
 
 
+def price_decimal(value: float) -> Decimal:
+    """A market-data price (bars arrive as float64) as the shortest decimal that
+    round-trips it (``813.1099853515625`` stays that, ``0.1`` becomes ``Decimal("0.1")``,
+    never ``0.1000000000000000055...``). The one place a float becomes an amount."""
+    return Decimal(repr(float(value)))
+
+
 def decimal_str(d: Decimal) -> str:
     """Plain decimal notation without trailing zeros: ``Decimal('100.100000000')`` ->
     ``'100.1'``, never an exponent (the JSON form of an amount)."""

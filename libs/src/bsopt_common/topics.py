@@ -94,11 +94,6 @@ TOPICS: Mapping[str, Topic[Any]] = {
 }
 
 
-def topic_named(name: str) -> Topic[Any]:
-    """The registered topic ``name``; KeyError for an unknown name."""
-    return TOPICS[name]
-
-
 def producer_acls() -> dict[str, list[str]]:
     """``{topic: [client ids allowed to write]}``, for Kafka ACLs (and the docs)."""
     return {name: sorted(t.producers) for name, t in TOPICS.items()}

@@ -19,7 +19,7 @@ from bsopt_broker.bootstrap import serve
 from bsopt_broker.config import BrokerSettings
 from bsopt_common import codec
 from bsopt_common.marketdata import bundled_provider
-from bsopt_common.money import Money
+from bsopt_common.money import Money, price_decimal
 from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
 from bsopt_common.testing.services import ServiceThread, free_port
 
@@ -92,7 +92,7 @@ async def test_orders_fill_at_real_close_behind_the_balance_guard(gateway, test_
     resp = await call(gateway, "PlaceOrder", buy, tok)
     assert resp.order.status == pb.ORDER_STATUS_FILLED
     price = codec.money_from_pb(resp.fills[0], "price")
-    assert price == Money(Decimal(repr(float(close))), "USD")  # the real close, exactly
+    assert price == Money(price_decimal(close), "USD")  # the real close, exactly
     fee = codec.money_from_pb(resp.fills[0], "fee")
     assert fee == (price * 10 * Decimal("0.001")).rounded()  # 10 bps, rounded to cents
     assert resp.order.fill_latency_ms >= 0

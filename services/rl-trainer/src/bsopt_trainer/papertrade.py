@@ -23,7 +23,7 @@ from bsopt.broker_gateway.v1 import broker_gateway_pb2_grpc as bpb_grpc
 from bsopt_common import codec
 from bsopt_common.grpc_server import raise_domain_error
 from bsopt_common.marketdata import MarketDataProvider
-from bsopt_common.money import Money
+from bsopt_common.money import Money, price_decimal
 from bsopt_trainer.domain.job import TrainingSpec, paper_trading_positions
 
 #: Fraction of cash held back on each buy to cover commission and rounding.
@@ -50,7 +50,7 @@ async def run_paper_trading(
     does not fit (an internal error: the checkpoint is the service's own)."""
     bars = market_data.fetch_history(spec.symbol)
     positions = await asyncio.to_thread(paper_trading_positions, checkpoint_path, bars, spec)
-    close_on = {d: Decimal(repr(float(c))) for d, c in zip(bars.index.date, bars["close"], strict=True)}
+    close_on = {d: price_decimal(c) for d, c in zip(bars.index.date, bars["close"], strict=True)}
     try:
         account = await stub.GetAccount(bpb.GetAccountRequest(account_id=account_id, user_id=user_id), timeout=30)
     except grpc.aio.AioRpcError as exc:
@@ -84,5 +84,5 @@ async def run_paper_trading(
         fills += len(resp.fills)
         cash = codec.money_from_pb(resp.account, "cash")
         shares = next((p.quantity for p in resp.account.positions if p.symbol == spec.symbol), 0)
-    last_close = Decimal(repr(float(bars.loc[bars.index.date <= spec.test_end, "close"].iloc[-1])))
+    last_close = price_decimal(bars.loc[bars.index.date <= spec.test_end, "close"].iloc[-1])
     return PaperRunResult(run_id, orders, fills, rejected, cash + Money(last_close * shares, cash.currency))

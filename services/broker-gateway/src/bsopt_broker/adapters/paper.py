@@ -26,7 +26,7 @@ from bsopt_broker.domain.venue import AccountNotFound
 from bsopt_common.db import session_scope
 from bsopt_common.errors import InvalidArgument
 from bsopt_common.marketdata import MarketDataProvider
-from bsopt_common.money import Money
+from bsopt_common.money import Money, price_decimal
 from bsopt_common.vocabulary import Side
 
 #: Paper accounts hold US dollars (the bundled bars are US listings priced in USD).
@@ -130,7 +130,7 @@ class PaperBroker:
                 account = self._account(s, req.account_id, req.user_id, lock=True)
                 if (existing := self._existing(s, req)) is not None:
                     return existing
-                price = Money(Decimal(repr(float(bar.close))), account.currency)
+                price = Money(price_decimal(bar.close), account.currency)
                 held = account.position(symbol)
                 cost = check_order(side=req.side, quantity=req.quantity, price=price, cash=account.cash,
                                    position_quantity=held.quantity if held else 0,
