@@ -133,11 +133,11 @@ def test_grpc_services_refuse_tokens_for_another_audience(stack, summary, target
     scorer_token = _token(stack, "resource-api", "urn:bsopt:ml-scorer", "scorer:read")
     calls = {
         "broker": (lambda ch: bpb_grpc.BrokerGatewayServiceStub(ch).GetAccount,
-                   bpb.GetAccountRequest(account_id="x", user_id="y"), scorer_token),
+                   bpb.GetAccountRequest(account_id="x"), scorer_token),
         "scorer": (lambda ch: spb_grpc.MlScorerServiceStub(ch).ListScoredTrades,
-                   spb.ListScoredTradesRequest(user_id="y"), broker_token),
+                   spb.ListScoredTradesRequest(), broker_token),
         "trainer": (lambda ch: tpb_grpc.RlTrainerServiceStub(ch).GetTrainingJob,
-                    tpb.GetTrainingJobRequest(job_id="x", user_id="y"), broker_token),
+                    tpb.GetTrainingJobRequest(job_id="x"), broker_token),
     }
     method, request, wrong = calls[target]
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:

@@ -56,7 +56,9 @@ def hsts_for(public_url: str | None) -> bool:
 
 class SecurityHeadersMiddleware:
     """Pure ASGI middleware adding the headers of the module docstring to every HTTP
-    response (WebSocket and lifespan scopes pass through untouched)."""
+    response, including the HTTP answer that refuses a WebSocket upgrade (the ASGI
+    WebSocket Denial Response extension: ``websocket.http.response.start``); lifespan
+    scopes pass through untouched."""
 
     def __init__(self, app: ASGIApp, *, hsts: bool = False, no_store_prefixes: Sequence[str] = ()):
         self.app = app
@@ -64,14 +66,14 @@ class SecurityHeadersMiddleware:
         self.no_store_prefixes = tuple(no_store_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         path = str(scope.get("path", ""))
         no_store = path.startswith(self.no_store_prefixes) if self.no_store_prefixes else False
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] in ("http.response.start", "websocket.http.response.start"):
                 headers = MutableHeaders(scope=message)
                 for name, value in STATIC_HEADERS.items():
                     headers[name] = value

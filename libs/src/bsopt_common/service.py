@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from joserfc.jwk import Key
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,7 +33,13 @@ from bsopt_common.db import create_db_engine, make_session_factory, wait_for_dat
 from bsopt_common.events import EventConsumer, EventPublisher, Handler, Outbox, OutboxRelay
 from bsopt_common.kafka_auth import kafka_client_options
 from bsopt_common.security import AccessTokenVerifier, ClientCredentialsTokenProvider, JWKSCache
-from bsopt_common.settings import EVENTS_AUDIENCE, ServiceSettings
+from bsopt_common.security.event_signing import (
+    EventSignatureVerifier,
+    EventSigner,
+    SigningKeyError,
+    load_signing_key,
+)
+from bsopt_common.settings import ServiceSettings
 from bsopt_common.topics import Topic
 
 log = logging.getLogger(__name__)
@@ -44,13 +51,42 @@ def make_verifier(settings: ServiceSettings, audience: str) -> AccessTokenVerifi
     return AccessTokenVerifier(settings.require_issuer(), audience, jwks, leeway_seconds=settings.token_leeway_seconds)
 
 
+def service_signing_key(settings: ServiceSettings) -> Key | None:
+    """The service's own private key from settings, or None. Raises RuntimeError naming
+    the setting for a key that cannot be used (never quoting it)."""
+    text = settings.signing_key_text()
+    if text is None:
+        return None
+    try:
+        return load_signing_key(text)
+    except SigningKeyError as exc:
+        raise RuntimeError(f"{settings.service_name}: {settings.env_name('signing_key')}: {exc}") from None
+
+
 def make_token_provider(settings: ServiceSettings) -> ClientCredentialsTokenProvider:
-    if not settings.client_id or settings.client_secret is None:
+    """This service's client at the token endpoint: ``private_key_jwt`` (RFC 7523) with its
+    signing key when one is configured, else ``client_secret_basic``."""
+    key = service_signing_key(settings)
+    if not settings.client_id or (key is None and settings.client_secret is None):
         raise RuntimeError(
-            f"{settings.service_name}: client credentials are not configured; set "
-            f"{settings.model_config.get('env_prefix', '')}CLIENT_ID and ..._CLIENT_SECRET"
+            f"{settings.service_name}: client credentials are not configured; set {settings.env_name('client_id')} "
+            f"and {settings.env_name('signing_key_file')} (or {settings.env_name('client_secret')})"
         )
+    if key is not None:
+        return ClientCredentialsTokenProvider(settings.token_url, settings.client_id, signing_key=key)
     return ClientCredentialsTokenProvider(settings.token_url, settings.client_id, settings.client_secret)
+
+
+def make_event_signer(settings: ServiceSettings) -> EventSigner:
+    """Signs the events this service publishes. Raises RuntimeError without a key."""
+    key = service_signing_key(settings)
+    if key is None or not settings.client_id:
+        raise RuntimeError(
+            f"{settings.service_name}: publishing events needs the service's key pair; set "
+            f"{settings.env_name('client_id')} and {settings.env_name('signing_key_file')} "
+            f"(or {settings.env_name('signing_key')})"
+        )
+    return EventSigner(settings.client_id, key)
 
 
 @dataclass(frozen=True)
@@ -77,13 +113,20 @@ class ServiceRuntime:
     consumers: list[EventConsumer] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _relay: OutboxRelay | None = None
-    _events_verifier: AccessTokenVerifier | None = None
+    _events_verifier: EventSignatureVerifier | None = None
     _loop: asyncio.AbstractEventLoop | None = None
 
     async def connect(self) -> None:
         """Database reachable and migrated, outbox ready (in a worker thread)."""
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.connect_database)
+
+    def require_token_provider(self) -> ClientCredentialsTokenProvider:
+        """This service's client at the token endpoint (built from settings on first use;
+        closed by :meth:`stop`). Raises RuntimeError when no client credentials are set."""
+        if self.token_provider is None:
+            self.token_provider = make_token_provider(self.settings)
+        return self.token_provider
 
     def notify_outbox_threadsafe(self) -> None:
         """Wake the outbox relay from any thread (after a commit that staged events)."""
@@ -125,16 +168,20 @@ class ServiceRuntime:
         if self.audience is not None:
             self.verifier = make_verifier(self.settings, self.audience)
         if publish or consumer_specs:
-            self.token_provider = self.token_provider or make_token_provider(self.settings)
             bootstrap = self.settings.require_kafka()
             session_factory, outbox = self._database()
-            client_options = kafka_client_options(self.settings, self.token_provider)
+            # SASL/OAUTHBEARER with our own token only when a real Kafka asks for it
+            client_options = kafka_client_options(self.settings, self.require_token_provider()
+                                                  if self.settings.kafka_security_protocol.startswith("SASL")
+                                                  else None)
             self.publisher = EventPublisher(bootstrap, source=f"/bsopt/{self.settings.service_name}",
-                                            token_provider=self.token_provider, client_options=client_options)
+                                            signer=make_event_signer(self.settings) if publish else None,
+                                            client_id=self.settings.client_id, client_options=client_options)
             await self.publisher.start()
-            self._relay = OutboxRelay(outbox, session_factory, self.publisher)
-            self._tasks.append(asyncio.create_task(self._relay.run(), name="outbox-relay"))
-            events_verifier = make_verifier(self.settings, EVENTS_AUDIENCE)
+            if publish:
+                self._relay = OutboxRelay(outbox, session_factory, self.publisher)
+                self._tasks.append(asyncio.create_task(self._relay.run(), name="outbox-relay"))
+            events_verifier = EventSignatureVerifier(self.settings.resolved_client_jwks_url)
             self._events_verifier = events_verifier
             for spec in consumer_specs:
                 consumer = EventConsumer(
@@ -168,9 +215,10 @@ class ServiceRuntime:
             self.publisher = None
         if self.token_provider is not None:
             await self.token_provider.aclose()
-        for verifier in (self.verifier, self._events_verifier):
-            if verifier is not None:
-                await verifier.jwks.aclose()
+        if self.verifier is not None:
+            await self.verifier.jwks.aclose()
+        if self._events_verifier is not None:
+            await self._events_verifier.aclose()
         if self.engine is not None:
             self.engine.dispose()
 

@@ -90,9 +90,22 @@ class ServiceSettings(BaseSettings):
     jwks_url: str | None = None
     #: Override for the token endpoint (defaults to ``<issuer>/oauth2/token``).
     token_endpoint: str | None = None
-    #: This service's OAuth client (client credentials grant).
+    #: This service's OAuth client (client credentials and token exchange grants).
     client_id: str | None = None
+    #: ``client_secret_basic`` credential; unset when the service authenticates with its
+    #: key pair (``private_key_jwt``, RFC 7523), which takes precedence.
     client_secret: SecretStr | None = None
+    #: This service's private key (a private JWK as JSON, or PEM): it signs every event
+    #: the service publishes and authenticates it at the token endpoint (private_key_jwt).
+    #: Its public part is the client's JWKS registered at the auth-server
+    #: (``python -m bsopt_auth clients set-jwks``). Never printed.
+    signing_key: SecretStr | None = Field(default=None, repr=False)
+    #: The same, read from a secret file (a mounted Kubernetes Secret); wins over
+    #: ``signing_key``.
+    signing_key_file: str | None = None
+    #: Where a producer's public keys are fetched to verify its events: a URL with a
+    #: ``{client_id}`` placeholder (default ``<issuer>/oauth2/clients/{client_id}/jwks.json``).
+    client_jwks_url: str | None = None
     #: Leeway for exp/nbf checks, seconds.
     token_leeway_seconds: int = 30
     #: Shortest interval between two JWKS refetches triggered by an unknown kid, seconds
@@ -151,6 +164,22 @@ class ServiceSettings(BaseSettings):
     @property
     def resolved_jwks_url(self) -> str:
         return self.jwks_url or self.require_issuer().rstrip("/") + "/.well-known/jwks.json"
+
+    @property
+    def resolved_client_jwks_url(self) -> str:
+        return self.client_jwks_url or self.require_issuer().rstrip("/") + "/oauth2/clients/{client_id}/jwks.json"
+
+    def signing_key_text(self) -> str | None:
+        """The configured private key (file first), or None. Raises RuntimeError for an
+        unreadable file (the message names the setting, never the key)."""
+        if self.signing_key_file:
+            try:
+                with open(self.signing_key_file, encoding="utf-8") as f:
+                    return f.read()
+            except OSError as exc:
+                raise RuntimeError(f"{self.service_name}: cannot read {self.env_name('signing_key_file')}: "
+                                   f"{exc.strerror}") from None
+        return self.signing_key.get_secret_value() if self.signing_key is not None else None
 
     @property
     def token_url(self) -> str:

@@ -12,8 +12,12 @@ flow, scheme ``bsopt``) with the scopes it needs, so the app's OpenAPI document 
 them and Swagger UI can authorize; :func:`document_oauth_flow` fills in the issuer's real
 endpoint URLs and the scope descriptions when the app builds its document.
 WebSocket handshakes carry the token in ``Authorization: Bearer`` or, for browsers
-that cannot set headers, as the subprotocol pair ``["bearer", <token>]``; a failed check
-closes with code 1008 (policy violation) before accepting.
+that cannot set headers, as the subprotocol pair ``["bearer", <token>]``. A failed check
+never accepts: where the server supports the ASGI WebSocket Denial Response extension
+(uvicorn does) the upgrade is answered like the HTTP API, 401 / 403 with RFC 6750
+``WWW-Authenticate`` and a problem+json body (so it passes through the security-headers
+middleware like any response); elsewhere it closes with code 1008 (policy violation),
+which the server turns into a bare 403.
 
 A verifier failure that is not one of its named errors (a bug on some malformed input) is
 logged with its stack and treated as an invalid token (:data:`UNVERIFIABLE`): the caller
@@ -27,6 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import HTTPException, Request, Security, WebSocket, status
+from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2AuthorizationCodeBearer
 
 from bsopt_common.security.jwt import (
@@ -137,22 +142,41 @@ def websocket_token(ws: WebSocket) -> tuple[str | None, str | None]:
     return None, None
 
 
+async def refuse_websocket(ws: WebSocket, status_code: int, error: str, description: str,
+                           scopes: tuple[str, ...] = ()) -> None:
+    """Refuse a WebSocket handshake before accepting it: an HTTP ``status_code`` answer
+    with RFC 6750 ``WWW-Authenticate`` and problem+json (the ASGI WebSocket Denial
+    Response extension), or close 1008 where the server lacks the extension."""
+    if "websocket.http.response" not in ws.scope.get("extensions", {}):
+        await ws.close(code=WS_POLICY_VIOLATION, reason=description[:120])
+        return
+    title = "Unauthorized" if status_code == status.HTTP_401_UNAUTHORIZED else "Forbidden"
+    await ws.send_denial_response(JSONResponse(
+        {"type": "about:blank", "title": title, "status": status_code, "detail": description},
+        status_code=status_code, media_type="application/problem+json",
+        headers={"WWW-Authenticate": _challenge(error, description, scopes)},
+    ))
+
+
 async def authenticate_websocket(ws: WebSocket, *scopes: str) -> AccessTokenClaims | None:
-    """Validate the handshake's token; accept and return claims, or close with 1008 and
-    return None."""
+    """Validate the handshake's token; accept and return claims, or refuse the handshake
+    (:func:`refuse_websocket`: 401 invalid_token, 403 insufficient_scope) and return None."""
     verifier: AccessTokenVerifier = ws.app.state.token_verifier
     token, subprotocol = websocket_token(ws)
     if token is None:
-        await ws.close(code=WS_POLICY_VIOLATION, reason="missing bearer token")
+        await refuse_websocket(ws, status.HTTP_401_UNAUTHORIZED, "invalid_token", "missing bearer token")
         return None
     try:
         claims = await verifier.verify(token, scopes)
-    except (InvalidTokenError, InsufficientScopeError) as exc:
-        await ws.close(code=WS_POLICY_VIOLATION, reason=str(exc)[:120])
+    except InvalidTokenError as exc:
+        await refuse_websocket(ws, status.HTTP_401_UNAUTHORIZED, "invalid_token", str(exc))
+        return None
+    except InsufficientScopeError as exc:
+        await refuse_websocket(ws, status.HTTP_403_FORBIDDEN, "insufficient_scope", str(exc), tuple(scopes))
         return None
     except Exception:
         log.exception("token verification failed unexpectedly")
-        await ws.close(code=WS_POLICY_VIOLATION, reason=UNVERIFIABLE)
+        await refuse_websocket(ws, status.HTTP_401_UNAUTHORIZED, "invalid_token", UNVERIFIABLE)
         return None
     await ws.accept(subprotocol=subprotocol)
     return claims

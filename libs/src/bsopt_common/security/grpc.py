@@ -9,8 +9,16 @@ the table is refused (fail closed). A verifier failure that is not one of its na
 with a fixed message, never UNKNOWN quoting the exception. The validated claims are available to the servicer
 through :func:`current_claims`.
 
-Client side, :class:`BearerTokenClientInterceptor` attaches a token from the
-client-credentials provider to every call.
+Acting for a user. A method that reads or changes a user's data takes the user from
+:func:`acting_user`: the ``sub`` of a *delegated* token (RFC 8693 token exchange: the
+token names the user as ``sub`` and the calling service in ``act``), never from a request
+field. A service's own client-credentials token (``sub`` is the client, no ``act``) is
+refused there with PERMISSION_DENIED, whatever its scopes: a service alone can no longer
+read or change any user's data.
+
+Client side, callers acting for a user pass :func:`bearer_metadata` of the exchanged
+token on each call (``metadata=``). :class:`BearerTokenClientInterceptor` attaches a
+client-credentials token to calls that carry no ``authorization`` of their own.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from bsopt_common.errors import PermissionDenied
 from bsopt_common.security.jwt import (
     AccessTokenClaims,
     AccessTokenVerifier,
@@ -48,6 +57,25 @@ def current_claims() -> AccessTokenClaims:
     if claims is None:
         raise LookupError("no authenticated gRPC call in this context")
     return claims
+
+
+def acting_user() -> str:
+    """The user the call acts for: ``sub`` of the call's delegated token.
+
+    Raises PermissionDenied (gRPC PERMISSION_DENIED) for a token that is not delegated
+    (a service's own client-credentials token), LookupError outside a call."""
+    claims = current_claims()
+    if not claims.is_delegated:
+        raise PermissionDenied(
+            f"{claims.client_id!r} presented its own token; this method acts for a user and needs a "
+            "user-bound token from token exchange (RFC 8693)"
+        )
+    return claims.subject
+
+
+def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """gRPC call metadata carrying ``token`` (RFC 6750 §2.1 as gRPC metadata)."""
+    return (("authorization", f"Bearer {token}"),)
 
 
 def _abort_handler(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
@@ -112,7 +140,8 @@ class TokenAuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
 
 class BearerTokenClientInterceptor(aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc: untyped
-    """Attach ``authorization: Bearer <token>`` for ``resource`` to every unary call."""
+    """Attach ``authorization: Bearer <token>`` for ``resource`` to every unary call that
+    does not carry its own (a delegated token passed with ``metadata=`` is kept)."""
 
     def __init__(self, provider: ClientCredentialsTokenProvider, resource: str, scope: str = ""):
         self.provider = provider
@@ -125,8 +154,10 @@ class BearerTokenClientInterceptor(aio.UnaryUnaryClientInterceptor):  # type: ig
         client_call_details: aio.ClientCallDetails,
         request: Any,
     ) -> aio.UnaryUnaryCall:
-        token = await self.provider.token(self.resource, self.scope)
         metadata = list(client_call_details.metadata or ())
+        if any(k.lower() == "authorization" for k, _ in metadata):
+            return await continuation(client_call_details, request)
+        token = await self.provider.token(self.resource, self.scope)
         metadata.append(("authorization", f"Bearer {token}"))
         details = aio.ClientCallDetails(
             client_call_details.method,

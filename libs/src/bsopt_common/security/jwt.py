@@ -75,6 +75,9 @@ class AccessTokenClaims:
     #: RFC 8693 §4.1 ``act``: the client ids acting for ``subject``, outermost (the
     #: current actor, normally ``client_id``) first; empty when nobody acts for it.
     actor: tuple[str, ...] = ()
+    #: The compact token itself, kept so a service acting for ``subject`` can exchange it
+    #: (RFC 8693) for a token to its own callee; never shown in ``repr``.
+    token: str = field(default="", repr=False, compare=False)
 
     @property
     def is_delegated(self) -> bool:
@@ -333,6 +336,7 @@ class AccessTokenVerifier:
             token_id=str(claims["jti"]),
             raw=dict(claims),
             actor=_actor_chain(claims.get("act")),
+            token=token,
         )
         missing = set(required_scopes) - scopes
         if missing:

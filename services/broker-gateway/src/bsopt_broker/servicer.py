@@ -1,8 +1,10 @@
 """gRPC entrypoint: decode with the codec, call the venue / importer in a worker thread,
 encode. Errors are named (``bsopt_common.errors``) and mapped by the serve helper.
 
-The caller's user id arrives as an explicit request field; the caller's own identity
-and scopes were checked by the token interceptor (see ``METHOD_SCOPES``).
+Every method acts for a user: the user is the ``sub`` of the call's delegated token
+(RFC 8693 token exchange; :func:`~bsopt_common.security.grpc.acting_user`), never a request
+field, and a service's own client-credentials token is refused with PERMISSION_DENIED.
+The token's scopes were checked by the token interceptor (see ``METHOD_SCOPES``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from bsopt_common import codec
 from bsopt_common.errors import InvalidArgument
 from bsopt_common.events import Outbox
 from bsopt_common.grpc_server import GrpcService
+from bsopt_common.security.grpc import acting_user
 
 METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "CreateAccount": ("broker:accounts",),
@@ -40,16 +43,16 @@ class BrokerGatewayServicer(pb_grpc.BrokerGatewayServiceServicer):
         if request.broker not in ("", self.broker.name):
             raise InvalidArgument(f"broker {request.broker!r} is not available; use {self.broker.name!r}")
         initial_cash = codec.money_from_pb(request, "initial_cash")
-        account = await asyncio.to_thread(self.broker.create_account, request.user_id, initial_cash)
+        account = await asyncio.to_thread(self.broker.create_account, acting_user(), initial_cash)
         return codec.to_message(account, pb.Account)
 
     async def GetAccount(self, request: pb.GetAccountRequest, context: aio.ServicerContext) -> pb.Account:
-        account = await asyncio.to_thread(self.broker.get_account, request.account_id, request.user_id)
+        account = await asyncio.to_thread(self.broker.get_account, request.account_id, acting_user())
         return codec.to_message(account, pb.Account)
 
     async def PlaceOrder(self, request: pb.PlaceOrderRequest, context: aio.ServicerContext) -> pb.PlaceOrderResponse:
         order = MarketOrder(
-            account_id=request.account_id, user_id=request.user_id, client_order_id=request.client_order_id,
+            account_id=request.account_id, user_id=acting_user(), client_order_id=request.client_order_id,
             symbol=request.symbol, side=codec.SIDE.from_pb(request.side, "side"), quantity=request.quantity,
             as_of=codec.required_timestamp(request, "as_of"),
         )
@@ -61,7 +64,7 @@ class BrokerGatewayServicer(pb_grpc.BrokerGatewayServiceServicer):
     async def ImportTrades(self, request: pb.ImportTradesRequest,
                            context: aio.ServicerContext) -> pb.ImportTradesResponse:
         result = await asyncio.to_thread(
-            self.importer.import_trades, request.account_id, request.user_id,
+            self.importer.import_trades, request.account_id, acting_user(),
             codec.required_timestamp(request, "start"), codec.required_timestamp(request, "end"))
         self.outbox.notify()
         return codec.to_message(result, pb.ImportTradesResponse)

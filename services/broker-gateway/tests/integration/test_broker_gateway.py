@@ -21,6 +21,7 @@ from bsopt_common import codec
 from bsopt_common.marketdata import bundled_provider
 from bsopt_common.money import Money, price_decimal
 from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
+from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
 
 ALL_SCOPES = "broker:accounts broker:orders broker:import"
@@ -39,8 +40,7 @@ def gateway(service_database_urls, kafka_bootstrap, test_issuer):
     port = free_port()
     settings = BrokerSettings(
         database_url=service_database_urls["broker-gateway"], kafka_bootstrap_servers=kafka_bootstrap, port=port,
-        issuer=test_issuer.issuer, jwks_url=test_issuer.jwks_url, token_endpoint=test_issuer.token_url,
-        client_id="broker-gateway", client_secret="dev-broker-gateway-secret", paper_commission_bps=10.0,
+        paper_commission_bps=10.0, **service_identity(test_issuer, "broker-gateway"),
     )
     with ServiceThread(lambda stop: serve(settings, stop), port=port):
         yield f"127.0.0.1:{port}"
@@ -59,8 +59,11 @@ async def call(target: str, method: str, request, token: str | None):
         return await getattr(stub, method)(request, metadata=metadata, timeout=30)
 
 
-def good_token(issuer, scope=ALL_SCOPES):
-    return issuer.token(aud=BROKER_GATEWAY_AUDIENCE, scope=scope, client_id="resource-api", sub="resource-api")
+def good_token(issuer, scope=ALL_SCOPES, user="trader-1"):
+    """What resource-api presents acting for ``user``: the user's token exchanged for one
+    to broker-gateway (RFC 8693: sub = the user, act = resource-api)."""
+    return issuer.token(aud=BROKER_GATEWAY_AUDIENCE, scope=scope, client_id="resource-api", sub=user,
+                        act={"sub": "resource-api"})
 
 
 @pytest.mark.parametrize("kind", ["none", "wrong-aud", "expired", "unknown-key"])
@@ -72,7 +75,7 @@ async def test_refuses_bad_tokens(gateway, test_issuer, kind):
         "unknown-key": test_issuer.token(aud=BROKER_GATEWAY_AUDIENCE, scope=ALL_SCOPES, rogue=True),
     }[kind]
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call(gateway, "CreateAccount", pb.CreateAccountRequest(user_id="u1", initial_cash=usd(100)), token)
+        await call(gateway, "CreateAccount", pb.CreateAccountRequest(initial_cash=usd(100)), token)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -84,10 +87,10 @@ async def test_missing_scope_is_permission_denied(gateway, test_issuer):
 
 async def test_orders_fill_at_real_close_behind_the_balance_guard(gateway, test_issuer):
     tok = good_token(test_issuer)
-    acct = await call(gateway, "CreateAccount", pb.CreateAccountRequest(user_id="trader-1", initial_cash=usd(10_000)),
+    acct = await call(gateway, "CreateAccount", pb.CreateAccountRequest(initial_cash=usd(10_000)),
                       tok)
     close = bundled_provider().fetch_snapshot("GOOGL", datetime(2017, 1, 3)).close
-    buy = pb.PlaceOrderRequest(account_id=acct.account_id, user_id="trader-1", client_order_id="o-1",
+    buy = pb.PlaceOrderRequest(account_id=acct.account_id, client_order_id="o-1",
                                symbol="GOOGL", side=pb.SIDE_BUY, quantity=10, as_of=ts("2017-01-03"))
     resp = await call(gateway, "PlaceOrder", buy, tok)
     assert resp.order.status == pb.ORDER_STATUS_FILLED
@@ -106,20 +109,20 @@ async def test_orders_fill_at_real_close_behind_the_balance_guard(gateway, test_
     assert again.order.order_id == resp.order.order_id
     assert cash(again.account) == cash(resp.account)
 
-    too_big = pb.PlaceOrderRequest(account_id=acct.account_id, user_id="trader-1", client_order_id="o-2",
+    too_big = pb.PlaceOrderRequest(account_id=acct.account_id, client_order_id="o-2",
                                    symbol="GOOGL", side=pb.SIDE_BUY, quantity=100, as_of=ts("2017-01-04"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call(gateway, "PlaceOrder", too_big, tok)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "insufficient buying power" in err.value.details()
 
-    oversell = pb.PlaceOrderRequest(account_id=acct.account_id, user_id="trader-1", client_order_id="o-3",
+    oversell = pb.PlaceOrderRequest(account_id=acct.account_id, client_order_id="o-3",
                                     symbol="GOOGL", side=pb.SIDE_SELL, quantity=11, as_of=ts("2017-01-04"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call(gateway, "PlaceOrder", oversell, tok)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
-    weekend = pb.PlaceOrderRequest(account_id=acct.account_id, user_id="trader-1", client_order_id="o-4",
+    weekend = pb.PlaceOrderRequest(account_id=acct.account_id, client_order_id="o-4",
                                    symbol="GOOGL", side=pb.SIDE_SELL, quantity=1, as_of=ts("2017-01-07"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call(gateway, "PlaceOrder", weekend, tok)
@@ -127,23 +130,22 @@ async def test_orders_fill_at_real_close_behind_the_balance_guard(gateway, test_
 
     # another user's account is invisible
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call(gateway, "GetAccount", pb.GetAccountRequest(account_id=acct.account_id, user_id="someone-else"),
-                   tok)
+        await call(gateway, "GetAccount", pb.GetAccountRequest(account_id=acct.account_id),
+                   good_token(test_issuer, user="someone-else"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_import_dedupes_by_trade_id_and_publishes_events(gateway, test_issuer, kafka_bootstrap):
-    tok = good_token(test_issuer)
-    acct = await call(gateway, "CreateAccount", pb.CreateAccountRequest(user_id="trader-2", initial_cash=usd(50_000)),
+    tok = good_token(test_issuer, user="trader-2")
+    acct = await call(gateway, "CreateAccount", pb.CreateAccountRequest(initial_cash=usd(50_000)),
                       tok)
     days = ["2017-02-01", "2017-02-02", "2017-02-03"]
     for i, day in enumerate(days):
         side = pb.SIDE_BUY if i != 2 else pb.SIDE_SELL
         await call(gateway, "PlaceOrder", pb.PlaceOrderRequest(
-            account_id=acct.account_id, user_id="trader-2", client_order_id=f"imp-{i}", symbol="GOOGL",
+            account_id=acct.account_id, client_order_id=f"imp-{i}", symbol="GOOGL",
             side=side, quantity=3, as_of=ts(day)), tok)
-    window = pb.ImportTradesRequest(account_id=acct.account_id, user_id="trader-2",
-                                    start=ts("2017-02-01"), end=ts("2017-02-04"))
+    window = pb.ImportTradesRequest(account_id=acct.account_id, start=ts("2017-02-01"), end=ts("2017-02-04"))
     first = await call(gateway, "ImportTrades", window, tok)
     assert (first.trades_imported, first.duplicates_skipped) == (3, 0)
     second = await call(gateway, "ImportTrades", window, tok)
@@ -169,7 +171,8 @@ async def test_import_dedupes_by_trade_id_and_publishes_events(gateway, test_iss
     assert headers["ce_type"] == b"bsopt.broker_gateway.v1.TradeImported"
     assert headers["ce_source"] == b"/bsopt/broker-gateway"
     assert headers["traceparent"].startswith(b"00-")
-    assert headers["authorization"].startswith(b"Bearer ")
+    assert headers["ce_signature"].count(b".") == 2  # a compact JWS by broker-gateway's own key
+    assert "authorization" not in headers  # no bearer token travels with events any more
     assert codec.money_from_pb(ev, "price").is_positive() and ev.executed_at.ToDatetime().year == 2017
     assert codec.money_from_pb(ev, "fee").currency == "USD"
 
@@ -183,7 +186,7 @@ async def test_import_dedupes_by_trade_id_and_publishes_events(gateway, test_iss
     (money_pb2.Money(currency_code="USD", units=1, nanos=-5), "same sign"),
 ])
 async def test_create_account_refuses_bad_money(gateway, test_issuer, initial_cash, reason):
-    request = pb.CreateAccountRequest(user_id="u-money")
+    request = pb.CreateAccountRequest()
     if initial_cash is not None:
         request.initial_cash.CopyFrom(initial_cash)
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -193,11 +196,55 @@ async def test_create_account_refuses_bad_money(gateway, test_issuer, initial_ca
 
 
 async def test_unspecified_side_is_invalid_argument(gateway, test_issuer):
-    tok = good_token(test_issuer)
-    acct = await call(gateway, "CreateAccount", pb.CreateAccountRequest(user_id="u-side", initial_cash=usd(100)), tok)
+    tok = good_token(test_issuer, user="u-side")
+    acct = await call(gateway, "CreateAccount", pb.CreateAccountRequest(initial_cash=usd(100)), tok)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call(gateway, "PlaceOrder", pb.PlaceOrderRequest(
-            account_id=acct.account_id, user_id="u-side", client_order_id="s-1", symbol="GOOGL", quantity=1,
+            account_id=acct.account_id, client_order_id="s-1", symbol="GOOGL", quantity=1,
             as_of=ts("2017-01-03")), tok)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details() == "side must be SIDE_BUY or SIDE_SELL"
+
+
+def _with_unknown_user_id_field(request: pb.GetAccountRequest, user_id: str) -> bytes:
+    """``request`` as bytes plus field 2 = ``user_id``: the request of the old contract,
+    which named the user in a field (now reserved)."""
+    raw = user_id.encode()
+    return request.SerializeToString() + b"\x12" + bytes([len(raw)]) + raw
+
+
+async def test_service_token_cannot_read_a_users_account(gateway, test_issuer):
+    """Attack replay (audit, issue 6 §2): with rl-trainer's client-credentials token (aud
+    broker-gateway, scope broker:accounts), GetAccount naming the user's account and user
+    id returned their cash and positions. Now a service's own token reads no user's data,
+    whatever request fields it sends."""
+    acct = await call(gateway, "CreateAccount", pb.CreateAccountRequest(initial_cash=usd(1_000)),
+                      good_token(test_issuer, user="victim"))
+    service_token = test_issuer.token(aud=BROKER_GATEWAY_AUDIENCE, scope=ALL_SCOPES, client_id="rl-trainer",
+                                      sub="rl-trainer")
+    async with grpc.aio.insecure_channel(gateway) as channel:
+        get_account = channel.unary_unary("/bsopt.broker_gateway.v1.BrokerGatewayService/GetAccount")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await get_account(_with_unknown_user_id_field(pb.GetAccountRequest(account_id=acct.account_id), "victim"),
+                              metadata=(("authorization", f"Bearer {service_token}"),), timeout=30)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "token exchange" in err.value.details()
+    for method, request in (
+        ("CreateAccount", pb.CreateAccountRequest(initial_cash=usd(100))),
+        ("PlaceOrder", pb.PlaceOrderRequest(account_id=acct.account_id, client_order_id="x", symbol="GOOGL",
+                                            side=pb.SIDE_BUY, quantity=1, as_of=ts("2017-01-03"))),
+        ("ImportTrades", pb.ImportTradesRequest(account_id=acct.account_id, start=ts("2017-01-01"),
+                                                end=ts("2017-02-01"))),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(gateway, method, request, service_token)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, method
+
+    # a delegated token for another user sees nothing; the owner's delegated token does
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(gateway, "GetAccount", pb.GetAccountRequest(account_id=acct.account_id),
+                   good_token(test_issuer, user="attacker"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    mine = await call(gateway, "GetAccount", pb.GetAccountRequest(account_id=acct.account_id),
+                      good_token(test_issuer, user="victim", scope="broker:accounts"))
+    assert mine.user_id == "victim" and cash(mine) == Decimal(1_000)

@@ -23,6 +23,7 @@ from bsopt_common import codec, topics
 from bsopt_common.events import EventPublisher
 from bsopt_common.money import Money
 from bsopt_common.settings import EVENTS_AUDIENCE
+from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread
 from bsopt_common.testing.tokens import refusal_tokens
 from bsopt_digest import models
@@ -47,8 +48,7 @@ def worker(postgres_url, service_database_urls, kafka_bootstrap, test_issuer):
     port = free_port()
     settings = DigestSettings(
         database_url=service_database_urls["digest-worker"], kafka_bootstrap_servers=kafka_bootstrap, health_port=port,
-        issuer=test_issuer.issuer, jwks_url=test_issuer.jwks_url, token_endpoint=test_issuer.token_url,
-        client_secret="dev-digest-worker-secret")
+        **service_identity(test_issuer, "digest-worker"))
     with ServiceThread(lambda stop: serve(settings, stop), port=port):
         yield create_engine(postgres_url)
 

@@ -12,6 +12,7 @@ from bsopt.ml_scorer.v1 import ml_scorer_pb2_grpc as pb_grpc
 from bsopt_common.db import session_scope
 from bsopt_common.errors import InvalidArgument
 from bsopt_common.grpc_server import GrpcService
+from bsopt_common.security.grpc import acting_user
 from bsopt_scorer.domain.records import ScoredTrade
 from bsopt_scorer.scoring import list_scored, scored_trade_pb
 
@@ -28,12 +29,11 @@ class MlScorerServicer(pb_grpc.MlScorerServiceServicer):
             return list_scored(s, user_id, limit)
 
     async def ListScoredTrades(self, request: pb.ListScoredTradesRequest, context: aio.ServicerContext):
-        if not request.user_id:
-            raise InvalidArgument("user_id is required")
+        user_id = acting_user()  # the delegated token's user (RFC 8693), never a request field
         if request.page_size < 0:
             raise InvalidArgument("page_size must be >= 0")
         limit = min(request.page_size or MAX_PAGE, MAX_PAGE)
-        trades = await asyncio.to_thread(self._list, request.user_id, limit)
+        trades = await asyncio.to_thread(self._list, user_id, limit)
         return pb.ListScoredTradesResponse(trades=[scored_trade_pb(t) for t in trades])
 
 

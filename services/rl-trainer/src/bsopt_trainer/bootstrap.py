@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from grpc import aio
+
 from bsopt.broker_gateway.v1 import broker_gateway_pb2_grpc as bpb_grpc
 from bsopt_common.grpc_server import serve_grpc
 from bsopt_common.marketdata import MarketDataProvider, bundled_provider
-from bsopt_common.security.grpc import authorized_channel
+from bsopt_common.security.token_exchange import TokenExchanger
 from bsopt_common.service import ServiceRuntime
-from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE, RL_TRAINER_AUDIENCE
+from bsopt_common.settings import RL_TRAINER_AUDIENCE
 from bsopt_trainer import models
 from bsopt_trainer.config import TrainerSettings
 from bsopt_trainer.consumers import training_requests
@@ -41,11 +43,12 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event, market_data: Mar
     worker.start()
     try:
         async with runtime.running([training_requests(store, worker)]):
-            channel = authorized_channel(settings.broker_gateway_target, runtime.token_provider,
-                                         BROKER_GATEWAY_AUDIENCE, "broker:accounts broker:orders")
+            # every broker-gateway call carries a token acting for the job's owner (RFC 8693)
+            channel = aio.insecure_channel(settings.broker_gateway_target)
             try:
                 servicer = RlTrainerServicer(store, bpb_grpc.BrokerGatewayServiceStub(channel),
-                                             runtime.notify_outbox_threadsafe, cancel_running=worker.cancel)
+                                             runtime.notify_outbox_threadsafe, cancel_running=worker.cancel,
+                                             exchanger=TokenExchanger(runtime.require_token_provider()))
                 await serve_grpc(stop, host=settings.host, port=settings.port, verifier=runtime.verifier,
                                  services=[grpc_service(servicer)])
             finally:

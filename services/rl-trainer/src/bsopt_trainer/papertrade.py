@@ -6,12 +6,18 @@ evaluation. A change of position becomes a market order that the paper broker fi
 that bar's real close, after its balance guard: going long buys as many whole shares as
 the cash covers (keeping a margin for commission), going flat sells every share held.
 Orders carry ``client_order_id = <run_id>-<date>``, so a retried call never trades twice.
+
+Every broker-gateway call carries a token acting for the job's owner, obtained by
+exchanging the owner's delegated token that came with ``RunPaperTrading`` (RFC 8693;
+:class:`~bsopt_common.security.token_exchange.TokenExchanger`): broker-gateway takes the
+account's owner from that token, so a paper run can only trade its owner's account.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
@@ -25,6 +31,9 @@ from bsopt_common.grpc_server import raise_domain_error
 from bsopt_common.marketdata import MarketDataProvider
 from bsopt_common.money import Money, price_decimal
 from bsopt_trainer.domain.job import TrainingSpec, paper_trading_positions
+
+#: gRPC metadata of one call (``authorization`` with a token acting for the user).
+CallMetadata = Callable[[], Awaitable[Sequence[tuple[str, str]]]]
 
 #: Fraction of cash held back on each buy to cover commission and rounding.
 CASH_MARGIN = Decimal("0.005")
@@ -42,9 +51,12 @@ class PaperRunResult:
 
 async def run_paper_trading(
     *, stub: bpb_grpc.BrokerGatewayServiceStub, market_data: MarketDataProvider, spec: TrainingSpec,
-    checkpoint_path: str, account_id: str, user_id: str,
+    checkpoint_path: str, account_id: str, metadata: CallMetadata,
 ) -> PaperRunResult:
-    """Raises broker-gateway's named errors as ours (NotFound for an account that is not
+    """``metadata()`` gives each broker-gateway call its credentials (a delegated token
+    for the account's owner, refreshed by the exchanger's cache as it nears expiry).
+
+    Raises broker-gateway's named errors as ours (NotFound for an account that is not
     the user's, InvalidArgument, Unavailable; balance-guard rejections are counted, not
     raised), other grpc.aio.AioRpcError as they are, ValueError for a checkpoint that
     does not fit (an internal error: the checkpoint is the service's own)."""
@@ -52,7 +64,8 @@ async def run_paper_trading(
     positions = await asyncio.to_thread(paper_trading_positions, checkpoint_path, bars, spec)
     close_on = {d: price_decimal(c) for d, c in zip(bars.index.date, bars["close"], strict=True)}
     try:
-        account = await stub.GetAccount(bpb.GetAccountRequest(account_id=account_id, user_id=user_id), timeout=30)
+        account = await stub.GetAccount(bpb.GetAccountRequest(account_id=account_id), timeout=30,
+                                       metadata=await metadata())
     except grpc.aio.AioRpcError as exc:
         raise_domain_error(exc)
     cash = codec.money_from_pb(account, "cash")
@@ -74,8 +87,8 @@ async def run_paper_trading(
         orders += 1
         try:
             resp = await stub.PlaceOrder(bpb.PlaceOrderRequest(
-                account_id=account_id, user_id=user_id, client_order_id=f"{run_id}-{day.isoformat()}",
-                symbol=spec.symbol, side=side, quantity=qty, as_of=as_of), timeout=30)
+                account_id=account_id, client_order_id=f"{run_id}-{day.isoformat()}",
+                symbol=spec.symbol, side=side, quantity=qty, as_of=as_of), timeout=30, metadata=await metadata())
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 rejected += 1

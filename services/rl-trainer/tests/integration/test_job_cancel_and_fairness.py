@@ -23,6 +23,8 @@ from bsopt_common.db import create_db_engine, make_session_factory, session_scop
 from bsopt_common.events import Outbox
 from bsopt_common.marketdata import bundled_provider
 from bsopt_common.settings import RL_TRAINER_AUDIENCE
+from bsopt_common.testing.delegation import delegated_token
+from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
 from bsopt_trainer import models
 from bsopt_trainer.bootstrap import serve
@@ -41,8 +43,8 @@ CANCEL_WITHIN_SECONDS = 10
 def trainer(postgres_url, kafka_bootstrap, test_issuer, tmp_path_factory):
     port = free_port()
     settings = TrainerSettings(
-        database_url=postgres_url, kafka_bootstrap_servers=kafka_bootstrap, port=port, issuer=test_issuer.issuer,
-        jwks_url=test_issuer.jwks_url, token_endpoint=test_issuer.token_url, client_secret="dev-rl-trainer-secret",
+        database_url=postgres_url, kafka_bootstrap_servers=kafka_bootstrap, port=port,
+        **service_identity(test_issuer, "rl-trainer"),
         broker_gateway_target=f"127.0.0.1:{free_port()}", artifacts_dir=tmp_path_factory.mktemp("artifacts"),
         max_queued_jobs_per_user=3, max_running_jobs_per_user=1, max_total_timesteps=MAX_TOTAL_TIMESTEPS,
         cancel_poll_seconds=0.5)
@@ -60,7 +62,8 @@ def other_replica(trainer, postgres_url):
 
 @pytest.fixture(scope="module")
 def tok(test_issuer):
-    return test_issuer.token(aud=RL_TRAINER_AUDIENCE, scope=SCOPES)
+    """``tok(user)``: resource-api's token acting for ``user`` (RFC 8693 exchange)."""
+    return lambda user: delegated_token(test_issuer, user=user, aud=RL_TRAINER_AUDIENCE, scope=SCOPES)
 
 
 def call(target: str, method: str, request, token: str):
@@ -77,17 +80,16 @@ def spec(total_timesteps: int = TEST_TOTAL_TIMESTEPS, seed: int = 0) -> pb.Train
 
 def submit(target, tok, user: str, total_timesteps: int = TEST_TOTAL_TIMESTEPS, seed: int = 0) -> pb.TrainingJob:
     return call(target, "SubmitTrainingJob",
-                pb.SubmitTrainingJobRequest(user_id=user, spec=spec(total_timesteps, seed)), tok)
+                pb.SubmitTrainingJobRequest(spec=spec(total_timesteps, seed)), tok(user))
 
 
 def get(target, tok, job: pb.TrainingJob, user: str | None = None) -> pb.TrainingJob:
-    return call(target, "GetTrainingJob", pb.GetTrainingJobRequest(job_id=job.job_id, user_id=user or job.user_id),
-                tok)
+    return call(target, "GetTrainingJob", pb.GetTrainingJobRequest(job_id=job.job_id), tok(user or job.user_id))
 
 
 def cancel(target, tok, job: pb.TrainingJob, user: str | None = None) -> pb.TrainingJob:
     return call(target, "CancelTrainingJob",
-                pb.CancelTrainingJobRequest(job_id=job.job_id, user_id=user or job.user_id), tok)
+                pb.CancelTrainingJobRequest(job_id=job.job_id), tok(user or job.user_id))
 
 
 def wait_until(target, tok, job, done, timeout: float, what: str) -> pb.TrainingJob:

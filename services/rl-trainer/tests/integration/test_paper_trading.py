@@ -1,7 +1,9 @@
 """A trained agent paper-trades through a real broker-gateway: a tiny job trains for real,
 then RunPaperTrading against another user's account is NOT_FOUND (the gateway's named
 error travels through rl-trainer as itself, not as INTERNAL), and against the user's own
-account it trades and reports its final equity as Money."""
+account it trades and reports its final equity as Money. rl-trainer reaches
+broker-gateway only with the user's delegated token exchanged again (RFC 8693): a run can
+touch no account but its owner's."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from bsopt_broker.config import BrokerSettings
 from bsopt_common import codec
 from bsopt_common.money import Money
 from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE, RL_TRAINER_AUDIENCE
+from bsopt_common.testing.delegation import delegated_token
+from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
 from bsopt_trainer.bootstrap import serve as serve_trainer
 from bsopt_trainer.config import TrainerSettings
@@ -28,12 +32,11 @@ SCOPES = "trainer:jobs.read trainer:jobs.write"
 
 @pytest.fixture(scope="module")
 def stack(service_database_urls, kafka_bootstrap, test_issuer, tmp_path_factory):
-    common = dict(kafka_bootstrap_servers=kafka_bootstrap, issuer=test_issuer.issuer,
-                  jwks_url=test_issuer.jwks_url, token_endpoint=test_issuer.token_url)
+    common = dict(kafka_bootstrap_servers=kafka_bootstrap)
     broker_port, trainer_port = free_port(), free_port()
-    broker = BrokerSettings(port=broker_port, client_secret="dev-broker-gateway-secret",
+    broker = BrokerSettings(port=broker_port, **service_identity(test_issuer, "broker-gateway"),
                             database_url=service_database_urls["broker-gateway"], **common)
-    trainer = TrainerSettings(port=trainer_port, client_secret="dev-rl-trainer-secret",
+    trainer = TrainerSettings(port=trainer_port, **service_identity(test_issuer, "rl-trainer"),
                               database_url=service_database_urls["rl-trainer"],
                               broker_gateway_target=f"127.0.0.1:{broker_port}",
                               artifacts_dir=tmp_path_factory.mktemp("artifacts"), **common)
@@ -50,35 +53,43 @@ def _call(target: str, stub_type, method: str, request, token: str, timeout: flo
 
 def test_paper_trading_on_another_users_account_is_not_found(stack, test_issuer):
     broker, trainer = stack
-    trainer_token = test_issuer.token(aud=RL_TRAINER_AUDIENCE, scope=SCOPES)
-    broker_token = test_issuer.token(aud=BROKER_GATEWAY_AUDIENCE, scope="broker:accounts")
+    # what resource-api presents acting for alice / bob
+    trainer_token = delegated_token(test_issuer, user="alice", aud=RL_TRAINER_AUDIENCE, scope=SCOPES)
+    alice_broker = delegated_token(test_issuer, user="alice", aud=BROKER_GATEWAY_AUDIENCE, scope="broker:accounts")
+    bob_broker = delegated_token(test_issuer, user="bob", aud=BROKER_GATEWAY_AUDIENCE, scope="broker:accounts")
     spec = pb.TrainingJobSpec(symbol="GOOGL", train_start="2009-05-22", train_end="2016-11-30",
                               test_start="2017-01-03", test_end="2017-03-31", total_timesteps=1024, seed=3)
     job = _call(trainer, pb_grpc.RlTrainerServiceStub, "SubmitTrainingJob",
-                pb.SubmitTrainingJobRequest(user_id="alice", spec=spec), trainer_token)
+                pb.SubmitTrainingJobRequest(spec=spec), trainer_token)
     deadline = time.monotonic() + 180
     while job.status not in (pb.JOB_STATUS_SUCCEEDED, pb.JOB_STATUS_FAILED):
         assert time.monotonic() < deadline, "the tiny training job did not finish"
         time.sleep(0.5)
         job = _call(trainer, pb_grpc.RlTrainerServiceStub, "GetTrainingJob",
-                    pb.GetTrainingJobRequest(job_id=job.job_id, user_id="alice"), trainer_token)
+                    pb.GetTrainingJobRequest(job_id=job.job_id), trainer_token)
     assert job.status == pb.JOB_STATUS_SUCCEEDED, job.error
 
     cash = codec.money_pb(Money.of("50000", "USD"))
     bobs = _call(broker, bpb_grpc.BrokerGatewayServiceStub, "CreateAccount",
-                 bpb.CreateAccountRequest(user_id="bob", initial_cash=cash), broker_token)
+                 bpb.CreateAccountRequest(initial_cash=cash), bob_broker)
     with pytest.raises(grpc.RpcError) as err:
         _call(trainer, pb_grpc.RlTrainerServiceStub, "RunPaperTrading",
-              pb.RunPaperTradingRequest(job_id=job.job_id, user_id="alice", account_id=bobs.account_id),
+              pb.RunPaperTradingRequest(job_id=job.job_id, account_id=bobs.account_id),
               trainer_token)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert bobs.account_id in err.value.details()
 
+    exchanges_before = test_issuer.exchange_requests
     alices = _call(broker, bpb_grpc.BrokerGatewayServiceStub, "CreateAccount",
-                   bpb.CreateAccountRequest(user_id="alice", initial_cash=cash), broker_token)
+                   bpb.CreateAccountRequest(initial_cash=cash), alice_broker)
     run = _call(trainer, pb_grpc.RlTrainerServiceStub, "RunPaperTrading",
-                pb.RunPaperTradingRequest(job_id=job.job_id, user_id="alice", account_id=alices.account_id),
+                pb.RunPaperTradingRequest(job_id=job.job_id, account_id=alices.account_id),
                 trainer_token)
     assert run.fills == run.orders - run.rejected
     equity = codec.money_from_pb(run, "final_equity")
     assert equity.currency == "USD" and equity.is_positive()
+    # rl-trainer exchanged alice's token for broker-gateway (once: cached across the run's calls)
+    assert test_issuer.exchange_requests - exchanges_before == 1
+    account = _call(broker, bpb_grpc.BrokerGatewayServiceStub, "GetAccount",
+                    bpb.GetAccountRequest(account_id=alices.account_id), alice_broker)
+    assert account.user_id == "alice" and codec.money_from_pb(account, "cash") != Money.of("50000", "USD")

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response, status
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as pb
 from bsopt_api import encoding
 from bsopt_api.api.deps import Backends, TradesReader, TradesWriter
+from bsopt_api.clients import BROKER_GATEWAY
 from bsopt_api.api.schemas import Account, AccountCreate, TradesImport, TradesImportCreate
 from bsopt_common import codec
 from bsopt_common.money import Money
@@ -21,9 +22,10 @@ async def create_account(
     body: AccountCreate, principal: TradesWriter, backends: Backends, response: Response
 ) -> dict[str, Any]:
     account = await backends.broker_gateway.CreateAccount(
-        pb.CreateAccountRequest(user_id=principal.subject, broker=body.broker, initial_cash=codec.money_pb(
+        pb.CreateAccountRequest(broker=body.broker, initial_cash=codec.money_pb(
             Money(body.initial_cash.amount, body.initial_cash.currency))),
         timeout=backends.timeout_seconds,
+        metadata=await backends.acting_for(principal, BROKER_GATEWAY, "broker:accounts"),
     )
     response.headers["Location"] = f"{router.prefix}/{account.account_id}"
     return encoding.account(account)
@@ -32,8 +34,9 @@ async def create_account(
 @router.get("/{account_id}", response_model=Account)
 async def get_account(account_id: str, principal: TradesReader, backends: Backends) -> dict[str, Any]:
     account = await backends.broker_gateway.GetAccount(
-        pb.GetAccountRequest(account_id=account_id, user_id=principal.subject),
+        pb.GetAccountRequest(account_id=account_id),
         timeout=backends.timeout_seconds,
+        metadata=await backends.acting_for(principal, BROKER_GATEWAY, "broker:accounts"),
     )
     return encoding.account(account)
 
@@ -45,8 +48,9 @@ async def import_trades(
     """Import the account's trades executed in ``[start, end)``; already imported
     trades are skipped by broker trade id, so a repeated import is harmless."""
     result = await backends.broker_gateway.ImportTrades(
-        pb.ImportTradesRequest(account_id=account_id, user_id=principal.subject, start=codec.timestamp(body.start),
+        pb.ImportTradesRequest(account_id=account_id, start=codec.timestamp(body.start),
                                end=codec.timestamp(body.end)),
         timeout=backends.timeout_seconds,
+        metadata=await backends.acting_for(principal, BROKER_GATEWAY, "broker:import"),
     )
     return encoding.trades_import(result)

@@ -10,6 +10,7 @@ from bsopt.ml_scorer.v1 import ml_scorer_pb2 as pb
 from bsopt_api import encoding
 from bsopt_api.api.deps import Backends, TradesReader
 from bsopt_api.api.schemas import ScoredTrade
+from bsopt_api.clients import ML_SCORER
 
 router = APIRouter(prefix="/v1/trades", tags=["trades"])
 
@@ -20,7 +21,8 @@ async def list_trades(
 ) -> list[dict[str, Any]]:
     """Scored trades, newest ``executed_at`` first, at most ``limit``."""
     resp = await backends.ml_scorer.ListScoredTrades(
-        pb.ListScoredTradesRequest(user_id=principal.subject, page_size=limit),
+        pb.ListScoredTradesRequest(page_size=limit),
         timeout=backends.timeout_seconds,
+        metadata=await backends.acting_for(principal, ML_SCORER, "scorer:read"),
     )
     return [encoding.scored_trade(t) for t in resp.trades]

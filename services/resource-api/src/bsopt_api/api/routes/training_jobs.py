@@ -11,6 +11,7 @@ from bsopt.rl_trainer.v1 import rl_trainer_pb2 as pb
 from bsopt_api import encoding
 from bsopt_api.api.deps import Backends, TrainingReader, TrainingWriter
 from bsopt_api.api.schemas import PaperTradingResult, PaperTradingRun, TrainingJob, TrainingJobCreate
+from bsopt_api.clients import RL_TRAINER
 
 router = APIRouter(prefix="/v1/training-jobs", tags=["training-jobs"])
 
@@ -23,7 +24,8 @@ async def submit_training_job(
     # The REST body and the contract share field names: one generic conversion.
     spec = json_format.ParseDict(body.model_dump(mode="json"), pb.TrainingJobSpec())
     job = await backends.rl_trainer.SubmitTrainingJob(
-        pb.SubmitTrainingJobRequest(user_id=principal.subject, spec=spec), timeout=backends.timeout_seconds
+        pb.SubmitTrainingJobRequest(spec=spec), timeout=backends.timeout_seconds,
+        metadata=await backends.acting_for(principal, RL_TRAINER, "trainer:jobs.write"),
     )
     response.headers["Location"] = f"{router.prefix}/{job.job_id}"
     return encoding.training_job(job)
@@ -32,7 +34,8 @@ async def submit_training_job(
 @router.get("/{job_id}", response_model=TrainingJob)
 async def get_training_job(job_id: str, principal: TrainingReader, backends: Backends) -> dict[str, Any]:
     job = await backends.rl_trainer.GetTrainingJob(
-        pb.GetTrainingJobRequest(job_id=job_id, user_id=principal.subject), timeout=backends.timeout_seconds
+        pb.GetTrainingJobRequest(job_id=job_id), timeout=backends.timeout_seconds,
+        metadata=await backends.acting_for(principal, RL_TRAINER, "trainer:jobs.read"),
     )
     return encoding.training_job(job)
 
@@ -46,7 +49,8 @@ async def cancel_training_job(
     job stops within seconds (202, still ``running``; poll it until ``cancelled``).
     Another user's job is 404; a succeeded or failed job is 409."""
     job = await backends.rl_trainer.CancelTrainingJob(
-        pb.CancelTrainingJobRequest(job_id=job_id, user_id=principal.subject), timeout=backends.timeout_seconds
+        pb.CancelTrainingJobRequest(job_id=job_id), timeout=backends.timeout_seconds,
+        metadata=await backends.acting_for(principal, RL_TRAINER, "trainer:jobs.write"),
     )
     if job.status != pb.JOB_STATUS_CANCELLED:
         response.status_code = status.HTTP_202_ACCEPTED
@@ -60,7 +64,9 @@ async def run_paper_trading(
     """Trade the job's test window with its trained agent through the paper broker
     (synchronous: one order decision per bar, so it may take minutes)."""
     result = await backends.rl_trainer.RunPaperTrading(
-        pb.RunPaperTradingRequest(job_id=job_id, user_id=principal.subject, account_id=body.account_id),
+        pb.RunPaperTradingRequest(job_id=job_id, account_id=body.account_id),
         timeout=backends.paper_trading_timeout_seconds,
+        # rl-trainer re-exchanges this token for broker-gateway (trainer:jobs.write allows it)
+        metadata=await backends.acting_for(principal, RL_TRAINER, "trainer:jobs.write"),
     )
     return encoding.paper_trading(result)

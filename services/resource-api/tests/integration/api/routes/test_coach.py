@@ -63,12 +63,21 @@ async def test_refused_handshake_never_opens(running_api, tokens, kind):
     with pytest.raises(InvalidStatus) as refused:
         async with connect(running_api.ws_url, additional_headers=headers):
             pass
-    # closing before accept answers the upgrade with 403 (ASGI websocket spec)
-    assert refused.value.response.status_code == 403
+    # answered like the HTTP API (RFC 6750), with every security header (issue 6 §6: uvicorn's
+    # own bare 403 carried none)
+    response = refused.value.response
+    expected = (403, "insufficient_scope") if kind == "missing_scope" else (401, "invalid_token")
+    assert response.status_code == expected[0]
+    assert f'error="{expected[1]}"' in response.headers["WWW-Authenticate"]
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["Referrer-Policy"] and response.headers["Permissions-Policy"]
 
 
 async def test_refusal_is_close_1008_before_accept(settings_for, token_provider, tokens):
-    """At the ASGI level the app closes with 1008 and never sends websocket.accept."""
+    """On a server without the ASGI WebSocket Denial Response extension the app closes
+    with 1008 and never sends websocket.accept."""
     settings = settings_for()
     app = create_app(settings, runtime=bootstrap(settings, token_provider=token_provider("resource-api")))
     sent: list[dict] = []

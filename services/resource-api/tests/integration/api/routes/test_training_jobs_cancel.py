@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from bsopt_api.config import ApiSettings
+from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
 from bsopt_trainer.bootstrap import serve as serve_trainer
 from bsopt_trainer.config import TrainerSettings
@@ -26,8 +27,8 @@ LONG = {**JOB, "total_timesteps": 131_072}  # the Transformer alone would train 
 def trainer_target(postgres_url, kafka_bootstrap, test_issuer, tmp_path_factory):
     port = free_port()
     settings = TrainerSettings(
-        database_url=postgres_url, kafka_bootstrap_servers=kafka_bootstrap, port=port, issuer=test_issuer.issuer,
-        jwks_url=test_issuer.jwks_url, token_endpoint=test_issuer.token_url, client_secret="dev-rl-trainer-secret",
+        database_url=postgres_url, kafka_bootstrap_servers=kafka_bootstrap, port=port,
+        **service_identity(test_issuer, "rl-trainer"),
         broker_gateway_target=f"127.0.0.1:{free_port()}", artifacts_dir=tmp_path_factory.mktemp("artifacts"),
         max_queued_jobs_per_user=1, cancel_poll_seconds=0.5)
     with ServiceThread(lambda stop: serve_trainer(settings, stop), port=port):
