@@ -4,21 +4,31 @@ Producing (:class:`EventPublisher`): the payload is a protobuf message; attribut
 the CloudEvents Kafka protocol binding, binary mode (CloudEvents 1.0, "Kafka Protocol
 Binding" §3.2): ``ce_specversion``, ``ce_id``, ``ce_source``, ``ce_type``, ``ce_time``
 (RFC 3339), ``ce_subject`` headers, ``content-type: application/protobuf``; plus a W3C
-Trace Context ``traceparent`` header and ``authorization: Bearer <token>``, an access
-token of the producing service for audience ``urn:bsopt:events``.
+Trace Context ``traceparent`` header and ``ce_signature`` (a CloudEvents extension
+attribute): the producer's signature of this very event
+(:class:`~bsopt_common.security.event_signing.EventSigner`), a compact JWS made with the
+producing service's own private key over ``ce_id``, ``ce_type``, ``ce_source``,
+``ce_subject``, ``ce_time``, the topic, the partition key and the SHA-256 of the exact
+payload bytes. No bearer token travels with an event: a header copied onto another
+payload, topic, key or id proves nothing.
 
 Topics, their payload types, keys and allowed producers come from the registry in
 :mod:`bsopt_common.topics`; nothing here takes a bare topic name from a service.
 
 Consuming (:class:`EventConsumer`), per message:
 
-1. the token is verified against the JWKS as of the event's ``ce_time`` (a token valid
-   when the event was produced stays valid for replay) and its ``client_id`` must be one
-   of the topic's registered producers;
+1. the signature is verified
+   (:class:`~bsopt_common.security.event_signing.EventSignatureVerifier`): its ``iss``
+   must be one of the topic's registered producers, it must verify with a key that
+   producer publishes (its JWKS), and every signed attribute must equal the received
+   one (payload hash included). There is no expiry, so replaying the log later (a group
+   reset, a new projection) verifies authentic old events as long as their producer
+   still publishes the key; :attr:`Event.producer_client_id` is the verified producer;
 2. the payload is decoded into the topic's registered protobuf type;
 3. the handler runs in one database transaction that first records the event id in the
    consumer's own ``processed_events`` table (``INSERT .. ON CONFLICT DO NOTHING``): a
-   redelivered event is skipped, so redelivery never doubles an effect;
+   redelivered event (the same signed event again) is skipped, so redelivery never
+   doubles an effect, and a new id needs a new signature;
 4. the offset is committed only after that transaction commits.
 
 A message that fails 1 or 2, or whose handler still fails after ``max_attempts``, goes
@@ -26,8 +36,8 @@ to ``<topic>.dlq`` with the error in a ``dlq_error`` header, then its offset is
 committed: poison messages never block the partition and are never silently dropped.
 
 Outgoing events from a handler (or any state change) go through the transactional
-outbox (:class:`Outbox`): written in the same transaction as the state, published by
-:class:`OutboxRelay`, and deduplicated downstream by their stable event id.
+outbox (:class:`Outbox`): written in the same transaction as the state, published (and
+signed) by :class:`OutboxRelay`, and deduplicated downstream by their stable event id.
 """
 
 from __future__ import annotations
@@ -63,16 +73,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt_common.codec import parse_rfc3339, rfc3339
 from bsopt_common.db import session_scope
-from bsopt_common.security.jwt import AccessTokenVerifier, InsufficientScopeError, InvalidTokenError, bearer_token
-from bsopt_common.security.token_provider import ClientCredentialsTokenProvider
-from bsopt_common.settings import EVENTS_AUDIENCE
+from bsopt_common.security.event_signing import (
+    SIGNATURE_HEADER,
+    EventSignatureError,
+    EventSignatureVerifier,
+    EventSigner,
+)
 from bsopt_common.topics import Topic, dlq_topic
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("bsopt.events")
 
 CONTENT_TYPE = "application/protobuf"
-PUBLISH_SCOPE = "events:publish"
 M = TypeVar("M", bound=Message)
 
 #: Kafka record headers: ``(name, value)`` pairs.
@@ -122,22 +134,28 @@ def _traceparent() -> str:
 
 
 class EventPublisher:
-    """Publish protobuf events with CloudEvents headers. ``start()`` before use."""
+    """Publish signed protobuf events with CloudEvents headers. ``start()`` before use.
+
+    ``signer``: the service's :class:`EventSigner` (its client id and private key); None
+    for a consumer-only service, whose publisher can only dead-letter (:meth:`send_dlq`):
+    :meth:`publish` and :meth:`publish_raw` then raise RuntimeError.
+    """
 
     def __init__(
         self,
         bootstrap_servers: str,
         source: str,
-        token_provider: ClientCredentialsTokenProvider | None,
+        signer: EventSigner | None,
         *,
         client_id: str | None = None,
         client_options: Mapping[str, Any] | None = None,
     ):
-        """``client_options``: security settings for aiokafka
+        """``client_id``: the Kafka client id (``source`` by default);
+        ``client_options``: security settings for aiokafka
         (:func:`bsopt_common.kafka_auth.kafka_client_options`)."""
         self.bootstrap_servers = bootstrap_servers
         self.source = source
-        self.token_provider = token_provider
+        self.signer = signer
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers, client_id=client_id or source, acks="all",
             **dict(client_options or {}),
@@ -163,21 +181,28 @@ class EventPublisher:
         self, topic: str, payload: bytes, *, key: str, subject: str, event_type: str,
         event_id: str | None = None, time: str | None = None,
     ) -> str:
+        """Send one signed event and wait for the broker's acknowledgement; return its id.
+        RuntimeError without a signer."""
+        if self.signer is None:
+            raise RuntimeError("this EventPublisher has no EventSigner: it can only dead-letter")
         event_id = event_id or str(uuid.uuid4())
+        time = time or rfc3339(datetime.now(UTC), "milliseconds")
+        signature = self.signer.sign(
+            topic=topic, key=key, event_id=event_id, event_type=event_type, source=self.source, subject=subject,
+            time=time, payload=payload,
+        )
         with tracer.start_as_current_span(f"{topic} publish", kind=trace.SpanKind.PRODUCER):
             headers = [
                 ("ce_specversion", b"1.0"),
                 ("ce_id", event_id.encode()),
                 ("ce_source", self.source.encode()),
                 ("ce_type", event_type.encode()),
-                ("ce_time", (time or rfc3339(datetime.now(UTC), "milliseconds")).encode()),
+                ("ce_time", time.encode()),
                 ("ce_subject", subject.encode()),
                 ("content-type", CONTENT_TYPE.encode()),
                 ("traceparent", _traceparent().encode()),
+                (SIGNATURE_HEADER, signature.encode()),
             ]
-            if self.token_provider is not None:
-                token = await self.token_provider.token(EVENTS_AUDIENCE, PUBLISH_SCOPE)
-                headers.append(("authorization", f"Bearer {token}".encode()))
             await self._producer.send_and_wait(topic, payload, key=key.encode(), headers=headers)
         return event_id
 
@@ -322,7 +347,8 @@ class EventConsumer:
 
     ``handlers`` maps each registered topic to ``handler(event, session)``, which runs in
     a worker thread inside the transaction that records the event id. Payload types and
-    allowed producers come from the topics.
+    allowed producers come from the topics. ``verifier`` checks every event's
+    ``ce_signature`` before anything else (required: there is no unverified mode).
     """
 
     def __init__(
@@ -333,7 +359,7 @@ class EventConsumer:
         handlers: Mapping[Topic[Any], Handler],
         session_factory: sessionmaker[Session],
         schema: str,
-        verifier: AccessTokenVerifier | None,
+        verifier: EventSignatureVerifier,
         dlq_publisher: EventPublisher,
         max_attempts: int = 3,
         outbox: Outbox | None = None,
@@ -343,6 +369,8 @@ class EventConsumer:
     ):
         if not handlers:
             raise ValueError(f"consumer group {group_id!r} has no topics")
+        if not isinstance(verifier, EventSignatureVerifier):
+            raise TypeError("EventConsumer needs an EventSignatureVerifier: events are never consumed unverified")
         self.topics: dict[str, Topic[Any]] = {t.name: t for t in handlers}
         self.handlers: dict[str, Handler] = {t.name: h for t, h in handlers.items()}
         self.session_factory = session_factory
@@ -402,6 +430,10 @@ class EventConsumer:
             await self._dead_letter(msg, last_error)
 
     async def _decode(self, msg: KafkaRecord, headers: dict[str, str]) -> Event:
+        names = [k for k, _ in (msg.headers or ())]
+        for attr in (*_SINGLE_HEADERS, SIGNATURE_HEADER):
+            if names.count(attr) > 1:
+                raise _Rejected(f"duplicate header {attr}")
         for attr in ("ce_id", "ce_type", "ce_source", "ce_time"):
             if not headers.get(attr):
                 raise _Rejected(f"missing CloudEvents attribute {attr}")
@@ -409,19 +441,19 @@ class EventConsumer:
             produced_at = parse_rfc3339(headers["ce_time"])
         except ValueError:
             raise _Rejected("ce_time is not RFC 3339") from None
+        try:
+            key = msg.key.decode() if msg.key is not None else None
+        except UnicodeDecodeError:
+            raise _Rejected("the partition key is not UTF-8") from None
         topic = self.topics[msg.topic]
-        client_id = ""
-        if self.verifier is not None:
-            token = bearer_token(headers.get("authorization"))
-            if token is None:
-                raise _Rejected("event carries no bearer token")
-            try:
-                claims = await self.verifier.verify(token, (PUBLISH_SCOPE,), now=int(produced_at.timestamp()))
-            except (InvalidTokenError, InsufficientScopeError) as exc:
-                raise _Rejected(f"event token refused: {exc}") from None
-            client_id = claims.client_id
-            if client_id not in topic.producers:
-                raise _Rejected(f"client {client_id!r} may not publish to {msg.topic}")
+        signature = headers.get(SIGNATURE_HEADER)
+        if not signature:
+            raise _Rejected(f"event carries no signature ({SIGNATURE_HEADER})")
+        try:
+            client_id = await self.verifier.verify(
+                signature, topic=topic, headers=headers, key=key, payload=msg.value or b"")
+        except EventSignatureError as exc:
+            raise _Rejected(f"event signature refused: {exc}") from None
         payload_type = topic.payload
         payload = payload_type()
         try:
@@ -432,7 +464,7 @@ class EventConsumer:
             id=headers["ce_id"], type=headers["ce_type"], source=headers["ce_source"],
             subject=headers.get("ce_subject", ""), time=produced_at, topic=msg.topic,
             partition=msg.partition, offset=msg.offset,
-            key=msg.key.decode() if msg.key else None, payload=payload, producer_client_id=client_id,
+            key=key or None, payload=payload, producer_client_id=client_id,
         )
 
     def _handle_in_transaction(self, event: Event) -> None:
@@ -454,6 +486,10 @@ class EventConsumer:
         log.error("dead-lettering %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)
         await self.dlq.send_dlq(msg.topic, msg.value, msg.key, list(msg.headers or ()), error)
         self.dead_lettered += 1
+
+
+#: CloudEvents headers a message must not carry twice (which copy counts would be ambiguous).
+_SINGLE_HEADERS = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject", "content-type")
 
 
 class _Rejected(Exception):

@@ -29,6 +29,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 if TYPE_CHECKING:
+    from bsopt_common.security.event_signing import EventSigner
     from bsopt_common.testing.tokens import TestIssuer
 
 LOCAL_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -115,6 +116,20 @@ def test_issuer() -> Iterator[TestIssuer]:
 
     with TestIssuer() as issuer:
         yield issuer
+
+
+@pytest.fixture
+def event_signer(test_issuer: TestIssuer) -> Callable[[str], EventSigner]:
+    """Factory ``event_signer(client_id) -> EventSigner`` signing with that client's key
+    from ``test_issuer`` (:meth:`~bsopt_common.testing.tokens.TestIssuer.service_key`:
+    generated once per client id, its public part served at
+    ``test_issuer.client_jwks_url_template``)."""
+    from bsopt_common.security.event_signing import EventSigner
+
+    def _signer(client_id: str) -> EventSigner:
+        return EventSigner(client_id, test_issuer.service_key(client_id))
+
+    return _signer
 
 
 # --------------------------------------------------------------------------- Kafka
