@@ -1,14 +1,18 @@
 """Command line: ``python -m bsopt_auth`` / ``bsopt-auth-server``.
 
-Commands: ``serve`` (migrate, then run uvicorn on host/port), ``migrate``, ``seed-dev``,
-``keys list`` / ``keys rotate`` / ``keys revoke KID`` (``rotate-keys`` is an alias of
-``keys rotate``). Configuration comes from the environment (``BSOPT_AUTH_*``, see
+Commands: ``serve`` (migrate, then run uvicorn on host/port), ``migrate``, ``seed-dev
+[--client-keys-dir DIR]``, ``keys list`` / ``keys rotate`` / ``keys revoke KID``
+(``rotate-keys`` is an alias of ``keys rotate``), ``clients set-jwks CLIENT_ID --file
+PATH`` / ``clients show-jwks CLIENT_ID`` (a client's registered public keys, RFC 7591
+``jwks``, for ``private_key_jwt``). Configuration comes from the environment (``BSOPT_AUTH_*``, see
 :class:`bsopt_auth.config.AuthSettings`; ``DATABASE_URL`` also works unprefixed).
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import typer
 from sqlalchemy import Engine
@@ -54,21 +58,34 @@ def migrate() -> None:
 
 
 @cli.command("seed-dev")
-def seed_dev_command() -> None:
+def seed_dev_command(
+    client_keys_dir: Path | None = typer.Option(
+        None, "--client-keys-dir", file_okay=False,
+        help="Folder of <client_id>.jwks.json PUBLIC keys: each service client with a file there is "
+             "registered for private_key_jwt with them (no secret). Default: BSOPT_AUTH_SEED_CLIENT_KEYS_DIR.",
+    ),
+) -> None:
     """Create the demo user and the suite's dev clients (idempotent; dev/test only)."""
     from bsopt_auth.db import migrate as run_migrations
-    from bsopt_auth.seed import seed_dev
+    from bsopt_auth.seed import read_client_keys_dir, seed_dev
 
     settings = _settings()
     _refuse_outside_dev(settings)
+    keys_dir = client_keys_dir if client_keys_dir is not None else settings.seed_client_keys_dir
+    try:
+        client_jwks = read_client_keys_dir(keys_dir) if keys_dir is not None else None
+    except ValueError as exc:
+        typer.echo(f"seed-dev: {exc}", err=True)
+        raise typer.Exit(2) from None
     engine = _engine(settings)
     try:
         wait_for_database(engine)
         run_migrations(engine)
-        created = seed_dev(make_session_factory(engine))
+        created = seed_dev(make_session_factory(engine), client_jwks)
     finally:
         engine.dispose()
-    typer.echo(f"seeded: users={created['users']} clients={created['clients']}")
+    typer.echo(f"seeded: users={created['users']} clients={created['clients']} "
+               f"private_key_jwt={sorted(client_jwks or {})}")
 
 
 keys_cli = typer.Typer(no_args_is_help=True, help="Signing keys: list, rotate, revoke.")
@@ -153,6 +170,76 @@ def keys_revoke(kid: str = typer.Argument(..., help="The kid to withdraw.")) -> 
 def rotate_keys() -> None:
     """Alias of ``keys rotate``."""
     keys_rotate()
+
+
+clients_cli = typer.Typer(no_args_is_help=True, help="OAuth clients: registered public keys (private_key_jwt).")
+cli.add_typer(clients_cli, name="clients")
+
+
+@clients_cli.command("set-jwks")
+def clients_set_jwks(
+    client_id: str = typer.Argument(..., help="The confidential client to register keys for."),
+    file: Path = typer.Option(..., "--file", exists=True, dir_okay=False, readable=True,
+                              help="A JWK Set or a single JWK holding PUBLIC keys only."),
+) -> None:
+    """Register the client's public keys (replacing any before) and switch it to
+    private_key_jwt: its client secret stops working. A file holding a private key is
+    refused: the private key stays with the service."""
+    from bsopt_auth.db import migrate as run_migrations
+    from bsopt_auth.rfc7591 import InvalidClientMetadataError, load_client_jwks, register_client_jwks
+
+    try:
+        jwks = load_client_jwks(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        typer.echo(f"cannot read {file}: {type(exc).__name__}", err=True)
+        raise typer.Exit(2) from None
+    except InvalidClientMetadataError as exc:
+        typer.echo(f"refused {file}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    settings = _settings()
+    engine = _engine(settings)
+    try:
+        wait_for_database(engine)
+        run_migrations(engine)
+        with session_scope(make_session_factory(engine)) as session:
+            register_client_jwks(session, client_id, jwks)
+    except KeyError:
+        typer.echo(f"no client {client_id!r}", err=True)
+        raise typer.Exit(1) from None
+    except InvalidClientMetadataError as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    kids = ", ".join(k["kid"] for k in jwks["keys"])
+    typer.echo(f"client {client_id}: registered {len(jwks['keys'])} public key(s) kid={kids}; "
+               "token_endpoint_auth_method=private_key_jwt (its client secret no longer works)")
+    typer.echo(f"published at {settings.client_jwks_endpoint_url(client_id)}")
+
+
+@clients_cli.command("show-jwks")
+def clients_show_jwks(client_id: str = typer.Argument(..., help="The client whose keys to show.")) -> None:
+    """Print the client's registered public keys (a JWK Set, public members only)."""
+    from bsopt_auth.models import Client
+    from bsopt_auth.rfc7591 import public_jwks
+
+    settings = _settings()
+    engine = _engine(settings)
+    try:
+        wait_for_database(engine)
+        with session_scope(make_session_factory(engine)) as session:
+            client = session.get(Client, client_id)
+            found = (client.token_endpoint_auth_method, client.jwks) if client is not None else None
+    finally:
+        engine.dispose()
+    if found is None:
+        typer.echo(f"no client {client_id!r}", err=True)
+        raise typer.Exit(1)
+    method, stored = found
+    if not stored:
+        typer.echo(f"client {client_id} has no registered keys (token_endpoint_auth_method={method})", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(public_jwks(stored), indent=2))
 
 
 @cli.command()

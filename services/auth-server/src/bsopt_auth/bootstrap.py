@@ -17,7 +17,7 @@ from bsopt_auth.app import create_app
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.db import migrate
 from bsopt_auth.rfc7517 import KeyDecryptionError, configure_key_encryption, ensure_active_key, maintain_keys
-from bsopt_auth.seed import seed_dev
+from bsopt_auth.seed import read_client_keys_dir, seed_dev
 from bsopt_common.db import create_db_engine, make_session_factory, wait_for_database
 from bsopt_common.http_server import serve_asgi
 
@@ -65,7 +65,8 @@ def prepare(settings: AuthSettings, *, seed: bool) -> Engine:
     maintain(settings, factory)
     check_active_key(settings, factory)
     if seed:
-        seed_dev(factory)
+        keys_dir = settings.seed_client_keys_dir
+        seed_dev(factory, read_client_keys_dir(keys_dir) if keys_dir is not None else None)
     return engine
 
 

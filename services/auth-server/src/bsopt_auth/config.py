@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -51,6 +51,19 @@ class AuthSettings(ServiceSettings):
     #: Cache lifetime the JWKS advertises (``Cache-Control: max-age``), seconds. Resource
     #: servers refetch within it, so a revoked key stops verifying everywhere within it.
     jwks_max_age_seconds: int = Field(300, ge=0)
+    #: Cache lifetime of a client's registered public keys at
+    #: ``/oauth2/clients/{client_id}/jwks.json`` (``Cache-Control: max-age``), seconds:
+    #: event consumers refetch within it, so a replaced client key stops verifying
+    #: everywhere within it.
+    client_jwks_max_age_seconds: int = Field(300, ge=0)
+    #: How far in the future a ``private_key_jwt`` client assertion's ``exp`` may be
+    #: (RFC 7523 §3), seconds, plus ``token_leeway_seconds``: assertions are short-lived,
+    #: and their ``jti`` is remembered until then.
+    client_assertion_max_lifetime_seconds: int = Field(300, gt=0, le=3600)
+    #: ``seed-dev`` / ``serve --seed-dev``: a folder of ``<client_id>.jwks.json`` files
+    #: (public keys); a service client with a file there is registered for
+    #: ``private_key_jwt`` with those keys instead of the dev secret.
+    seed_client_keys_dir: Path | None = None
     #: Key-encryption key (KEK) for the signing keys at rest: a file holding base64 of
     #: 32 random bytes (a mounted secret), or the base64 value itself. One of the two is
     #: required outside dev/test; dev/test fall back to a deterministic dev-only KEK.
@@ -159,7 +172,7 @@ class AuthSettings(ServiceSettings):
         return value
 
     # Endpoint URLs derive from the issuer. (Names differ from ServiceSettings'
-    # ``token_endpoint`` / ``jwks_url``, which are a resource server's overrides.)
+    # ``token_endpoint`` / ``jwks_url`` / ``client_jwks_url``, which are a resource server's overrides.)
 
     @property
     def base_url(self) -> str:
@@ -181,3 +194,8 @@ class AuthSettings(ServiceSettings):
     @property
     def userinfo_endpoint_url(self) -> str:
         return self.base_url + "/userinfo"
+
+    def client_jwks_endpoint_url(self, client_id: str) -> str:
+        """Where a client's registered public keys are published (consumers of its events
+        build the same URL: ``<issuer>/oauth2/clients/<client_id>/jwks.json``)."""
+        return f"{self.base_url}/oauth2/clients/{quote(client_id, safe='')}/jwks.json"

@@ -1,4 +1,4 @@
-"""SQLAlchemy tables, all in schema ``auth`` (``migrations/versions/0001`` and ``0002``)."""
+"""SQLAlchemy tables, all in schema ``auth`` (``migrations/versions/0001`` to ``0003``)."""
 
 from __future__ import annotations
 
@@ -40,13 +40,35 @@ class User(Base):
     )
 
 
+#: CHECK of ``auth.clients`` (revision 0003): the credential columns agree with
+#: ``client_type`` and ``token_endpoint_auth_method``.
+CLIENT_CREDENTIALS_MATCH_METHOD = (
+    "(client_type = 'public' AND token_endpoint_auth_method = 'none'"
+    " AND client_secret_hash IS NULL AND jwks IS NULL)"
+    " OR (client_type = 'confidential'"
+    " AND token_endpoint_auth_method IN ('client_secret_basic', 'client_secret_post')"
+    " AND client_secret_hash IS NOT NULL AND jwks IS NULL)"
+    " OR (client_type = 'confidential' AND token_endpoint_auth_method = 'private_key_jwt'"
+    " AND client_secret_hash IS NULL AND jwks IS NOT NULL)"
+)
+#: CHECK of ``auth.clients`` (revision 0003): a registered JWKS is a non-empty ``keys``
+#: array and no key in it carries a private or symmetric member (defence in depth behind
+#: :func:`bsopt_auth.rfc7591.normalize_client_jwks`).
+CLIENT_JWKS_PUBLIC_ONLY = (
+    "jwks IS NULL OR (jsonb_typeof(jwks->'keys') = 'array' AND jsonb_array_length(jwks->'keys') > 0"
+    " AND NOT jwks @? '$.keys[*] ? (exists(@.d) || exists(@.p) || exists(@.q) || exists(@.dp)"
+    " || exists(@.dq) || exists(@.qi) || exists(@.oth) || exists(@.k))')"
+)
+
+
 class Client(Base):
     __tablename__ = "clients"
     __table_args__ = (
         CheckConstraint("client_type IN ('public', 'confidential')", name="clients_client_type_check"),
-        CheckConstraint(
-            "(client_type = 'public') = (client_secret_hash IS NULL)", name="clients_secret_matches_type"
-        ),
+        # Exactly one way to authenticate, matching the method: public clients none,
+        # client_secret_* a secret hash, private_key_jwt a registered JWKS (RFC 7523).
+        CheckConstraint(CLIENT_CREDENTIALS_MATCH_METHOD, name="clients_credentials_match_method"),
+        CheckConstraint(CLIENT_JWKS_PUBLIC_ONLY, name="clients_jwks_public_only"),
     )
 
     client_id: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -61,8 +83,12 @@ class Client(Base):
                                                       server_default=text("'{}'"))
     allowed_resources: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list,
                                                          server_default=text("'{}'"))
-    #: RFC 7591 name: none | client_secret_basic | client_secret_post.
+    #: RFC 7591 name: none | client_secret_basic | client_secret_post | private_key_jwt.
     token_endpoint_auth_method: Mapped[str] = mapped_column(String(32), nullable=False)
+    #: RFC 7591 §2 ``jwks``: the client's PUBLIC keys, ``{"keys": [...]}`` (kid on every
+    #: key); it signs ``private_key_jwt`` assertions (RFC 7523) and its events with them.
+    #: NULL unless the method is ``private_key_jwt``.
+    jwks: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
@@ -145,3 +171,18 @@ class SigningKey(Base):
     deactivated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     #: When it left the JWKS (retired after the verification window, or revoked).
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ClientAssertionJti(Base):
+    """A ``jti`` of a ``private_key_jwt`` client assertion already used (RFC 7523 §3 item 7):
+    remembered until the assertion could no longer be accepted (``exp`` plus leeway),
+    so a replay within its lifetime is refused."""
+
+    __tablename__ = "client_assertion_jtis"
+    __table_args__ = (Index("client_assertion_jtis_expires_at_idx", "expires_at"),)
+
+    client_id: Mapped[str] = mapped_column(
+        ForeignKey(f"{SCHEMA}.clients.client_id", ondelete="CASCADE"), primary_key=True
+    )
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

@@ -5,7 +5,8 @@ unknown and multi-valued parameters are the protocol's, not pydantic's), so Fast
 none of them; :func:`build_openapi` adds what each endpoint takes and answers: the
 authorization endpoint's query and login form (HTML pages, 302 redirects), the token
 endpoint's form and its RFC 6749 §5.1 / §5.2 JSON, UserInfo (OIDC Core §5.3, with the
-``bsopt`` OAuth2 scheme pointing at this issuer), the metadata documents and the JWKS.
+``bsopt`` OAuth2 scheme pointing at this issuer), the metadata documents, the JWKS and
+each client's registered public keys.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fastapi.openapi.utils import get_openapi
 
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.rfc6749.token import GRANT_TYPES_SUPPORTED
+from bsopt_auth.rfc7523 import CLIENT_ASSERTION_TYPE
 from bsopt_common.security.fastapi import document_oauth_flow
 
 _STRING = {"type": "string"}
@@ -85,6 +87,8 @@ _TOKEN_FIELDS: dict[str, Any] = {
     "code_verifier": _STRING,
     "client_id": _STRING,
     "client_secret": _STRING,
+    "client_assertion_type": {"type": "string", "enum": [CLIENT_ASSERTION_TYPE]},
+    "client_assertion": _STRING,
     "scope": _STRING,
     "resource": {"type": "array", "items": _STRING},
 }
@@ -131,7 +135,9 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                                                   "content": _HTML}},
     },
     ("/oauth2/token", "post"): {
-        "summary": "Token endpoint (RFC 6749 §3.2): authorization_code (+ PKCE) and client_credentials",
+        "summary": "Token endpoint (RFC 6749 §3.2): authorization_code (+ PKCE), client_credentials and "
+                   "token exchange (RFC 8693); client authentication client_secret_basic / client_secret_post, "
+                   "private_key_jwt (RFC 7523 §2.2) or none",
         "requestBody": _form(_TOKEN_FIELDS, ["grant_type"]),
         "responses": {
             "200": {"description": "RFC 6749 §5.1", "content": _json("TokenResponse"), "headers": _NO_STORE},
@@ -151,6 +157,19 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("/.well-known/openid-configuration", "get"): {
         "summary": "OpenID Provider metadata",
         "responses": {"200": {"description": "metadata", "content": _json("ServerMetadata")}},
+    },
+    ("/oauth2/clients/{client_id}/jwks.json", "get"): {
+        "summary": "A client's registered public keys (RFC 7591 §2 jwks; JWK Set, RFC 7517 §5)",
+        "description": "What the client signs its private_key_jwt assertions (RFC 7523) and its events with. "
+                       "Public members only.",
+        "parameters": [{"name": "client_id", "in": "path", "required": True, "schema": _STRING}],
+        "responses": {
+            "200": {"description": "public keys", "content": _json("JWKS", "application/jwk-set+json"),
+                    "headers": {"Cache-Control": {"description": "public, max-age=<client_jwks_max_age_seconds>",
+                                                  "schema": _STRING}}},
+            "404": {"description": "unknown client, or no keys registered for it", "content": _json("OAuthError"),
+                    "headers": _NO_STORE},
+        },
     },
     ("/.well-known/jwks.json", "get"): {
         "summary": "JSON Web Key Set (RFC 7517) of the signing keys",

@@ -3,19 +3,33 @@
 The client table below is the single place the suite's clients are declared; add a
 :class:`DevClient` to register one more. Confidential clients get the placeholder secret
 ``dev-<client_id>-secret`` (only its argon2id hash is stored; settings reject such
-placeholders outside dev and test).
+placeholders outside dev and test) and ``client_secret_basic``, unless the seed is given
+their public keys (``client_jwks``, or ``seed-dev --client-keys-dir DIR`` reading
+``DIR/<client_id>.jwks.json``): such a client is registered for ``private_key_jwt``
+(RFC 7523) with those keys and no secret. Re-seeding brings every client back in line
+with what it is given: new keys replace the registered ones, and a service client seeded
+without keys goes back to its dev secret.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt_auth.models import Client, User
 from bsopt_auth.passwords import hash_secret, verify_secret
+from bsopt_auth.rfc7591 import (
+    PRIVATE_KEY_JWT,
+    InvalidClientMetadataError,
+    load_client_jwks,
+    normalize_client_jwks,
+)
 from bsopt_auth.rfc8693 import TOKEN_EXCHANGE_GRANT_TYPE
 from bsopt_common.db import session_scope
 from bsopt_common.settings import (
@@ -104,7 +118,7 @@ def _ensure_user(session: Session, username: str, password: str) -> bool:
     return False
 
 
-def _ensure_client(session: Session, spec: DevClient) -> bool:
+def _ensure_client(session: Session, spec: DevClient, jwks: dict[str, Any] | None = None) -> bool:
     client = session.get(Client, spec.client_id)
     created = client is None
     if client is None:
@@ -116,8 +130,13 @@ def _ensure_client(session: Session, spec: DevClient) -> bool:
     client.allowed_scopes = spec.scopes.split()
     client.allowed_resources = list(spec.resources)
     client.token_endpoint_auth_method = spec.token_endpoint_auth_method
+    client.jwks = None
     if spec.public:
         client.client_secret_hash = None
+    elif jwks is not None:
+        client.token_endpoint_auth_method = PRIVATE_KEY_JWT
+        client.client_secret_hash = None
+        client.jwks = jwks
     else:
         secret = dev_client_secret(spec.client_id)
         if not client.client_secret_hash or not verify_secret(client.client_secret_hash, secret):
@@ -125,23 +144,70 @@ def _ensure_client(session: Session, spec: DevClient) -> bool:
     return created
 
 
-def seed_dev(session_factory: sessionmaker[Session]) -> dict[str, list[str]]:
+#: File name of a service client's public keys in a ``--client-keys-dir``.
+CLIENT_KEYS_FILE = "{client_id}.jwks.json"
+
+
+def service_client_ids() -> list[str]:
+    """The confidential :data:`DEV_CLIENTS` (the services), which may register keys."""
+    return [spec.client_id for spec in DEV_CLIENTS if not spec.public]
+
+
+def read_client_keys_dir(directory: Path) -> dict[str, dict[str, Any]]:
+    """``DIR/<client_id>.jwks.json`` of every service client that has one there, checked
+    (public keys only). Raises ValueError naming the file (also for private keys)."""
+    if not directory.is_dir():
+        raise ValueError(f"{directory} is not a directory")
+    found: dict[str, dict[str, Any]] = {}
+    for client_id in service_client_ids():
+        path = directory / CLIENT_KEYS_FILE.format(client_id=client_id)
+        if not path.is_file():
+            continue
+        try:
+            found[client_id] = load_client_jwks(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read it ({type(exc).__name__})") from None
+        except InvalidClientMetadataError as exc:  # says what is wrong, never the file's content
+            raise ValueError(f"{path}: {exc}") from None
+    return found
+
+
+def seed_dev(
+    session_factory: sessionmaker[Session], client_jwks: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, list[str]]:
     """Create (or bring back in line) the demo user and every :data:`DEV_CLIENTS` entry.
+
+    ``client_jwks`` maps a service client's id to its public keys (a JWK Set or one JWK):
+    that client is registered for ``private_key_jwt`` with them and has no secret; every
+    other service client gets its dev secret (``client_secret_basic``). Raises ValueError
+    for a public or unknown client id, or keys that are not public keys we accept.
 
     Idempotent. Returns the names created in this call: ``{"users": [...], "clients": [...]}``.
     """
+    client_jwks = dict(client_jwks or {})
+    unknown = sorted(set(client_jwks) - set(service_client_ids()))
+    if unknown:
+        raise ValueError(f"no service client {', '.join(map(repr, unknown))} to register keys for")
+    normalized: dict[str, dict[str, Any]] = {}
+    for client_id, document in client_jwks.items():
+        try:
+            normalized[client_id] = normalize_client_jwks(document)
+        except InvalidClientMetadataError as exc:
+            raise ValueError(f"keys for {client_id!r}: {exc}") from None
     created: dict[str, list[str]] = {"users": [], "clients": []}
     with session_scope(session_factory) as session:
         if _ensure_user(session, DEMO_USERNAME, DEMO_PASSWORD):
             created["users"].append(DEMO_USERNAME)
         for spec in DEV_CLIENTS:
-            if _ensure_client(session, spec):
+            if _ensure_client(session, spec, normalized.get(spec.client_id)):
                 created["clients"].append(spec.client_id)
-    log.info("seed-dev: created users=%s clients=%s", created["users"], created["clients"])
+    log.info("seed-dev: created users=%s clients=%s; private_key_jwt clients=%s",
+             created["users"], created["clients"], sorted(normalized))
     return created
 
 
 __all__ = [
+    "CLIENT_KEYS_FILE",
     "CLI_CLIENT_ID",
     "CLI_REDIRECT_URI",
     "DEMO_PASSWORD",
@@ -151,5 +217,7 @@ __all__ = [
     "DOCS_REDIRECT_URI",
     "DevClient",
     "dev_client_secret",
+    "read_client_keys_dir",
     "seed_dev",
+    "service_client_ids",
 ]

@@ -24,7 +24,11 @@ async def test_metadata(oauth, settings, path: str) -> None:
     }
     assert meta["code_challenge_methods_supported"] == ["S256"]
     assert set(meta["token_endpoint_auth_methods_supported"]) == {
-        "client_secret_basic", "client_secret_post", "none"
+        "client_secret_basic", "client_secret_post", "private_key_jwt", "none"
+    }
+    # RFC 7523 assertions: asymmetric algorithms only
+    assert set(meta["token_endpoint_auth_signing_alg_values_supported"]) == {
+        "ES256", "RS256", "PS256", "EdDSA", "Ed25519"
     }
     assert {"openid", "profile", "trades:read", "events:publish", "broker:orders"} <= set(meta["scopes_supported"])
     assert meta["subject_types_supported"] == ["public"]

@@ -1,9 +1,12 @@
 """Client authentication at the token endpoint (RFC 6749 §2.3, OAuth 2.1 §2.4).
 
 Methods (RFC 7591 names): ``client_secret_basic`` (HTTP Basic, form-urlencoded id and
-secret), ``client_secret_post`` (``client_id`` + ``client_secret`` in the body) and
-``none`` (public clients: ``client_id`` only). A confidential client may use either secret
-method. Using two methods at once is ``invalid_request``; any failure is
+secret), ``client_secret_post`` (``client_id`` + ``client_secret`` in the body),
+``private_key_jwt`` (RFC 7523 §2.2: ``client_assertion_type`` + ``client_assertion``, a
+JWT signed with a key registered for the client; :mod:`bsopt_auth.rfc7523`) and ``none``
+(public clients: ``client_id`` only). A client registered for a secret method may use
+either secret method and nothing else; a ``private_key_jwt`` client only an assertion
+(it has no secret). Using two methods at once is ``invalid_request``; any failure is
 ``invalid_client``. Unknown clients cost one dummy argon2 verification.
 """
 
@@ -20,8 +23,10 @@ from sqlalchemy.orm import Session
 from bsopt_auth.models import Client
 from bsopt_auth.passwords import verify_secret
 from bsopt_auth.rfc6749.errors import InvalidClientError, InvalidRequestError
+from bsopt_auth.rfc7523 import AssertionPolicy, check_assertion_parameters, verify_client_assertion
+from bsopt_auth.rfc7591 import PRIVATE_KEY_JWT
 
-AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", PRIVATE_KEY_JWT, "none")
 SECRET_METHODS = ("client_secret_basic", "client_secret_post")
 
 
@@ -51,11 +56,25 @@ def parse_basic_authorization(header: str) -> tuple[str, str]:
 
 
 def authenticate_client(
-    session: Session, authorization: str | None, form: Mapping[str, str]
+    session: Session,
+    authorization: str | None,
+    form: Mapping[str, str],
+    assertion_policy: AssertionPolicy | None = None,
 ) -> AuthenticatedClient:
-    """Identify and authenticate the client of a token request."""
+    """Identify and authenticate the client of a token request. ``assertion_policy``
+    enables ``private_key_jwt`` (without it an assertion is ``invalid_client``)."""
     form_id = form.get("client_id")
     form_secret = form.get("client_secret")
+    assertion_type = form.get("client_assertion_type")
+    assertion = form.get("client_assertion")
+    if assertion_type is not None or assertion is not None:
+        if authorization or form_secret is not None:
+            raise InvalidRequestError("use only one client authentication method")
+        assertion = check_assertion_parameters(assertion_type, assertion)
+        if assertion_policy is None:
+            raise InvalidClientError("private_key_jwt is not supported here")
+        client = verify_client_assertion(session, assertion_policy, assertion, form_id)
+        return AuthenticatedClient(client, PRIVATE_KEY_JWT)
     if authorization:
         if form_secret is not None:
             raise InvalidRequestError("use only one client authentication method")

@@ -1,7 +1,9 @@
 """Token endpoint logic (RFC 6749 §3.2, §4.1.3, §4.4; OAuth 2.1 §3.2), HTTP-agnostic.
 
 Grants: ``authorization_code`` (with PKCE, RFC 7636), ``client_credentials`` and token
-exchange (RFC 8693, :mod:`bsopt_auth.rfc8693`). Every
+exchange (RFC 8693, :mod:`bsopt_auth.rfc8693`), each with any client authentication
+method the client is registered for (:mod:`bsopt_auth.rfc6749.client_auth`, including
+RFC 7523 ``private_key_jwt``). Every
 failure raises an :class:`~bsopt_auth.rfc6749.errors.OAuth2Error` subclass; the HTTP
 layer renders it as RFC 6749 §5.2 JSON.
 """
@@ -29,6 +31,7 @@ from bsopt_auth.rfc6749.errors import (
 from bsopt_auth.rfc6749.parameters import check_parameters
 from bsopt_auth.rfc6749.scope import parse_scope, resolve_scope, to_scope_string
 from bsopt_auth.rfc7517 import get_active_key
+from bsopt_auth.rfc7523 import AssertionPolicy
 from bsopt_auth.rfc7636 import verify_code_verifier
 from bsopt_auth.rfc8693 import TOKEN_EXCHANGE_GRANT_TYPE, token_exchange
 from bsopt_auth.rfc8707 import InvalidTargetError, resolve_resources
@@ -73,7 +76,7 @@ def handle_token_request(
         raise UnsupportedGrantTypeError(f"grant_type {grant_type!r} is not supported")
 
     with session_scope(session_factory) as session:
-        client = authenticate_client(session, authorization, params).client
+        client = authenticate_client(session, authorization, params, AssertionPolicy.from_settings(settings)).client
         session.expunge(client)
     if grant_type not in client.grant_types:
         raise UnauthorizedClientError(f"client may not use the {grant_type} grant")

@@ -14,6 +14,7 @@ from bsopt_auth.oidc import CLAIMS_SUPPORTED, OPENID_SCOPE
 from bsopt_auth.rfc6749.client_auth import AUTH_METHODS
 from bsopt_auth.rfc6749.token import GRANT_TYPES_SUPPORTED
 from bsopt_auth.rfc7517 import SUPPORTED_ALGS
+from bsopt_auth.rfc7591 import CLIENT_SIGNING_ALGS
 from bsopt_auth.rfc7636 import SUPPORTED_METHODS
 
 
@@ -38,6 +39,8 @@ def server_metadata(settings: AuthSettings, scopes: Iterable[str]) -> dict[str, 
         "grant_types_supported": list(GRANT_TYPES_SUPPORTED),
         "code_challenge_methods_supported": list(SUPPORTED_METHODS),
         "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        # RFC 8414 §2: what private_key_jwt assertions (RFC 7523) may be signed with.
+        "token_endpoint_auth_signing_alg_values_supported": list(CLIENT_SIGNING_ALGS),
         "subject_types_supported": ["public"],
         # Every published key's algorithm may sign; RS256 is OIDC's mandatory one.
         "id_token_signing_alg_values_supported": list(SUPPORTED_ALGS),
