@@ -1,10 +1,10 @@
 """Attack replays against a real gRPC server built by the shared serve helper
 (``GrpcServer``: token interceptor + error interceptor), serving the broker-gateway
-contract with a servicer that, like the real stores, passes ``user_id`` to Postgres.
+contract with a servicer that, like the real stores, passes request strings to Postgres.
 
 - a bearer token whose JOSE header is a JSON array or string used to end as UNKNOWN
   (``'list' object has no attribute 'get'``): now UNAUTHENTICATED;
-- a NUL byte in ``user_id`` used to reach Postgres and end as INTERNAL: now
+- a NUL byte in a request string (``user_id`` then, ``account_id`` now) used to reach Postgres and end as INTERNAL: now
   INVALID_ARGUMENT naming the field, before the servicer runs; so is an over-long
   string, and the reply never echoes it.
 """
@@ -66,14 +66,14 @@ class _UserStore(pb_grpc.BrokerGatewayServiceServicer):
 
         def lookup() -> str:
             with self.engine.connect() as conn:
-                return str(conn.execute(text("SELECT CAST(:u AS text)"), {"u": request.user_id}).scalar_one())
+                return str(conn.execute(text("SELECT CAST(:u AS text)"), {"u": request.account_id}).scalar_one())
 
-        user = await asyncio.to_thread(lookup)
-        return pb.Account(account_id=request.account_id, user_id=user, broker="paper")
+        account_id = await asyncio.to_thread(lookup)
+        return pb.Account(account_id=account_id, broker="paper")
 
     async def CreateAccount(self, request: pb.CreateAccountRequest, context: object) -> pb.Account:
         self.calls += 1
-        return pb.Account(account_id="a1", user_id=request.user_id, broker=request.broker)
+        return pb.Account(account_id="a1", broker=request.broker)
 
 
 @pytest.fixture(scope="module")
@@ -108,32 +108,31 @@ def _md(token: str) -> tuple[tuple[str, str], ...]:
 async def test_non_object_jose_header_is_unauthenticated(backend, header) -> None:
     stub, servicer = backend
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.GetAccount(pb.GetAccountRequest(account_id="a1", user_id="u1"),
+        await stub.GetAccount(pb.GetAccountRequest(account_id="a1"),
                               metadata=_md(token_with_header(header)), timeout=10)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, err.value.details()
     assert "attribute" not in (err.value.details() or "")
     assert servicer.calls == 0
 
 
-async def test_nul_in_user_id_is_invalid_argument_naming_the_field(backend, test_issuer) -> None:
+async def test_nul_in_a_string_field_is_invalid_argument_naming_the_field(backend, test_issuer) -> None:
     stub, servicer = backend
     token = test_issuer.token(aud=BROKER_GATEWAY_AUDIENCE, scope=SCOPE)
     # the same call without the NUL reaches Postgres and succeeds
-    ok = await stub.GetAccount(pb.GetAccountRequest(account_id="a1", user_id="ab"), metadata=_md(token), timeout=10)
-    assert ok.user_id == "ab"
+    ok = await stub.GetAccount(pb.GetAccountRequest(account_id="ab"), metadata=_md(token), timeout=10)
+    assert ok.account_id == "ab"
     calls = servicer.calls
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.GetAccount(pb.GetAccountRequest(account_id="a1", user_id="a\x00b"), metadata=_md(token),
-                              timeout=10)
+        await stub.GetAccount(pb.GetAccountRequest(account_id="a\x00b"), metadata=_md(token), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details() == "user_id must not contain NUL (0x00) characters"
+    assert err.value.details() == "account_id must not contain NUL (0x00) characters"
     assert servicer.calls == calls  # refused before the servicer ran
 
 
 async def test_nul_in_a_nested_field_is_named_with_its_path(backend, test_issuer) -> None:
     stub, _ = backend
     token = test_issuer.token(aud=BROKER_GATEWAY_AUDIENCE, scope=SCOPE)
-    request = pb.CreateAccountRequest(user_id="u1", broker="paper",
+    request = pb.CreateAccountRequest(broker="paper",
                                       initial_cash=money_pb2.Money(currency_code="US\x00", units=10))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.CreateAccount(request, metadata=_md(token), timeout=10)
@@ -147,12 +146,12 @@ async def test_over_long_string_is_invalid_argument_and_not_echoed(backend, test
     huge = "x" * (MAX_STRING_LENGTH + 1)
     calls = servicer.calls
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.GetAccount(pb.GetAccountRequest(account_id=huge, user_id="u1"), metadata=_md(token), timeout=10)
+        await stub.GetAccount(pb.GetAccountRequest(account_id=huge), metadata=_md(token), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details() == f"account_id is longer than {MAX_STRING_LENGTH} characters"
     assert servicer.calls == calls
     # exactly the maximum is accepted
-    await stub.GetAccount(pb.GetAccountRequest(account_id="x" * MAX_STRING_LENGTH, user_id="u1"),
+    await stub.GetAccount(pb.GetAccountRequest(account_id="x" * MAX_STRING_LENGTH),
                           metadata=_md(token), timeout=10)
 
 

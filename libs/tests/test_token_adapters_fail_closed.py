@@ -101,7 +101,7 @@ async def test_grpc_answers_unauthenticated_with_a_fixed_message(caplog) -> None
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await pb_grpc.BrokerGatewayServiceStub(channel).GetAccount(
-                    pb.GetAccountRequest(account_id="a1", user_id="u1"),
+                    pb.GetAccountRequest(account_id="a1"),
                     metadata=(("authorization", "Bearer a.b.c"),), timeout=10)
     finally:
         await server.stop(0)

@@ -6,9 +6,10 @@ ports (no stand-ins of our own backends: full flows are the end-to-end test's jo
 A module changes what it runs against by overriding ``api_settings`` (e.g. consumers
 on, with ``kafka_bootstrap``).
 
-Our client-credentials tokens (towards the backends, and the producers' event tokens)
-come from the real :class:`ClientCredentialsTokenProvider` asking ``test_issuer``'s token
-endpoint over HTTP (``token_provider_for``).
+Our tokens towards the backends (RFC 8693 exchanges of the user's token) come from the
+real :class:`ClientCredentialsTokenProvider` asking ``test_issuer``'s token endpoint over
+HTTP (``token_provider_for``); producers' events are signed with their keys registered at
+``test_issuer`` (``TestIssuer.service_key``).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def make_settings(postgres_url: str, issuer: TestIssuer, **overrides: object) ->
         "database_url": postgres_url,
         "issuer": issuer.issuer,
         "jwks_url": issuer.jwks_url,
+        "client_jwks_url": issuer.client_jwks_url_template,
         "client_secret": "dev-test-secret",
         "consume_events": False,
         "broker_gateway_target": f"127.0.0.1:{closed_port()}",

@@ -1,7 +1,8 @@
-"""digest-worker consumes trades.scored.v1 over a real Kafka-protocol broker: events
-whose token is missing, for another audience, expired, signed by an unknown key, or from
-a client not allowed on the topic are dead-lettered and change nothing; a valid event
-builds the week's digest and publishes digests.ready.v1."""
+"""digest-worker consumes trades.scored.v1 over a real Kafka-protocol broker: events that
+are unsigned, signed by a key ml-scorer never registered, signed by a client not allowed
+on the topic, or forged by copying a real event's headers onto a payload re-addressed to
+another user (the audit's attack, issue 6 §1) are dead-lettered and change nothing; a
+valid event builds the week's digest and publishes digests.ready.v1."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import create_engine, select
 
@@ -22,23 +23,12 @@ from bsopt.ml_scorer.v1 import ml_scorer_pb2 as spb
 from bsopt_common import codec, topics
 from bsopt_common.events import EventPublisher
 from bsopt_common.money import Money
-from bsopt_common.settings import EVENTS_AUDIENCE
+from bsopt_common.security.event_signing import EventSigner, generate_signing_key
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread
-from bsopt_common.testing.tokens import refusal_tokens
 from bsopt_digest import models
 from bsopt_digest.bootstrap import serve
 from bsopt_digest.config import DigestSettings
-
-
-class FixedToken:
-    """A token source that always hands out one given token (or none)."""
-
-    def __init__(self, token: str | None):
-        self._token = token
-
-    async def token(self, resource: str, scope: str = "") -> str:
-        return self._token or ""
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +52,39 @@ def scored(user: str, day: str) -> scorer_events.TradeScored:
         reflection="y"))
 
 
-async def publish(bootstrap: str, token: str | None, message, user: str) -> str:
-    pub = EventPublisher(bootstrap, source="/test", token_provider=FixedToken(token) if token else None)
+async def publish(bootstrap: str, signer: EventSigner, message) -> str:
+    pub = EventPublisher(bootstrap, source="/bsopt/ml-scorer", signer=signer)
     await pub.start()
     try:
         return await pub.publish(topics.TRADES_SCORED, message)
     finally:
         await pub.stop()
+
+
+async def produce_raw(bootstrap: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]) -> None:
+    """What an attacker with a plain aiokafka client produces."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.TRADES_SCORED.name, value, key=key, headers=headers)
+    finally:
+        await producer.stop()
+
+
+async def read_event(bootstrap: str, event_id: str, timeout: float = 20.0):
+    """The record of ``event_id`` on trades.scored.v1, read as any client of the broker can."""
+    consumer = AIOKafkaConsumer(topics.TRADES_SCORED.name, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            for msgs in (await consumer.getmany(timeout_ms=300)).values():
+                for m in msgs:
+                    if dict(m.headers).get("ce_id") == event_id.encode():
+                        return m
+    finally:
+        await consumer.stop()
+    raise AssertionError(f"event {event_id} not found")
 
 
 async def dead_letters(bootstrap: str, wanted: set[str], timeout: float = 20.0) -> dict[str, str]:
@@ -92,27 +108,58 @@ def digests_for(engine, user: str) -> list:
         return list(c.execute(select(models.digests).where(models.digests.c.user_id == user)).mappings())
 
 
-async def test_bad_tokens_are_dead_lettered_and_change_nothing(worker, kafka_bootstrap, test_issuer):
-    tokens = refusal_tokens(test_issuer, EVENTS_AUDIENCE, "events:publish")
-    tokens["wrong-producer"] = test_issuer.token(aud=EVENTS_AUDIENCE, scope="events:publish", client_id="intruder")
-    ids = {}
-    for kind, token in tokens.items():
-        ids[await publish(kafka_bootstrap, token, scored("victim", "2017-03-01"), "victim")] = kind
+def ml_scorer(test_issuer) -> EventSigner:
+    """ml-scorer's real signer: its key, registered as the client's JWKS."""
+    return EventSigner("ml-scorer", test_issuer.service_key("ml-scorer"))
+
+
+async def test_forged_and_unsigned_events_are_dead_lettered_and_change_nothing(worker, kafka_bootstrap, test_issuer):
+    ids: dict[str, str] = {}
+    # signed by a key that is not ml-scorer's registered key
+    ids[await publish(kafka_bootstrap, EventSigner("ml-scorer", generate_signing_key()),
+                      scored("victim", "2017-03-01"))] = "rogue-key"
+    # a real client, with its real key, on a topic it may not publish
+    ids[await publish(kafka_bootstrap, EventSigner("broker-gateway", test_issuer.service_key("broker-gateway")),
+                      scored("victim", "2017-03-01"))] = "wrong-producer"
+
+    # the audit's attack: read one real event, copy every header onto a payload
+    # re-addressed to another user, under a new ce_id, and produce it
+    real_id = await publish(kafka_bootstrap, ml_scorer(test_issuer), scored("someone", "2017-01-04"))
+    real = await read_event(kafka_bootstrap, real_id)
+    forged = scorer_events.TradeScored.FromString(real.value)
+    forged.trade.user_id = "victim"
+    forged_id = str(uuid.uuid4())
+    headers = [(k, forged_id.encode() if k == "ce_id" else v) for k, v in real.headers]
+    await produce_raw(kafka_bootstrap, forged.SerializeToString(), b"victim", headers)
+    ids[forged_id] = "copied-headers"
+    # the same payload under a new id (a replay that dodges the idempotency table)
+    replay_id = str(uuid.uuid4())
+    await produce_raw(kafka_bootstrap, real.value, real.key,
+                      [(k, replay_id.encode() if k == "ce_id" else v) for k, v in real.headers])
+    ids[replay_id] = "new-id-replay"
+    # no signature at all
+    unsigned_id = str(uuid.uuid4())
+    await produce_raw(kafka_bootstrap, scored("victim", "2017-03-01").SerializeToString(), b"victim",
+                      [(k, unsigned_id.encode() if k == "ce_id" else v) for k, v in real.headers
+                       if k != "ce_signature"])
+    ids[unsigned_id] = "unsigned"
+
     found = await dead_letters(kafka_bootstrap, set(ids))
     assert set(ids) <= found.keys()
     reasons = {ids[i]: found[i] for i in ids}
-    assert "no bearer token" in reasons["no-token"]
-    assert "expired" in reasons["expired"]
-    assert "not in the issuer's JWKS" in reasons["unknown-key"]
+    assert "does not publish" in reasons["rogue-key"]
     assert "may not publish" in reasons["wrong-producer"]
+    assert "does not match" in reasons["copied-headers"]
+    assert "signed ce_id does not match" in reasons["new-id-replay"]
+    assert "carries no signature" in reasons["unsigned"]
+    assert real_id not in found  # the authentic event was handled
     assert digests_for(worker, "victim") == []
 
 
 async def test_valid_event_builds_the_weekly_digest(worker, kafka_bootstrap, test_issuer):
-    token = test_issuer.token(aud=EVENTS_AUDIENCE, scope="events:publish", client_id="ml-scorer")
     event = scored("trader", "2017-03-01")  # a Wednesday
-    await publish(kafka_bootstrap, token, event, "trader")
-    await publish(kafka_bootstrap, token, event, "trader")  # same trade again: counted once
+    await publish(kafka_bootstrap, ml_scorer(test_issuer), event)
+    await publish(kafka_bootstrap, ml_scorer(test_issuer), event)  # same trade again: counted once
     consumer = AIOKafkaConsumer(topics.DIGESTS_READY.name, bootstrap_servers=kafka_bootstrap,
                                 auto_offset_reset="earliest")
     await consumer.start()

@@ -73,7 +73,8 @@ class BackendClients:
         self._channels.append(channel)
         return channel
 
-    async def acting_for(self, principal: AccessTokenClaims, backend: Backend, scope: str) -> tuple[tuple[str, str], ...]:
+    async def acting_for(self, principal: AccessTokenClaims, backend: Backend,
+                         scope: str) -> tuple[tuple[str, str], ...]:
         """Call metadata for one call to ``backend`` on behalf of ``principal`` (the user's
         verified token to this API), with only ``scope``: pass it as ``metadata=``.
 

@@ -1,5 +1,5 @@
 """The Kafka consumers, end to end through a Kafka-protocol broker (``kafka_bootstrap``)
-with producers' real event tokens: a scored trade becomes a stored coach message pushed
+with producers' real event signatures: a scored trade becomes a stored coach message pushed
 to that user's sockets only; redelivery changes nothing; the digest projection keeps
 the highest version; an event from a producer not allowed on the topic is dead-lettered.
 """
@@ -26,6 +26,7 @@ from bsopt_common import codec
 from bsopt_common.db import session_scope
 from bsopt_common.events import EventConsumer, EventPublisher
 from bsopt_common.money import Money
+from bsopt_common.security.event_signing import EventSigner
 from bsopt_common.testing.pytest_plugin import create_topics
 from bsopt_common.topics import DIGESTS_READY, TRADES_SCORED
 
@@ -46,13 +47,14 @@ def consumer(running_api) -> EventConsumer:
 
 
 @pytest.fixture
-async def publisher_for(kafka_bootstrap, token_provider) -> AsyncIterator[Callable[[str], EventPublisher]]:
-    """``publisher_for(client_id)``: a started publisher with that producer's tokens."""
+async def publisher_for(kafka_bootstrap, test_issuer) -> AsyncIterator[Callable[[str], EventPublisher]]:
+    """``publisher_for(client_id)``: a started publisher signing with that producer's key
+    (registered as the client's JWKS at the test issuer)."""
     started: list[EventPublisher] = []
 
     async def make(client_id: str) -> EventPublisher:
         pub = EventPublisher(kafka_bootstrap, source=f"/bsopt/{client_id}",
-                             token_provider=token_provider(client_id))
+                             signer=EventSigner(client_id, test_issuer.service_key(client_id)))
         await pub.start()
         started.append(pub)
         return pub
@@ -60,7 +62,6 @@ async def publisher_for(kafka_bootstrap, token_provider) -> AsyncIterator[Callab
     yield make
     for pub in started:
         await pub.stop()
-        await pub.token_provider.aclose()
 
 
 def trade_scored(user_id: str, trade_id: str | None = None) -> scorer_events.TradeScored:

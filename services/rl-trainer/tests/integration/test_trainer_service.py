@@ -72,7 +72,8 @@ def test_bad_specs_are_invalid_argument(trainer, test_issuer, bad, message):
 def test_unset_optional_fields_take_the_domain_defaults_and_zero_stays_zero(trainer, test_issuer):
     request = spec(transaction_cost_bps=0)
     request.ClearField("window_size")
-    job = call(trainer, "SubmitTrainingJob", pb.SubmitTrainingJobRequest(spec=request), as_user(test_issuer, "u-defaults"))
+    job = call(trainer, "SubmitTrainingJob", pb.SubmitTrainingJobRequest(spec=request),
+               as_user(test_issuer, "u-defaults"))
     assert job.spec.window_size == 16  # unset: the domain's default
     assert job.spec.HasField("transaction_cost_bps") and job.spec.transaction_cost_bps == 0  # not the default 10
 
@@ -80,7 +81,8 @@ def test_unset_optional_fields_take_the_domain_defaults_and_zero_stays_zero(trai
 def test_other_users_job_is_not_found(trainer, test_issuer):
     job = call(trainer, "SubmitTrainingJob", pb.SubmitTrainingJobRequest(spec=spec()), as_user(test_issuer, "owner"))
     assert job.status in (pb.JOB_STATUS_QUEUED, pb.JOB_STATUS_RUNNING)
-    assert call(trainer, "GetTrainingJob", pb.GetTrainingJobRequest(job_id=job.job_id), as_user(test_issuer, "owner")).job_id == job.job_id
+    owner = as_user(test_issuer, "owner")
+    assert call(trainer, "GetTrainingJob", pb.GetTrainingJobRequest(job_id=job.job_id), owner).job_id == job.job_id
     with pytest.raises(grpc.RpcError) as err:
         call(trainer, "GetTrainingJob", pb.GetTrainingJobRequest(job_id=job.job_id), as_user(test_issuer, "intruder"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND

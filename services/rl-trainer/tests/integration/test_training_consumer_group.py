@@ -15,8 +15,7 @@ from bsopt_common.db import create_db_engine, make_session_factory
 from bsopt_common.events import EventConsumer, EventPublisher, Outbox, OutboxRelay
 from bsopt_common.marketdata import bundled_provider
 from bsopt_common.migrations import upgrade
-from bsopt_common.security.jwt import AccessTokenVerifier, JWKSCache
-from bsopt_common.settings import EVENTS_AUDIENCE
+from bsopt_common.security.event_signing import EventSignatureVerifier, EventSigner
 from bsopt_trainer import models
 from bsopt_trainer.consumers import training_requests
 from bsopt_trainer.domain.job import TEST_TOTAL_TIMESTEPS, default_spec
@@ -36,14 +35,6 @@ class RecordingWorker:
         self.enqueued.append(job_id)
 
 
-class IssuerTokens:
-    def __init__(self, issuer) -> None:
-        self.issuer = issuer
-
-    async def token(self, resource: str, scope: str = "") -> str:
-        return self.issuer.token(aud=resource, scope=scope, client_id="rl-trainer")
-
-
 @pytest.fixture(scope="module")
 def store(postgres_url):
     engine = create_db_engine(postgres_url)
@@ -57,10 +48,11 @@ async def test_two_consumers_in_one_group_split_the_requests_and_claim_each_once
     partitions = kafka_topics([topics.TRAINING_REQUESTED.name], partitions=4)[topics.TRAINING_REQUESTED.name]
     assert partitions >= 2, "training.requested.v1 needs 2+ partitions for two consumers to share it"
     group = f"rl-trainer-{uuid.uuid4().hex[:8]}"
-    publisher = EventPublisher(kafka_bootstrap, source="/bsopt/rl-trainer", token_provider=IssuerTokens(test_issuer))
+    publisher = EventPublisher(kafka_bootstrap, source="/bsopt/rl-trainer",
+                               signer=EventSigner("rl-trainer", test_issuer.service_key("rl-trainer")))
     await publisher.start()
     workers = [RecordingWorker(), RecordingWorker()]
-    verifier = AccessTokenVerifier(test_issuer.issuer, EVENTS_AUDIENCE, JWKSCache(test_issuer.jwks_url))
+    verifier = EventSignatureVerifier(test_issuer.client_jwks_url_template)
     consumers = [
         EventConsumer(bootstrap_servers=kafka_bootstrap, group_id=group,
                       handlers=training_requests(store, worker).handlers,  # type: ignore[arg-type]
@@ -103,7 +95,7 @@ async def test_two_consumers_in_one_group_split_the_requests_and_claim_each_once
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await publisher.stop()
-        await verifier.jwks.aclose()
+        await verifier.aclose()
 
     ours = {j.job_id for j in jobs}
     claims = Counter(job_id for w in workers for job_id in w.enqueued if job_id in ours)

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Response, status
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as pb
 from bsopt_api import encoding
 from bsopt_api.api.deps import Backends, TradesReader, TradesWriter
-from bsopt_api.clients import BROKER_GATEWAY
 from bsopt_api.api.schemas import Account, AccountCreate, TradesImport, TradesImportCreate
+from bsopt_api.clients import BROKER_GATEWAY
 from bsopt_common import codec
 from bsopt_common.money import Money
 
