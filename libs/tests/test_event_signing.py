@@ -457,3 +457,24 @@ async def test_publisher_without_a_signer_cannot_publish_and_consumer_needs_a_ve
         EventConsumer(bootstrap_servers=kafka_bootstrap, group_id="g", handlers={topic: projection.handle},
                       session_factory=make_session_factory(projection.engine), schema=projection.schema,
                       verifier=None, dlq_publisher=pub)  # type: ignore[arg-type]
+
+
+async def test_revoking_a_producers_only_key_stops_verifying_within_max_age(test_issuer):
+    """An empty key set is an answer (every key revoked), not a failed fetch: the cache
+    must not keep serving the revoked key for its stale-if-error grace."""
+    topic = Topic("test.w.v1", scorer_events.TradeScored, lambda m: "", lambda m: "", frozenset({"lone-svc"}))
+    key = test_issuer.service_key("lone-svc")
+    token = _sign(EventSigner("lone-svc", key), topic)
+    verifier = EventSignatureVerifier(test_issuer.client_jwks_url, cache_options={"min_max_age_seconds": 0.2})
+    saved = test_issuer.jwks_max_age
+    test_issuer.jwks_max_age = 0
+    try:
+        assert await verifier.verify(token, topic=topic, headers=_headers(), key="alice", payload=b"p") == "lone-svc"
+        test_issuer.unregister_client_key("lone-svc", key.kid)  # no successor: {"keys": []}
+        assert test_issuer.client_jwks("lone-svc") == {"keys": []}
+        await asyncio.sleep(1.1)
+        with pytest.raises(EventSignatureError, match="does not publish"):
+            await verifier.verify(token, topic=topic, headers=_headers(), key="alice", payload=b"p")
+    finally:
+        test_issuer.jwks_max_age = saved
+        await verifier.aclose()

@@ -181,7 +181,11 @@ class JWKSCache:
         try:
             resp = await self._client.get(self.jwks_url)
             resp.raise_for_status()
-            keys = KeySet.import_key_set(resp.json())
+            document = resp.json()
+            # every key removed (revoked) is an answer, not a failure: nothing verifies
+            # (joserfc refuses to import an empty set, which would keep the old keys serving)
+            empty = isinstance(document, dict) and document.get("keys") == []
+            keys = KeySet([]) if empty else KeySet.import_key_set(document)
         except (httpx.HTTPError, ValueError, JoseError) as exc:
             log.warning("JWKS fetch from %s failed: %s", self.jwks_url, exc)
             raise _FetchFailed from exc
