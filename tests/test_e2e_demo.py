@@ -28,6 +28,8 @@ from bsopt.rl_trainer.v1 import rl_trainer_pb2_grpc as tpb_grpc
 from bsopt_cli.demo import DemoOptions, run_demo
 from bsopt_cli.stack import DEMO_USER, Ports, Stack
 from bsopt_common.marketdata import bundled_provider
+from bsopt_common.security.event_signing import load_signing_key
+from bsopt_common.security.token_provider import ClientCredentialsTokenProvider
 from bsopt_common.testing.services import free_port
 
 pytestmark = pytest.mark.e2e
@@ -117,11 +119,22 @@ def test_every_trade_tagged_pushed_and_digested(summary):
         assert dg["trades"] >= 1
 
 
+def _provider(stack, client: str) -> ClientCredentialsTokenProvider:
+    """``client``'s own credentials in the running stack: its key pair (private_key_jwt)."""
+    key = load_signing_key((stack.keys_dir / f"{client}.jwk").read_text())
+    return ClientCredentialsTokenProvider(stack.issuer + "/oauth2/token", client, signing_key=key)
+
+
 def _token(stack, client: str, resource: str, scope: str) -> str:
-    r = httpx.post(stack.issuer + "/oauth2/token", auth=(client, f"dev-{client}-secret"),
-                   data={"grant_type": "client_credentials", "resource": resource, "scope": scope})
-    r.raise_for_status()
-    return r.json()["access_token"]
+    """A client-credentials token of ``client`` from the real auth-server."""
+    async def fetch() -> str:
+        provider = _provider(stack, client)
+        try:
+            return await provider.token(resource, scope)
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(fetch())
 
 
 @pytest.mark.parametrize("target", ["broker", "scorer", "trainer"])
@@ -151,3 +164,19 @@ def test_resource_api_refuses_a_service_token(stack, summary):
     tok = _token(stack, "resource-api", "urn:bsopt:broker-gateway", "broker:accounts")
     assert httpx.get(stack.api_url + "/v1/me", headers={"authorization": f"Bearer {tok}"}).status_code == 401
     assert httpx.get(stack.api_url + "/v1/me").status_code == 401
+
+
+def test_a_services_own_token_reads_no_users_account(stack, summary):
+    """The audit's attack on the running stack (issue 6 §2): rl-trainer's real
+    client-credentials token (aud broker-gateway, scope broker:accounts) asked GetAccount
+    for the demo user's account, naming the user in a request field, and got their cash
+    and positions. Now the field is gone from the contract (an unknown field on the wire)
+    and broker-gateway takes the user only from a delegated token."""
+    account_id = summary["paper_trading"]["account_id"]
+    token = _token(stack, "rl-trainer", "urn:bsopt:broker-gateway", "broker:accounts")
+    request = bpb.GetAccountRequest(account_id=account_id).SerializeToString() + b"\x12\x04demo"  # field 2: "demo"
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.broker}") as ch:
+        get_account = ch.unary_unary("/bsopt.broker_gateway.v1.BrokerGatewayService/GetAccount")
+        with pytest.raises(grpc.RpcError) as err:
+            get_account(request, metadata=(("authorization", f"Bearer {token}"),), timeout=10)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -55,7 +55,7 @@ def _print_urls(stack: Stack) -> None:
         t.add_row(name, addr)
     console.print(t)
     console.print(f"demo user: [bold]{DEMO_USER[0]}[/bold] / [bold]{DEMO_USER[1]}[/bold]  "
-                  f"(public client bsopt-cli; service clients use dev-<client>-secret)")
+                  f"(public client bsopt-cli; service clients use private_key_jwt with their keys in {stack.keys_dir})")
     console.print(f"logs: {stack.log_dir}/<service>.log")
 
 

@@ -7,7 +7,8 @@
 2. Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else the embedded Kafka-compatible broker
    (Tansu, in-memory: topics and offsets start empty on every start) as a child process
    on a free port, logging to ``<state_dir>/logs/kafka.log``;
-3. auth-server migrations and dev seed (clients, demo user), then the six services as
+3. each service's key pair under ``<state_dir>/keys`` (created once), auth-server migrations
+   and dev seed (clients with those public keys, demo user), then the six services as
    child processes; each service runs its own migrations on start;
 4. waits until every service answers (HTTP metadata, gRPC health).
 
@@ -151,6 +152,19 @@ class Stack:
 
         return bootstrap_service_roles(database_url)
 
+    @property
+    def keys_dir(self) -> Path:
+        return self.state_dir / "keys"
+
+    def service_key_files(self) -> dict[str, str]:
+        """``{client_id: private key file}``: each service's own key pair under
+        ``<state_dir>/keys`` (created once, mode 0600; the directory 0700), with its public
+        JWKS next to it as ``<client_id>.jwks.json`` for the auth-server's ``seed-dev``. A
+        service signs its events and authenticates (``private_key_jwt``) with it."""
+        from bsopt_common.service_keys import ensure_service_keys
+
+        return {client: str(path) for client, path in ensure_service_keys(self.keys_dir, SERVICE_CLIENTS).items()}
+
     def service_env(self, database_url: str, kafka: str,
                     role_urls: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
         p = self.ports
@@ -163,23 +177,25 @@ class Stack:
 
             common["KAFKA_SESSION_TIMEOUT_MS"] = str(FAST_GROUP_SETTINGS["session_timeout_ms"])
             common["KAFKA_HEARTBEAT_INTERVAL_MS"] = str(FAST_GROUP_SETTINGS["heartbeat_interval_ms"])
-        secret = {c: f"dev-{c}-secret" for c in SERVICE_CLIENTS}
+        keys = self.service_key_files()
         envs = {
             # resource-api's Swagger UI exchanges its code at the token endpoint (CORS)
             "auth-server": {**common, "BSOPT_AUTH_PORT": str(p.auth), "BSOPT_AUTH_ISSUER": self.issuer,
-                            "BSOPT_AUTH_TOKEN_ENDPOINT_CORS_ORIGINS": self.api_url},
+                            "BSOPT_AUTH_TOKEN_ENDPOINT_CORS_ORIGINS": self.api_url,
+                            # seed-dev registers each service's public keys (private_key_jwt)
+                            "BSOPT_AUTH_SEED_CLIENT_KEYS_DIR": str(self.keys_dir)},
             "broker-gateway": {**common, "BSOPT_BROKER_PORT": str(p.broker),
-                               "BSOPT_BROKER_CLIENT_SECRET": secret["broker-gateway"]},
+                               "BSOPT_BROKER_SIGNING_KEY_FILE": keys["broker-gateway"]},
             "ml-scorer": {**common, "BSOPT_SCORER_PORT": str(p.scorer),
-                          "BSOPT_SCORER_CLIENT_SECRET": secret["ml-scorer"]},
+                          "BSOPT_SCORER_SIGNING_KEY_FILE": keys["ml-scorer"]},
             "rl-trainer": {**common, "BSOPT_TRAINER_PORT": str(p.trainer),
-                           "BSOPT_TRAINER_CLIENT_SECRET": secret["rl-trainer"],
+                           "BSOPT_TRAINER_SIGNING_KEY_FILE": keys["rl-trainer"],
                            "BSOPT_TRAINER_BROKER_GATEWAY_TARGET": f"127.0.0.1:{p.broker}",
                            "BSOPT_TRAINER_ARTIFACTS_DIR": str((self.state_dir / "artifacts").resolve())},
             "digest-worker": {**common, "BSOPT_DIGEST_HEALTH_PORT": str(p.digest),
-                              "BSOPT_DIGEST_CLIENT_SECRET": secret["digest-worker"]},
+                              "BSOPT_DIGEST_SIGNING_KEY_FILE": keys["digest-worker"]},
             "resource-api": {**common, "BSOPT_API_PORT": str(p.api),
-                             "BSOPT_API_CLIENT_SECRET": secret["resource-api"],
+                             "BSOPT_API_SIGNING_KEY_FILE": keys["resource-api"],
                              "BSOPT_API_BROKER_GATEWAY_TARGET": f"127.0.0.1:{p.broker}",
                              "BSOPT_API_ML_SCORER_TARGET": f"127.0.0.1:{p.scorer}",
                              "BSOPT_API_RL_TRAINER_TARGET": f"127.0.0.1:{p.trainer}"},
