@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.helpers import create_ssl_context
 
+from bsopt_common.settings import KAFKA_AUDIENCE
+
 if TYPE_CHECKING:
     from bsopt_common.security.token_provider import ClientCredentialsTokenProvider
     from bsopt_common.settings import ServiceSettings
 
-#: The resource identifier (RFC 8707) of the Kafka cluster in tokens presented to it.
-KAFKA_AUDIENCE = "urn:bsopt:kafka"
+__all__ = ["KAFKA_AUDIENCE", "OAuthBearerTokenProvider", "kafka_client_options"]
 
 
 class OAuthBearerTokenProvider(AbstractTokenProvider):  # type: ignore[misc]  # aiokafka is untyped

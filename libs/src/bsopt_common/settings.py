@@ -26,8 +26,10 @@ RESOURCE_API_AUDIENCE = "urn:bsopt:resource-api"
 BROKER_GATEWAY_AUDIENCE = "urn:bsopt:broker-gateway"
 ML_SCORER_AUDIENCE = "urn:bsopt:ml-scorer"
 RL_TRAINER_AUDIENCE = "urn:bsopt:rl-trainer"
-#: The event bus: producers attach a token with this audience to every event.
-EVENTS_AUDIENCE = "urn:bsopt:events"
+#: The Kafka brokers of a real cluster: services present a token for it with
+#: SASL/OAUTHBEARER (:mod:`bsopt_common.kafka_auth`; scope ``kafka:cluster``). Events
+#: themselves carry no token: each is signed by its producer's own key.
+KAFKA_AUDIENCE = "urn:bsopt:kafka"
 
 DEV_ISSUER = "http://127.0.0.1:9000"
 DEV_ENVIRONMENTS = frozenset({"dev", "test"})
@@ -77,7 +79,7 @@ class ServiceSettings(BaseSettings):
     #: CA bundle for the brokers' TLS certificates (system trust store when unset).
     kafka_ssl_cafile: str | None = None
     #: Audience of the tokens presented to Kafka (RFC 8707 resource identifier).
-    kafka_oauth_audience: str = "urn:bsopt:kafka"
+    kafka_oauth_audience: str = KAFKA_AUDIENCE
     #: Consumer-group session timeout and heartbeat, milliseconds (aiokafka's defaults;
     #: a real Kafka refuses sessions below its group.min.session.timeout.ms, 6 s by default).
     #: The embedded Tansu broker answers a group join after about half the session, so the

@@ -34,7 +34,7 @@ from bsopt_auth.rfc8693 import TOKEN_EXCHANGE_GRANT_TYPE
 from bsopt_common.db import session_scope
 from bsopt_common.settings import (
     BROKER_GATEWAY_AUDIENCE,
-    EVENTS_AUDIENCE,
+    KAFKA_AUDIENCE,
     ML_SCORER_AUDIENCE,
     RESOURCE_API_AUDIENCE,
     RL_TRAINER_AUDIENCE,
@@ -92,19 +92,20 @@ DEV_CLIENTS: tuple[DevClient, ...] = (
     ),
     DevClient(
         "resource-api",
-        scopes="broker:accounts broker:orders broker:import scorer:read trainer:jobs.read trainer:jobs.write",
-        resources=(BROKER_GATEWAY_AUDIENCE, ML_SCORER_AUDIENCE, RL_TRAINER_AUDIENCE),
+        scopes="broker:accounts broker:orders broker:import scorer:read trainer:jobs.read trainer:jobs.write "
+               "kafka:cluster",
+        resources=(BROKER_GATEWAY_AUDIENCE, ML_SCORER_AUDIENCE, RL_TRAINER_AUDIENCE, KAFKA_AUDIENCE),
         token_exchange=True,
     ),
     DevClient(
         "rl-trainer",
-        scopes="broker:accounts broker:orders events:publish",
-        resources=(BROKER_GATEWAY_AUDIENCE, EVENTS_AUDIENCE),
+        scopes="broker:accounts broker:orders kafka:cluster",
+        resources=(BROKER_GATEWAY_AUDIENCE, KAFKA_AUDIENCE),
         token_exchange=True,
     ),
-    DevClient("broker-gateway", scopes="events:publish", resources=(EVENTS_AUDIENCE,)),
-    DevClient("ml-scorer", scopes="events:publish", resources=(EVENTS_AUDIENCE,)),
-    DevClient("digest-worker", scopes="events:publish", resources=(EVENTS_AUDIENCE,)),
+    DevClient("broker-gateway", scopes="kafka:cluster", resources=(KAFKA_AUDIENCE,)),
+    DevClient("ml-scorer", scopes="kafka:cluster", resources=(KAFKA_AUDIENCE,)),
+    DevClient("digest-worker", scopes="kafka:cluster", resources=(KAFKA_AUDIENCE,)),
 )
 
 

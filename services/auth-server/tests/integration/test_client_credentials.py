@@ -9,7 +9,7 @@ import pytest
 
 from bsopt_common.settings import (
     BROKER_GATEWAY_AUDIENCE,
-    EVENTS_AUDIENCE,
+    KAFKA_AUDIENCE,
     ML_SCORER_AUDIENCE,
     RL_TRAINER_AUDIENCE,
 )
@@ -17,27 +17,27 @@ from bsopt_common.settings import (
 
 @pytest.mark.parametrize("method", ["basic", "post"])
 async def test_client_credentials(oauth, settings, method: str) -> None:
-    resp = await oauth.client_credentials("broker-gateway", method=method, scope="events:publish")
+    resp = await oauth.client_credentials("broker-gateway", method=method, scope="kafka:cluster")
     assert resp.status_code == 200, resp.text
     assert resp.headers["cache-control"] == "no-store"
     assert resp.headers["pragma"] == "no-cache"
     body = resp.json()
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == settings.access_token_ttl_seconds
-    assert body["scope"] == "events:publish"
+    assert body["scope"] == "kafka:cluster"
     assert "id_token" not in body and "refresh_token" not in body
     token = await oauth.decode(body["access_token"])
     assert token.header["typ"] == "at+jwt"
     claims = token.claims
     assert claims["sub"] == "broker-gateway" and claims["client_id"] == "broker-gateway"
-    assert claims["aud"] == EVENTS_AUDIENCE  # the only allowed resource is the default
+    assert claims["aud"] == KAFKA_AUDIENCE  # the only allowed resource is the default
     assert "auth_time" not in claims
 
 
 async def test_scope_defaults_to_all_allowed(oauth) -> None:
-    resp = await oauth.client_credentials("rl-trainer", resource=EVENTS_AUDIENCE)
+    resp = await oauth.client_credentials("rl-trainer", resource=KAFKA_AUDIENCE)
     assert resp.status_code == 200
-    assert set(resp.json()["scope"].split()) == {"broker:accounts", "broker:orders", "events:publish"}
+    assert set(resp.json()["scope"].split()) == {"broker:accounts", "broker:orders", "kafka:cluster"}
 
 
 @pytest.mark.parametrize("audience", [BROKER_GATEWAY_AUDIENCE, ML_SCORER_AUDIENCE, RL_TRAINER_AUDIENCE])
@@ -70,12 +70,12 @@ async def test_resource_not_allowed_is_invalid_target(oauth) -> None:
 
 
 async def test_malformed_resource_is_invalid_target(oauth) -> None:
-    resp = await oauth.client_credentials("broker-gateway", resource="urn:bsopt:events#frag")
+    resp = await oauth.client_credentials("broker-gateway", resource="urn:bsopt:kafka#frag")
     assert resp.json()["error"] == "invalid_target"
 
 
 async def test_scope_not_allowed_is_invalid_scope(oauth) -> None:
-    resp = await oauth.client_credentials("broker-gateway", scope="events:publish broker:orders")
+    resp = await oauth.client_credentials("broker-gateway", scope="kafka:cluster broker:orders")
     assert resp.status_code == 400
     assert resp.json()["error"] == "invalid_scope"
 

@@ -51,7 +51,7 @@ def assertion_for(client_id: str, key: ECKey, settings) -> str:
 async def token_with(oauth, client_id: str, key: ECKey, settings) -> int:
     resp = await oauth.client.post("/oauth2/token", data={
         "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
-        "client_assertion": assertion_for(client_id, key, settings), "resource": "urn:bsopt:events"})
+        "client_assertion": assertion_for(client_id, key, settings), "resource": "urn:bsopt:kafka"})
     return resp.status_code
 
 
@@ -187,7 +187,7 @@ async def test_0003_upgrade_keeps_secret_clients_working(engine: Engine, session
 
     assert (await oauth.client_credentials("digest-worker")).status_code == 200
     assert (await oauth.client_credentials("legacy-svc", "dev-digest-worker-secret", method="post",
-                                           scope="events:publish")).status_code == 200
+                                           scope="kafka:cluster")).status_code == 200
     page = await oauth.login(scope="openid")  # the public client
     assert page.response.status_code == 302 and "code" in page.query
     with session_scope(session_factory) as s:
@@ -203,5 +203,5 @@ async def test_0003_upgrade_keeps_secret_clients_working(engine: Engine, session
     assert "rl-trainer" not in ids and {"digest-worker", "legacy-svc", "bsopt-cli"} <= ids
     migrate(engine)
     seed_dev(session_factory)
-    assert (await oauth.client_credentials("rl-trainer", scope="events:publish",
-                                           resource="urn:bsopt:events")).status_code == 200
+    assert (await oauth.client_credentials("rl-trainer", scope="kafka:cluster",
+                                           resource="urn:bsopt:kafka")).status_code == 200

@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 from bsopt_auth.models import Client, ClientAssertionJti
 from bsopt_auth.seed import seed_dev
 from bsopt_common.db import session_scope
-from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE, EVENTS_AUDIENCE
+from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE, KAFKA_AUDIENCE
 
 TOKEN_PATH = "/oauth2/token"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -123,13 +123,13 @@ def b64(data: bytes) -> str:
 
 @pytest.mark.parametrize("client_id", ["broker-gateway", "ml-scorer", "rl-trainer"])
 async def test_valid_assertion_gets_a_client_credentials_token(oauth, settings, client_id) -> None:
-    resp = await with_assertion(oauth.client, make_assertion(client_id, settings), resource=EVENTS_AUDIENCE,
-                                scope="events:publish")
+    resp = await with_assertion(oauth.client, make_assertion(client_id, settings), resource=KAFKA_AUDIENCE,
+                                scope="kafka:cluster")
     assert resp.status_code == 200, resp.text
     assert resp.headers["cache-control"] == "no-store"
     claims = (await oauth.decode(resp.json()["access_token"])).claims
     assert claims["sub"] == claims["client_id"] == client_id
-    assert claims["aud"] == EVENTS_AUDIENCE and claims["scope"] == "events:publish"
+    assert claims["aud"] == KAFKA_AUDIENCE and claims["scope"] == "kafka:cluster"
 
 
 @pytest.mark.parametrize("aud", ["token_endpoint", "both", "issuer_in_list"])
@@ -231,7 +231,7 @@ async def test_another_clients_id_signed_with_own_key_is_refused(oauth, settings
                                                               kid=kid_of("broker-gateway"))))
 
 
-@pytest.mark.parametrize("aud", ["http://127.0.0.1:9001", "urn:bsopt:resource-api", ["urn:bsopt:events"], [], 7,
+@pytest.mark.parametrize("aud", ["http://127.0.0.1:9001", "urn:bsopt:resource-api", ["urn:bsopt:kafka"], [], 7,
                                  None, "http://127.0.0.1:9000/oauth2/token/x"])
 async def test_wrong_aud_is_refused(oauth, settings, aud) -> None:
     assertion = make_assertion("broker-gateway", settings, aud=aud, **({"drop": ("aud",)} if aud is None else {}))
@@ -313,7 +313,7 @@ async def test_secret_for_a_private_key_jwt_client_is_refused(oauth) -> None:
 
 
 async def test_secret_clients_keep_working_and_cannot_use_an_assertion(oauth, settings) -> None:
-    resp = await oauth.client_credentials("digest-worker", scope="events:publish")
+    resp = await oauth.client_credentials("digest-worker", scope="kafka:cluster")
     assert resp.status_code == 200, resp.text
     own = ECKey.generate_key("P-256", private=True)
     now = int(time.time())

@@ -30,7 +30,7 @@ async def test_metadata(oauth, settings, path: str) -> None:
     assert set(meta["token_endpoint_auth_signing_alg_values_supported"]) == {
         "ES256", "RS256", "PS256", "EdDSA", "Ed25519"
     }
-    assert {"openid", "profile", "trades:read", "events:publish", "broker:orders"} <= set(meta["scopes_supported"])
+    assert {"openid", "profile", "trades:read", "kafka:cluster", "broker:orders"} <= set(meta["scopes_supported"])
     assert meta["subject_types_supported"] == ["public"]
     assert "RS256" in meta["id_token_signing_alg_values_supported"]
     assert meta["authorization_response_iss_parameter_supported"] is True

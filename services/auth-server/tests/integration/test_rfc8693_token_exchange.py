@@ -27,7 +27,7 @@ from bsopt_common.db import session_scope
 from bsopt_common.security.jwt import AccessTokenClaims, AccessTokenVerifier, InvalidTokenError, JWKSCache
 from bsopt_common.settings import (
     BROKER_GATEWAY_AUDIENCE,
-    EVENTS_AUDIENCE,
+    KAFKA_AUDIENCE,
     ML_SCORER_AUDIENCE,
     RESOURCE_API_AUDIENCE,
     RL_TRAINER_AUDIENCE,
@@ -273,7 +273,7 @@ async def test_client_credentials_token_has_no_user_to_act_for(oauth, client) ->
 
 async def test_client_without_the_grant_is_unauthorized(oauth, client) -> None:
     subject = await user_token(oauth)
-    assert_error(await exchange(client, "broker-gateway", subject, resources=(EVENTS_AUDIENCE,)),
+    assert_error(await exchange(client, "broker-gateway", subject, resources=(KAFKA_AUDIENCE,)),
                  "unauthorized_client")
     public = await client.post(TOKEN_PATH, data={
         "grant_type": GRANT, "client_id": "bsopt-cli", "subject_token": subject,
@@ -284,7 +284,7 @@ async def test_client_without_the_grant_is_unauthorized(oauth, client) -> None:
 
 
 @pytest.mark.parametrize(("client_id", "scope", "resource"), [
-    ("resource-api", "broker:accounts events:publish", BROKER_GATEWAY_AUDIENCE),  # not resource-api's
+    ("resource-api", "broker:accounts kafka:cluster", BROKER_GATEWAY_AUDIENCE),  # not resource-api's
     ("resource-api", "scorer:read", BROKER_GATEWAY_AUDIENCE),  # resource-api's, but for another callee
     ("resource-api", "openid", BROKER_GATEWAY_AUDIENCE),
     ("rl-trainer", "broker:import", BROKER_GATEWAY_AUDIENCE),  # the broker's, but not rl-trainer's
@@ -400,13 +400,13 @@ async def test_hand_signed_delegated_token_is_bounded_by_its_own_scope(
 
 @pytest.mark.parametrize(("client_id", "resources", "audience"), [
     ("resource-api", ("urn:bsopt:nope",), None),  # unknown
-    ("resource-api", (EVENTS_AUDIENCE,), None),  # not one resource-api may reach
+    ("resource-api", (KAFKA_AUDIENCE,), None),  # not one resource-api may reach
     ("resource-api", (RESOURCE_API_AUDIENCE,), None),  # itself
     ("resource-api", (), "urn:bsopt:nope"),
     ("resource-api", (), None),  # several possible callees: one must be named
     ("resource-api", (BROKER_GATEWAY_AUDIENCE, ML_SCORER_AUDIENCE), None),  # one callee per token
     ("resource-api", ("relative/path",), None),
-    ("rl-trainer", (EVENTS_AUDIENCE,), None),  # a client-credentials target, not an exchange one
+    ("rl-trainer", (KAFKA_AUDIENCE,), None),  # a client-credentials target, not an exchange one
 ])
 async def test_invalid_target(oauth, client, client_id: str, resources: tuple[str, ...],
                               audience: str | None) -> None:

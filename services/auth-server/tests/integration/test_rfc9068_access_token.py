@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from bsopt_common.security.jwt import AccessTokenVerifier, InsufficientScopeError, InvalidTokenError, JWKSCache
-from bsopt_common.settings import EVENTS_AUDIENCE, RESOURCE_API_AUDIENCE
+from bsopt_common.settings import KAFKA_AUDIENCE, RESOURCE_API_AUDIENCE
 
 REQUIRED = {"iss", "sub", "aud", "client_id", "scope", "iat", "nbf", "exp", "jti"}
 
@@ -53,12 +53,12 @@ def shared_verifier(app, settings):
 
 async def test_tokens_pass_the_shared_resource_server_verifier(oauth, shared_verifier) -> None:
     resp = await oauth.client_credentials("ml-scorer")
-    claims = await shared_verifier(EVENTS_AUDIENCE).verify(resp.json()["access_token"], ["events:publish"])
+    claims = await shared_verifier(KAFKA_AUDIENCE).verify(resp.json()["access_token"], ["kafka:cluster"])
     assert claims.client_id == "ml-scorer"
     with pytest.raises(InvalidTokenError):
         await shared_verifier(RESOURCE_API_AUDIENCE).verify(resp.json()["access_token"])
     with pytest.raises(InsufficientScopeError):
-        await shared_verifier(EVENTS_AUDIENCE).verify(resp.json()["access_token"], ["broker:orders"])
+        await shared_verifier(KAFKA_AUDIENCE).verify(resp.json()["access_token"], ["broker:orders"])
 
     body = await oauth.user_tokens(scope="openid trades:read")
     user = await shared_verifier(RESOURCE_API_AUDIENCE).verify(body["access_token"], ["trades:read"])

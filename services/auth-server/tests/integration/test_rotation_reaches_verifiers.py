@@ -23,7 +23,7 @@ from bsopt_auth.bootstrap import serve
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.rfc7517 import rotate_signing_key
 from bsopt_common.security.jwt import AccessTokenVerifier, InvalidTokenError, JWKSCache
-from bsopt_common.settings import EVENTS_AUDIENCE
+from bsopt_common.settings import KAFKA_AUDIENCE
 from bsopt_common.testing.services import ServiceThread, free_port
 
 
@@ -41,7 +41,7 @@ def _tokens(issuer: str, n: int) -> list[str]:
     with httpx.Client(base_url=issuer, timeout=10) as http:
         out = []
         for _ in range(n):
-            resp = http.post("/oauth2/token", data={"grant_type": "client_credentials", "resource": EVENTS_AUDIENCE},
+            resp = http.post("/oauth2/token", data={"grant_type": "client_credentials", "resource": KAFKA_AUDIENCE},
                              auth=("ml-scorer", "dev-ml-scorer-secret"))
             assert resp.status_code == 200, resp.text
             out.append(resp.json()["access_token"])
@@ -56,14 +56,14 @@ def _kid(token: str) -> str:
 def _forged(issuer: str) -> str:
     key = RSAKey.generate_key(2048)
     now = int(time.time())
-    claims = {"iss": issuer, "sub": "attacker", "aud": EVENTS_AUDIENCE, "client_id": "ml-scorer",
-              "scope": "events:publish", "iat": now, "nbf": now, "exp": now + 300, "jti": str(uuid.uuid4())}
+    claims = {"iss": issuer, "sub": "attacker", "aud": KAFKA_AUDIENCE, "client_id": "ml-scorer",
+              "scope": "kafka:cluster", "iat": now, "nbf": now, "exp": now + 300, "jti": str(uuid.uuid4())}
     return jwt.encode({"alg": "RS256", "kid": uuid.uuid4().hex, "typ": "at+jwt"}, claims, key)
 
 
 async def test_forged_kid_first_cannot_starve_the_rotated_key(http_issuer, session_factory) -> None:
     jwks = JWKSCache(http_issuer + "/.well-known/jwks.json", min_refetch_interval_seconds=10.0)
-    verifier = AccessTokenVerifier(http_issuer, EVENTS_AUDIENCE, jwks)
+    verifier = AccessTokenVerifier(http_issuer, KAFKA_AUDIENCE, jwks)
     [before] = _tokens(http_issuer, 1)
     await verifier.verify(before)
     assert jwks.max_age == 300.0 and jwks.fetches == 1

@@ -44,9 +44,9 @@ def test_seeded_clients(session_factory) -> None:
     assert cli.allowed_resources == ["urn:bsopt:resource-api"]
     assert cli.token_endpoint_auth_method == "none"
     assert set(clients["resource-api"].allowed_resources) == {
-        "urn:bsopt:broker-gateway", "urn:bsopt:ml-scorer", "urn:bsopt:rl-trainer"
+        "urn:bsopt:broker-gateway", "urn:bsopt:ml-scorer", "urn:bsopt:rl-trainer", "urn:bsopt:kafka"
     }
-    assert set(clients["rl-trainer"].allowed_scopes) == {"broker:accounts", "broker:orders", "events:publish"}
+    assert set(clients["rl-trainer"].allowed_scopes) == {"broker:accounts", "broker:orders", "kafka:cluster"}
     exchange = "urn:ietf:params:oauth:grant-type:token-exchange"  # RFC 8693: acts for a user
     for cid in ("resource-api", "rl-trainer", "broker-gateway", "ml-scorer", "digest-worker"):
         c = clients[cid]
@@ -64,4 +64,4 @@ def test_seed_repairs_drifted_metadata(session_factory) -> None:
         s.get(Client, "ml-scorer").allowed_scopes = ["tampered"]
     seed_dev(session_factory)
     with session_scope(session_factory) as s:
-        assert s.get(Client, "ml-scorer").allowed_scopes == ["events:publish"]
+        assert s.get(Client, "ml-scorer").allowed_scopes == ["kafka:cluster"]

@@ -36,7 +36,7 @@ from bsopt_auth.rfc7517 import (
 from bsopt_auth.rfc7517.encryption import LocalKeyEncryptionKey, dev_only_key_encryption_key
 from bsopt_common.db import session_scope
 from bsopt_common.security.jwt import AccessTokenVerifier, InvalidTokenError, JWKSCache
-from bsopt_common.settings import EVENTS_AUDIENCE
+from bsopt_common.settings import KAFKA_AUDIENCE
 from bsopt_common.testing.services import ServiceThread, free_port
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi"}
@@ -57,7 +57,7 @@ def http_issuer(postgres_url: str, engine: Engine) -> Iterator[str]:
 
 def _client_token(issuer: str, client_id: str = "ml-scorer") -> str:
     resp = httpx.post(issuer + "/oauth2/token", data={"grant_type": "client_credentials",
-                                                      "resource": EVENTS_AUDIENCE},
+                                                      "resource": KAFKA_AUDIENCE},
                       auth=(client_id, f"dev-{client_id}-secret"), timeout=10)
     assert resp.status_code == 200, resp.text
     return resp.json()["access_token"]
@@ -70,7 +70,7 @@ def _kid(token: str) -> str:
 
 def _verifier(issuer: str) -> AccessTokenVerifier:
     """What every resource server builds (``ServiceRuntime``)."""
-    return AccessTokenVerifier(issuer, EVENTS_AUDIENCE, JWKSCache(issuer + "/.well-known/jwks.json"))
+    return AccessTokenVerifier(issuer, KAFKA_AUDIENCE, JWKSCache(issuer + "/.well-known/jwks.json"))
 
 
 def _dump(engine: Engine) -> list[dict]:
@@ -85,8 +85,8 @@ def _dump(engine: Engine) -> list[dict]:
 
 def _claims(issuer: str) -> dict:
     now = int(time.time())
-    return {"iss": issuer, "sub": "attacker", "aud": EVENTS_AUDIENCE, "client_id": "ml-scorer",
-            "scope": "events:publish", "iat": now, "nbf": now, "exp": now + 300, "jti": "forged-1"}
+    return {"iss": issuer, "sub": "attacker", "aud": KAFKA_AUDIENCE, "client_id": "ml-scorer",
+            "scope": "kafka:cluster", "iat": now, "nbf": now, "exp": now + 300, "jti": "forged-1"}
 
 
 async def test_dump_of_signing_keys_holds_no_private_key_and_mints_nothing(http_issuer, engine,

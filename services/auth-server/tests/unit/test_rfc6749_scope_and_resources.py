@@ -35,7 +35,7 @@ def test_resources() -> None:
         resolve_resources([], allowed)
     with pytest.raises(InvalidTargetError):
         resolve_resources([], allowed, default="urn:not:allowed")
-    assert is_valid_resource("urn:bsopt:events")
+    assert is_valid_resource("urn:bsopt:kafka")
     assert not is_valid_resource("")
 
 
