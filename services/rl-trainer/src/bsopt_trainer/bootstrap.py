@@ -54,4 +54,4 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event, market_data: Mar
             finally:
                 await channel.close()
     finally:
-        worker.stop()
+        await asyncio.to_thread(worker.stop)  # the running job stops at its next iteration

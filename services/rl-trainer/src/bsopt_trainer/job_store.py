@@ -348,10 +348,17 @@ class TrainingWorker:
             if self._current == job_id:
                 self._cancel_current.set()
 
-    def stop(self) -> None:
+    def stop(self, timeout_seconds: float = 60.0) -> None:
+        """Stop taking jobs, interrupt the running one at its next PPO iteration, and wait
+        up to ``timeout_seconds`` for the thread to end (a process must not exit while
+        torch still runs in it: the C++ runtime aborts instead of exiting cleanly)."""
         with self._cv:
             self._stopping = True
             self._cv.notify()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout_seconds)
+            if self._thread.is_alive():
+                log.warning("training worker still running after %.0f s", timeout_seconds)
 
     def _candidates(self) -> list[tuple[str, str]]:
         """``(user, head job)`` in serving order: least recently served user first."""

@@ -97,3 +97,23 @@ async def test_cancel_needs_the_write_scope(client, tokens):
     resp = await client.post("/v1/training-jobs/any:cancel",
                              headers=tokens.bearer(tokens.user(scope="training:read")))
     assert resp.status_code == 403
+
+
+async def test_backend_calls_carry_the_users_exchanged_token_one_exchange_per_scope(client, tokens, test_issuer):
+    """resource-api reaches rl-trainer only with the user's token exchanged (RFC 8693) for
+    the scope each call needs: one exchange for the submit (trainer:jobs.write), one for
+    every read after it (trainer:jobs.read, cached); rl-trainer files the job under the
+    token's user, so the same user reads it back and another user cannot."""
+    owner = tokens.bearer(tokens.user())
+    before = test_issuer.exchange_requests
+    resp = await client.post("/v1/training-jobs", json=JOB, headers=owner)
+    assert resp.status_code == 202, resp.text
+    location = resp.headers["location"]
+    for _ in range(3):
+        resp = await client.get(location, headers=owner)
+        assert resp.status_code == 200, resp.text
+    assert test_issuer.exchange_requests - before == 2
+    resp = await client.get(location, headers=tokens.bearer(tokens.user()))
+    assert resp.status_code == 404
+    await client.post(f"{location}:cancel", headers=owner)  # leave the worker free
+    await poll(client, location, owner, lambda j: j["status"] in ("cancelled", "succeeded", "failed"), 60)
