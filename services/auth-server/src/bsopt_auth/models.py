@@ -1,4 +1,4 @@
-"""SQLAlchemy tables, all in schema ``auth`` (``migrations/versions/0001`` to ``0003``)."""
+"""SQLAlchemy tables, all in schema ``auth`` (``migrations/versions/0001`` to ``0004``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -186,3 +187,68 @@ class ClientAssertionJti(Base):
     )
     jti: Mapped[str] = mapped_column(String(255), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class TokenFamily(Base):
+    """One redeemed authorization code (RFC 6749 §4.1.3) and every token issued from it:
+    its access tokens carry the family id as ``sid``, its refresh tokens rotate within it
+    (RFC 9700 §4.14.2). ``revoked_at`` (refresh-token reuse, code replay, RFC 7009)
+    makes all of them inactive; ``expires_at`` is the absolute refresh-token lifetime."""
+
+    __tablename__ = "token_families"
+    __table_args__ = (
+        UniqueConstraint("code_hash", name="token_families_code_hash_key"),
+        Index("token_families_expires_at_idx", "expires_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    client_id: Mapped[str] = mapped_column(
+        ForeignKey(f"{SCHEMA}.clients.client_id", ondelete="CASCADE"), nullable=False
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey(f"{SCHEMA}.users.id", ondelete="CASCADE"), nullable=False
+    )
+    #: Granted scope, space-separated; a refresh may narrow its access token, never this.
+    scope: Mapped[str] = mapped_column(Text, nullable=False)
+    resource: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    auth_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    #: Hex SHA-256 of the authorization code the family came from.
+    code_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class RefreshToken(Base):
+    """An opaque refresh token (RFC 6749 §1.5), stored as its hex SHA-256 only. Used once:
+    ``used_at`` is set by the rotation that replaces it; presenting it again is reuse."""
+
+    __tablename__ = "refresh_tokens"
+    __table_args__ = (Index("refresh_tokens_family_id_idx", "family_id"),)
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    family_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey(f"{SCHEMA}.token_families.id", ondelete="CASCADE"), nullable=False
+    )
+    #: Sliding (idle) expiry, never later than the family's absolute ``expires_at``.
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class RevokedAccessToken(Base):
+    """The ``jti`` of an access token revoked through RFC 7009, kept until its ``exp``;
+    introspection (RFC 7662) reports it inactive."""
+
+    __tablename__ = "revoked_access_tokens"
+    __table_args__ = (Index("revoked_access_tokens_expires_at_idx", "expires_at"),)
+
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    revoked_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
