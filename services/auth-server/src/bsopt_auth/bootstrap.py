@@ -2,13 +2,19 @@
 migrated, an active signing key (decryptable with that KEK), the dev seed when asked for,
 then the ASGI app behind the shared HTTP serve helper until ``stop`` (SIGTERM drains like
 every other service). Beside it, the key maintenance loop retires previous keys past the
-verification window and rotates on schedule (``signing_key_rotation_days``)."""
+verification window and rotates on schedule (``signing_key_rotation_days``).
+
+With ``workers`` > 1 the parent does the start-up and the key maintenance, binds the
+listening socket, and starts that many worker processes (spawned, each with its own
+engine, pool and caches) serving it; SIGTERM to the parent stops them (each drains)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import socket
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,7 +22,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from bsopt_auth.app import create_app
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.db import migrate
-from bsopt_auth.rfc7517 import KeyDecryptionError, configure_key_encryption, ensure_active_key, maintain_keys
+from bsopt_auth.passwords import PasswordParams, configure_password_hashing
+from bsopt_auth.rfc7517 import (
+    KeyDecryptionError,
+    configure_active_key_cache,
+    configure_key_encryption,
+    ensure_active_key,
+    maintain_keys,
+)
 from bsopt_auth.seed import read_client_keys_dir, seed_dev
 from bsopt_common.db import create_db_engine, make_session_factory, wait_for_database
 from bsopt_common.http_server import serve_asgi
@@ -25,9 +38,13 @@ log = logging.getLogger(__name__)
 
 
 def configure_keys(settings: AuthSettings) -> None:
-    """Load the KEK (reads the secret file) and make it the process-wide one."""
+    """Load the KEK (reads the secret file) and make it the process-wide one; the key
+    cache's TTL and the argon2id parameters too."""
     kek = settings.key_encryption_key_provider()
     configure_key_encryption(kek)
+    configure_active_key_cache(settings.active_key_cache_seconds)
+    configure_password_hashing(PasswordParams(settings.password_time_cost, settings.password_memory_cost_kib,
+                                              settings.password_parallelism))
     if kek.key_id.startswith("dev-only:"):
         log.warning("signing keys are sealed with the DEV-ONLY key-encryption key %s (environment=%s)",
                     kek.key_id, settings.environment)
@@ -84,12 +101,70 @@ async def key_maintenance_loop(settings: AuthSettings, factory: sessionmaker[Ses
             log.exception("signing key maintenance failed")
 
 
+def _worker(settings: AuthSettings, sock: socket.socket) -> None:
+    """One worker process of a multi-worker ``serve``: its own engine and app on the
+    parent's listening socket, until SIGTERM (uvicorn drains)."""
+    import uvicorn
+
+    from bsopt_common.telemetry import setup_logging
+
+    setup_logging(settings.service_name)
+    configure_keys(settings)
+    engine = create_db_engine(settings.require_database_url(), application_name="bsopt-auth-server")
+    config = uvicorn.Config(create_app(settings, engine), lifespan="on", log_config=None, access_log=False,
+                            timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)))
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        engine.dispose()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _serve_workers(settings: AuthSettings, stop: asyncio.Event) -> None:
+    sock = _listen(settings.host, settings.port)
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_worker, args=(settings, sock), name=f"auth-worker-{i}", daemon=False)
+             for i in range(settings.workers)]
+    for proc in procs:
+        proc.start()
+    log.info("auth-server: %d workers on %s:%d", len(procs), settings.host, settings.port)
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            dead = [p for p in procs if not p.is_alive()]
+            if dead and not stop.is_set():
+                raise RuntimeError(f"auth-server worker {dead[0].name} exited with {dead[0].exitcode}")
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: the worker drains
+        deadline = settings.shutdown_grace_seconds + 5
+        for proc in procs:
+            await asyncio.to_thread(proc.join, deadline)
+            if proc.is_alive():
+                proc.kill()
+        sock.close()
+
+
 async def serve(settings: AuthSettings, stop: asyncio.Event) -> None:
     engine = await asyncio.to_thread(prepare, settings, seed=settings.seed_dev_on_start)
     maintenance = asyncio.create_task(key_maintenance_loop(settings, make_session_factory(engine), stop))
     try:
-        await serve_asgi(create_app(settings, engine), stop, host=settings.host, port=settings.port,
-                         grace_seconds=settings.shutdown_grace_seconds)
+        if settings.workers > 1:
+            await _serve_workers(settings, stop)
+        else:
+            await serve_asgi(create_app(settings, engine), stop, host=settings.host, port=settings.port,
+                             grace_seconds=settings.shutdown_grace_seconds)
     finally:
         maintenance.cancel()
         with contextlib.suppress(asyncio.CancelledError):

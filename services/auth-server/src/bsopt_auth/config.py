@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 from urllib.parse import quote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from bsopt_common.settings import DEV_ENVIRONMENTS, RESOURCE_API_AUDIENCE, ServiceSettings
@@ -38,6 +38,12 @@ class AuthSettings(ServiceSettings):
     token_exchange_ttl_seconds: int = Field(300, gt=0)
     id_token_ttl_seconds: int = Field(900, gt=0)
     authorization_code_ttl_seconds: int = Field(60, gt=0)
+    #: Refresh tokens (RFC 6749 §6, RFC 9700 §4.14): each one expires when unused for
+    #: this long (sliding: every rotation starts a new idle period), seconds...
+    refresh_token_idle_ttl_seconds: int = Field(14 * 24 * 3600, gt=0)
+    #: ...and no refresh token of a login (family) outlives this, counted from the code
+    #: exchange, seconds: then the user signs in again.
+    refresh_token_absolute_ttl_seconds: int = Field(30 * 24 * 3600, gt=0)
     #: Algorithm of newly generated signing keys: RS256 (RSA 2048) or ES256 (P-256).
     signing_alg: Literal["RS256", "ES256"] = "RS256"
     #: Resource (RFC 8707) an authorization code flow token is for when none is requested.
@@ -46,6 +52,19 @@ class AuthSettings(ServiceSettings):
     seed_dev_on_start: bool = False
     #: On SIGTERM, how long in-flight requests may take to finish, seconds.
     shutdown_grace_seconds: float = Field(10.0, gt=0)
+    #: uvicorn worker processes of ``serve``: 1 (tests, dev); in production as many as the
+    #: cores the server has (each worker caches its own signing key and documents).
+    workers: int = Field(1, ge=1, le=64)
+    #: How long a worker serves the discovery and JWKS documents from memory, and uses its
+    #: cached active signing key before checking the active kid again, seconds. A rotation
+    #: or revocation by another process reaches every worker within it.
+    metadata_cache_seconds: float = Field(1.0, ge=0, le=60)
+    active_key_cache_seconds: float = Field(1.0, ge=0, le=60)
+    #: argon2id parameters of new user password hashes (client secrets are SHA-256 digests
+    #: of server-generated secrets). Defaults: RFC 9106 "low memory" (t=3, 64 MiB, p=4).
+    password_time_cost: int = Field(3, ge=1, le=20)
+    password_memory_cost_kib: int = Field(65536, ge=8192, le=4 * 1024 * 1024)
+    password_parallelism: int = Field(4, ge=1, le=64)
     #: Cache lifetime the metadata documents advertise to clients, seconds.
     discovery_max_age_seconds: int = Field(300, ge=0)
     #: Cache lifetime the JWKS advertises (``Cache-Control: max-age``), seconds. Resource
@@ -81,6 +100,39 @@ class AuthSettings(ServiceSettings):
     #: separated in the environment; no ``*``. Empty (no CORS) by default; the local
     #: stack sets resource-api's origin (``http://127.0.0.1:8000``).
     token_endpoint_cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    # Brute-force limits (:mod:`bsopt_auth.throttle`), shared by every replica through
+    # ``auth.login_throttle``. Backoff: the first ``*_free_failures`` consecutive failures
+    # of a key cost nothing; failure ``free + k`` blocks it for
+    # ``min(throttle_base_delay_seconds * 2**(k-1), throttle_max_delay_seconds)``.
+    #: Free failures per account (login form) before the backoff starts.
+    throttle_account_free_failures: int = Field(5, ge=0)
+    #: Consecutive failures that lock an account for ``throttle_account_lock_seconds``
+    #: (audit line ``auth.account_locked``); 0 = never lock.
+    throttle_account_lock_failures: int = Field(10, ge=0)
+    throttle_account_lock_seconds: float = Field(900.0, gt=0)
+    #: Free failures per client IP (IPv6: per /64) and scope, across usernames / clients.
+    throttle_ip_free_failures: int = Field(30, ge=0)
+    #: Free client-authentication failures per client_id at the token endpoint.
+    throttle_client_free_failures: int = Field(5, ge=0)
+    throttle_base_delay_seconds: float = Field(1.0, gt=0)
+    throttle_max_delay_seconds: float = Field(300.0, gt=0)
+    #: Failures are forgotten this long after a key's last one, seconds.
+    throttle_window_seconds: float = Field(3600.0, gt=0)
+    #: HMAC key of the stored throttle keys (IP addresses, usernames, client_ids are never
+    #: stored raw). Unset: derived from the key-encryption key (same on every replica).
+    throttle_key_secret: SecretStr | None = Field(default=None, repr=False)
+    #: HMAC key of the login form's CSRF tokens (:mod:`bsopt_auth.csrf`); every replica
+    #: must share it. Unset: derived from the key-encryption key.
+    csrf_secret: SecretStr | None = Field(default=None, repr=False)
+    #: How long a rendered login form may be submitted, seconds.
+    login_form_ttl_seconds: int = Field(1800, gt=0)
+    #: Device Authorization Grant (RFC 8628): lifetime of a device code and its user code
+    #: (``expires_in``, §3.2), seconds...
+    device_code_ttl_seconds: int = Field(600, gt=0, le=3600)
+    #: ...and the minimum polling interval the client is given (``interval``, §3.2);
+    #: polling faster is ``slow_down`` and adds 5 seconds (§3.5).
+    device_code_interval_seconds: int = Field(5, ge=1, le=60)
+    _derived_secrets: dict[str, bytes] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _key_encryption_key_outside_dev(self) -> AuthSettings:
@@ -103,6 +155,27 @@ class AuthSettings(ServiceSettings):
                 "(e.g. `openssl rand -base64 32`)"
             )
         return self
+
+    def derived_secret(self, purpose: Literal["throttle", "csrf"]) -> bytes:
+        """The HMAC key for ``purpose``: its own setting when set, else HMAC-SHA256 of the
+        key-encryption key over a purpose label (one secret to deploy, separate keys).
+        Reads the KEK file once per settings object."""
+        own = self.throttle_key_secret if purpose == "throttle" else self.csrf_secret
+        if own is not None:
+            return own.get_secret_value().encode()
+        if purpose not in self._derived_secrets:
+            import hashlib
+            import hmac
+
+            from bsopt_auth.rfc7517.encryption import LocalKeyEncryptionKey
+
+            kek = self.key_encryption_key_provider()
+            if not isinstance(kek, LocalKeyEncryptionKey):
+                raise ValueError(f"set a {purpose} secret: the key-encryption key is not local")
+            self._derived_secrets[purpose] = hmac.new(
+                kek.secret, f"bsopt-auth {purpose} v1".encode(), hashlib.sha256
+            ).digest()
+        return self._derived_secrets[purpose]
 
     def key_encryption_key_provider(self) -> KeyEncryptionKey:
         """The KEK: from the file or the variable; the dev-only KEK in dev/test when
@@ -194,6 +267,23 @@ class AuthSettings(ServiceSettings):
     @property
     def userinfo_endpoint_url(self) -> str:
         return self.base_url + "/userinfo"
+
+    @property
+    def revocation_endpoint_url(self) -> str:
+        return self.base_url + "/oauth2/revoke"
+
+    @property
+    def introspection_endpoint_url(self) -> str:
+        return self.base_url + "/oauth2/introspect"
+
+    @property
+    def device_authorization_endpoint_url(self) -> str:
+        return self.base_url + "/oauth2/device_authorization"
+
+    @property
+    def device_verification_url(self) -> str:
+        """RFC 8628 §3.2 ``verification_uri``: the page where the user enters the user code."""
+        return self.base_url + "/device"
 
     def client_jwks_endpoint_url(self, client_id: str) -> str:
         """Where a client's registered public keys are published (consumers of its events

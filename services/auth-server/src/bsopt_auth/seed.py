@@ -2,7 +2,7 @@
 
 The client table below is the single place the suite's clients are declared; add a
 :class:`DevClient` to register one more. Confidential clients get the placeholder secret
-``dev-<client_id>-secret`` (only its argon2id hash is stored; settings reject such
+``dev-<client_id>-secret`` (only its SHA-256 digest is stored; settings reject such
 placeholders outside dev and test) and ``client_secret_basic``, unless the seed is given
 their public keys (``client_jwks``, or ``seed-dev --client-keys-dir DIR`` reading
 ``DIR/<client_id>.jwks.json``): such a client is registered for ``private_key_jwt``
@@ -23,7 +23,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt_auth.models import Client, User
-from bsopt_auth.passwords import hash_secret, verify_secret
+from bsopt_auth.passwords import (
+    client_secret_needs_upgrade,
+    hash_client_secret,
+    hash_secret,
+    verify_client_secret,
+    verify_secret,
+)
+from bsopt_auth.rfc6749.refresh import REFRESH_TOKEN_GRANT_TYPE
 from bsopt_auth.rfc7591 import (
     PRIVATE_KEY_JWT,
     InvalidClientMetadataError,
@@ -59,7 +66,9 @@ class DevClient:
     client_id: str
     scopes: str
     resources: tuple[str, ...]
-    #: public: no secret, authorization code + PKCE; confidential: client credentials.
+    #: public: no secret, authorization code + PKCE, and refresh tokens when the user
+    #: grants ``offline_access`` (:mod:`bsopt_auth.rfc6749.refresh`); confidential:
+    #: client credentials.
     public: bool = False
     redirect_uris: tuple[str, ...] = ()
     #: May exchange a user's token for one to a callee (RFC 8693), acting for the user.
@@ -68,7 +77,7 @@ class DevClient:
     @property
     def grant_types(self) -> list[str]:
         if self.public:
-            return ["authorization_code"]
+            return ["authorization_code", REFRESH_TOKEN_GRANT_TYPE]
         return ["client_credentials"] + ([TOKEN_EXCHANGE_GRANT_TYPE] if self.token_exchange else [])
 
     @property
@@ -84,7 +93,7 @@ def dev_client_secret(client_id: str) -> str:
 DEV_CLIENTS: tuple[DevClient, ...] = (
     DevClient(
         CLI_CLIENT_ID,
-        scopes="openid profile trades:read trades:write training:read training:write",
+        scopes="openid profile offline_access trades:read trades:write training:read training:write",
         resources=(RESOURCE_API_AUDIENCE,),
         public=True,
         # the CLI's loopback callback: any port (RFC 8252 §7.3); Swagger UI at resource-api
@@ -140,8 +149,9 @@ def _ensure_client(session: Session, spec: DevClient, jwks: dict[str, Any] | Non
         client.jwks = jwks
     else:
         secret = dev_client_secret(spec.client_id)
-        if not client.client_secret_hash or not verify_secret(client.client_secret_hash, secret):
-            client.client_secret_hash = hash_secret(secret)
+        stored = client.client_secret_hash
+        if not stored or client_secret_needs_upgrade(stored) or not verify_client_secret(stored, secret):
+            client.client_secret_hash = hash_client_secret(secret)
     return created
 
 

@@ -6,7 +6,7 @@ from sqlalchemy import func, inspect, select
 
 from bsopt_auth.db import migrate
 from bsopt_auth.models import Client, User
-from bsopt_auth.passwords import verify_secret
+from bsopt_auth.passwords import verify_client_secret, verify_secret
 from bsopt_auth.seed import DEV_CLIENTS, dev_client_secret, seed_dev
 from bsopt_common.db import session_scope
 
@@ -40,7 +40,7 @@ def test_seeded_clients(session_factory) -> None:
     assert cli.client_type == "public" and cli.client_secret_hash is None
     # the CLI's loopback callback and resource-api's Swagger UI (dev origin, default port)
     assert cli.redirect_uris == ["http://127.0.0.1/callback", "http://127.0.0.1:8000/docs/oauth2-redirect"]
-    assert cli.grant_types == ["authorization_code"]
+    assert cli.grant_types == ["authorization_code", "refresh_token"]
     assert cli.allowed_resources == ["urn:bsopt:resource-api"]
     assert cli.token_endpoint_auth_method == "none"
     assert set(clients["resource-api"].allowed_resources) == {
@@ -52,9 +52,9 @@ def test_seeded_clients(session_factory) -> None:
         c = clients[cid]
         expected = ["client_credentials", exchange] if cid in ("resource-api", "rl-trainer") else ["client_credentials"]
         assert c.client_type == "confidential" and c.grant_types == expected
-        assert c.client_secret_hash.startswith("$argon2id$")
+        assert c.client_secret_hash.startswith("sha256$")  # server-generated secret: a digest
         assert dev_client_secret(cid) not in c.client_secret_hash
-        assert verify_secret(c.client_secret_hash, dev_client_secret(cid))
+        assert verify_client_secret(c.client_secret_hash, dev_client_secret(cid))
     assert user.password_hash.startswith("$argon2id$")
     assert verify_secret(user.password_hash, "demo-password")
 

@@ -7,7 +7,12 @@ JWT signed with a key registered for the client; :mod:`bsopt_auth.rfc7523`) and 
 (public clients: ``client_id`` only). A client registered for a secret method may use
 either secret method and nothing else; a ``private_key_jwt`` client only an assertion
 (it has no secret). Using two methods at once is ``invalid_request``; any failure is
-``invalid_client``. Unknown clients cost one dummy argon2 verification.
+``invalid_client``.
+
+Secrets are checked against their SHA-256 digest in constant time
+(:func:`bsopt_auth.passwords.verify_client_secret`); unknown and public clients cost one
+compare against a dummy digest. A client still stored with a legacy argon2 hash is
+verified with it once, outside any database connection, and its row upgraded to the digest.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from bsopt_auth.models import Client
-from bsopt_auth.passwords import verify_secret
+from bsopt_auth.passwords import client_secret_needs_upgrade, hash_client_secret, verify_client_secret
 from bsopt_auth.rfc6749.errors import InvalidClientError, InvalidRequestError
 from bsopt_auth.rfc7523 import AssertionPolicy, check_assertion_parameters, verify_client_assertion
 from bsopt_auth.rfc7591 import PRIVATE_KEY_JWT
@@ -98,10 +105,27 @@ def authenticate_client(
         return AuthenticatedClient(client, method)
 
     stored = client.client_secret_hash if client is not None and not client.is_public else None
-    ok = verify_secret(stored, secret or "")  # dummy verification when unknown or public
+    legacy = stored is not None and client_secret_needs_upgrade(stored)
+    if legacy:
+        session.commit()  # return the connection before the slow argon2 verification
+    ok = verify_client_secret(stored, secret or "")  # dummy compare when unknown or public
     if not ok or client is None or client.token_endpoint_auth_method not in SECRET_METHODS:
         raise InvalidClientError("client authentication failed")
+    if legacy:
+        _upgrade_secret(session, client, stored, secret or "")
     return AuthenticatedClient(client, method)
+
+
+def _upgrade_secret(session: Session, client: Client, old: str | None, secret: str) -> None:
+    """Replace a verified legacy (argon2) secret hash with the digest, unless the row
+    changed meanwhile."""
+    new = hash_client_secret(secret)
+    session.execute(
+        update(Client).where(Client.client_id == client.client_id, Client.client_secret_hash == old)
+        .values(client_secret_hash=new).execution_options(synchronize_session=False)
+    )
+    session.commit()
+    set_committed_value(client, "client_secret_hash", new)  # in line with the row, not dirty
 
 
 __all__ = ["AUTH_METHODS", "SECRET_METHODS", "AuthenticatedClient", "authenticate_client",

@@ -16,6 +16,14 @@ Keys live in ``auth.signing_keys`` with a status:
 The ``kid`` is the RFC 7638 JWK thumbprint of the public key. Generation, rotation and
 revocation take a transaction-scoped advisory lock, so concurrent starts do not race.
 
+The decrypted active key is cached in memory (:func:`get_active_key`): per database, for
+at most ``active_key_cache_seconds`` (:func:`configure_active_key_cache`, 1 s by default)
+before the active kid is read again (one indexed query; the key is decrypted again only
+when the kid changed); rotation, revocation and maintenance in this process drop the cache
+at once and bump :func:`key_generation` (the discovery and JWKS caches follow it).
+Another process's rotation reaches this one within that TTL; the key it replaced stays
+published meanwhile, so what it signs keeps verifying.
+
 The KEK used by the functions below is the ``kek`` argument, else the process-wide one
 set by :func:`configure_key_encryption` at start-up (``bootstrap``, the CLI), else the
 one :class:`~bsopt_auth.config.AuthSettings` builds from the environment.
@@ -24,6 +32,8 @@ one :class:`~bsopt_auth.config.AuthSettings` builds from the environment.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -58,6 +68,42 @@ def configure_key_encryption(kek: KeyEncryptionKey | None) -> None:
     """Set the process-wide key-encryption key (``None``: back to the environment's)."""
     global _kek
     _kek = kek
+    invalidate_key_cache()
+
+
+# --- the active key cache ---------------------------------------------------------------
+
+_cache_lock = threading.Lock()
+#: database URL -> (kek id, loaded active key, monotonic time its kid was last confirmed)
+_active_cache: dict[str, tuple[str, LoadedKey, float]] = {}
+_active_cache_seconds = 1.0
+_generation = 0
+
+
+def configure_active_key_cache(seconds: float) -> None:
+    """How long the cached active key is used before its kid is checked again (0: every
+    call reads the active kid)."""
+    global _active_cache_seconds
+    _active_cache_seconds = max(0.0, seconds)
+    invalidate_key_cache()
+
+
+def key_generation() -> int:
+    """A counter bumped whenever this process changes the key set (rotation, revocation,
+    retirement, first key) or drops the cache: caches of derived documents compare it."""
+    return _generation
+
+
+def invalidate_key_cache() -> None:
+    """Forget the cached active keys and bump :func:`key_generation`."""
+    global _generation
+    with _cache_lock:
+        _active_cache.clear()
+        _generation += 1
+
+
+def _cache_key(session: Session) -> str:
+    return session.get_bind().url.render_as_string(hide_password=True)
 
 
 def current_key_encryption_key() -> KeyEncryptionKey:
@@ -151,22 +197,52 @@ def _active_row(session: Session) -> SigningKey | None:
     return session.scalars(select(SigningKey).where(SigningKey.status == ACTIVE)).one_or_none()
 
 
-def get_active_key(session: Session, alg: str = "RS256", kek: KeyEncryptionKey | None = None) -> LoadedKey:
-    """The active signing key, decrypted; generates one (with ``alg``) if there is none."""
+def load_active_key(session: Session, alg: str = "RS256", kek: KeyEncryptionKey | None = None) -> LoadedKey:
+    """The active signing key read and decrypted now (no cache); generates one (with
+    ``alg``) if there is none."""
     kek = kek or current_key_encryption_key()
     row = _active_row(session)
     if row is None:
         _lock(session)
-        row = _active_row(session) or _insert_active(session, alg, kek)
+        row = _active_row(session)
+        if row is None:
+            row = _insert_active(session, alg, kek)
+            invalidate_key_cache()
     return _import_private(row, kek)
+
+
+def get_active_key(session: Session, alg: str = "RS256", kek: KeyEncryptionKey | None = None) -> LoadedKey:
+    """The active signing key, decrypted, from the cache (see the module docstring): within
+    the TTL without touching ``session`` (no connection); then one query for the active
+    kid, and a fresh decryption only when it changed. Generates a key if there is none."""
+    kek = kek or current_key_encryption_key()
+    where = _cache_key(session)
+    now = time.monotonic()
+    generation = _generation
+    cached = _active_cache.get(where)
+    if cached is not None and cached[0] == kek.key_id:
+        if now - cached[2] < _active_cache_seconds:
+            return cached[1]
+        kid = session.scalar(select(SigningKey.kid).where(SigningKey.status == ACTIVE))
+        if kid == cached[1].kid:
+            with _cache_lock:
+                if generation == _generation:
+                    _active_cache[where] = (cached[0], cached[1], now)
+            return cached[1]
+    loaded = load_active_key(session, alg, kek)
+    with _cache_lock:
+        if generation == _generation:  # not invalidated while loading
+            _active_cache[where] = (kek.key_id, loaded, now)
+    return loaded
 
 
 def ensure_active_key(
     session_factory: sessionmaker[Session], alg: str = "RS256", kek: KeyEncryptionKey | None = None
 ) -> str:
-    """Make sure an active key exists (first start) and decrypts; returns its kid."""
+    """Make sure an active key exists (first start) and decrypts (now, not from the cache);
+    returns its kid."""
     with session_scope(session_factory) as session:
-        return get_active_key(session, alg, kek).kid
+        return load_active_key(session, alg, kek).kid
 
 
 def _deactivate_active(session: Session, now: datetime) -> None:
@@ -182,7 +258,9 @@ def rotate_signing_key_in(session: Session, alg: str = "RS256", kek: KeyEncrypti
     kek = kek or current_key_encryption_key()
     _lock(session)
     _deactivate_active(session, _now())
-    return _insert_active(session, alg, kek).kid
+    kid = _insert_active(session, alg, kek).kid
+    invalidate_key_cache()
+    return kid
 
 
 def rotate_signing_key(
@@ -192,7 +270,9 @@ def rotate_signing_key(
     is deleted, its public key stays published until :func:`retire_expired_keys` finds
     it past the verification window. Returns the new kid."""
     with session_scope(session_factory) as session:
-        return rotate_signing_key_in(session, alg, kek)
+        kid = rotate_signing_key_in(session, alg, kek)
+    invalidate_key_cache()  # again once committed: a load in between saw the old key
+    return kid
 
 
 def revoke_signing_key(
@@ -218,8 +298,9 @@ def revoke_signing_key(
             .execution_options(synchronize_session=False)
         )
         session.expire_all()
-        log.warning("revoked signing key kid=%s", kid)
-        return new_kid
+    invalidate_key_cache()
+    log.warning("revoked signing key kid=%s", kid)
+    return new_kid
 
 
 def retire_expired_keys(session: Session, window_seconds: float, now: datetime | None = None) -> list[str]:
@@ -237,6 +318,8 @@ def retire_expired_keys(session: Session, window_seconds: float, now: datetime |
     session.flush()
     for row in rows:
         log.info("retired signing key kid=%s", row.kid)
+    if rows:
+        invalidate_key_cache()
     return [r.kid for r in rows]
 
 
@@ -257,12 +340,14 @@ def maintain_keys(
         retire_expired_keys(session, window_seconds, now)
         active = _active_row(session)
         if active is None:
-            return get_active_key(session, alg, kek).kid
-        if rotation_days > 0 and active.created_at <= now - timedelta(days=rotation_days):
+            kid = load_active_key(session, alg, kek).kid
+        elif rotation_days > 0 and active.created_at <= now - timedelta(days=rotation_days):
             kid = rotate_signing_key_in(session, alg, kek)
             log.info("scheduled rotation: kid=%s replaces kid=%s", kid, active.kid)
-            return kid
-    return None
+        else:
+            return None
+    invalidate_key_cache()  # committed: drop what was loaded meanwhile
+    return kid
 
 
 def list_keys(session: Session) -> list[KeyInfo]:
@@ -296,13 +381,17 @@ __all__ = [
     "KeyDecryptionError",
     "KeyInfo",
     "LoadedKey",
+    "configure_active_key_cache",
     "configure_key_encryption",
     "current_key_encryption_key",
     "ensure_active_key",
     "generate_key",
     "get_active_key",
+    "invalidate_key_cache",
     "jwks_document",
+    "key_generation",
     "list_keys",
+    "load_active_key",
     "maintain_keys",
     "published_keys",
     "retire_expired_keys",

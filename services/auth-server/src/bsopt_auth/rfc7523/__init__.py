@@ -158,6 +158,7 @@ def verify_client_assertion(
     client = session.get(Client, subject)
     if client is None or client.token_endpoint_auth_method != PRIVATE_KEY_JWT or not client.jwks:
         raise InvalidClientError(_FAILED)
+    session.commit()  # no connection held across the signature check (CPU); _use_jti reconnects
     claims = _verify_signature(assertion, client, header)
 
     # Signed by the client: from here on the description may say what is wrong.

@@ -1,17 +1,32 @@
-"""Discovery documents: RFC 8414 / OIDC metadata and the JWKS (RFC 7517)."""
+"""Discovery documents: RFC 8414 / OIDC metadata and the JWKS (RFC 7517).
+
+Both documents are rendered once and served from memory (per application) for
+``metadata_cache_seconds``: discovery does not open a database session per request. The
+JWKS is rendered again at once when this process changes the key set
+(:func:`bsopt_auth.rfc7517.key_generation`); another process's rotation or revocation
+reaches it within the TTL (on top of the ``max-age`` the verifiers already allow).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from bsopt_auth.rfc7517 import get_active_key, jwks_document
+from bsopt_auth.rfc7517 import get_active_key, jwks_document, key_generation
 from bsopt_auth.rfc8414 import known_scopes, server_metadata
 from bsopt_auth.routes.state import AppState
 from bsopt_common.db import session_scope
 
 router = APIRouter()
+
+JWKS_MEDIA_TYPE = "application/jwk-set+json"
 
 
 def _cache_headers(state: AppState) -> dict[str, str]:
@@ -23,15 +38,54 @@ def _jwks_cache_headers(state: AppState) -> dict[str, str]:
     return {"Cache-Control": f"public, max-age={state.settings.jwks_max_age_seconds}"}
 
 
-async def _metadata(request: Request) -> JSONResponse:
+def _render(document: object) -> bytes:
+    return json.dumps(document, ensure_ascii=False, allow_nan=False, indent=None,
+                      separators=(",", ":")).encode("utf-8")
+
+
+@dataclass
+class CachedDocument:
+    """One rendered document, reloaded when older than the TTL or when the key set changed."""
+
+    body: bytes = b""
+    loaded_at: float = float("-inf")
+    generation: int = -1
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def fresh(self, ttl: float) -> bool:
+        return self.generation == key_generation() and time.monotonic() - self.loaded_at < ttl
+
+    async def get(self, ttl: float, load: Callable[[], object]) -> bytes:
+        if self.fresh(ttl):
+            return self.body
+        async with self.lock:
+            if not self.fresh(ttl):  # another request may have reloaded it meanwhile
+                generation = key_generation()
+                body = _render(await run_in_threadpool(load))
+                self.body, self.loaded_at, self.generation = body, time.monotonic(), generation
+            return self.body
+
+
+def _cache(request: Request, name: str) -> CachedDocument:
+    caches: dict[str, CachedDocument] | None = getattr(request.app.state, "discovery_cache", None)
+    if caches is None:
+        caches = request.app.state.discovery_cache = {}
+    cache = caches.get(name)
+    if cache is None:
+        cache = caches[name] = CachedDocument()
+    return cache
+
+
+async def _metadata(request: Request) -> Response:
     state = AppState.of(request)
 
-    def load() -> list[str]:
+    def load() -> object:
         with session_scope(state.session_factory) as session:
-            return known_scopes(session)
+            scopes = known_scopes(session)
+        return server_metadata(state.settings, scopes)
 
-    scopes = await run_in_threadpool(load)
-    return JSONResponse(server_metadata(state.settings, scopes), headers=_cache_headers(state))
+    body = await _cache(request, "metadata").get(state.settings.metadata_cache_seconds, load)
+    return Response(body, media_type="application/json", headers=_cache_headers(state))
 
 
 router.add_api_route("/.well-known/oauth-authorization-server", _metadata, methods=["GET"])
@@ -39,10 +93,10 @@ router.add_api_route("/.well-known/openid-configuration", _metadata, methods=["G
 
 
 @router.get("/.well-known/jwks.json")
-async def jwks(request: Request) -> JSONResponse:
+async def jwks(request: Request) -> Response:
     state = AppState.of(request)
 
-    def load() -> dict:
+    def load() -> object:
         with session_scope(state.session_factory) as session:
             document = jwks_document(session)
             if not document["keys"]:  # first start without the lifespan hook
@@ -50,8 +104,8 @@ async def jwks(request: Request) -> JSONResponse:
                 document = jwks_document(session)
             return document
 
-    document = await run_in_threadpool(load)
-    return JSONResponse(document, headers=_jwks_cache_headers(state), media_type="application/jwk-set+json")
+    body = await _cache(request, "jwks").get(state.settings.metadata_cache_seconds, load)
+    return Response(body, media_type=JWKS_MEDIA_TYPE, headers=_jwks_cache_headers(state))
 
 
-__all__ = ["router"]
+__all__ = ["CachedDocument", "router"]
