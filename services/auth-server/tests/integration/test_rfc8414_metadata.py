@@ -20,8 +20,14 @@ async def test_metadata(oauth, settings, path: str) -> None:
     assert meta["userinfo_endpoint"] == base + "/userinfo"
     assert meta["response_types_supported"] == ["code"]
     assert set(meta["grant_types_supported"]) == {
-        "authorization_code", "client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"
+        "authorization_code", "refresh_token", "client_credentials",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
     }
+    assert meta["revocation_endpoint"] == base + "/oauth2/revoke"
+    assert meta["introspection_endpoint"] == base + "/oauth2/introspect"
+    assert "none" in meta["revocation_endpoint_auth_methods_supported"]
+    assert "none" not in meta["introspection_endpoint_auth_methods_supported"]
+    assert "client_secret_basic" in meta["introspection_endpoint_auth_methods_supported"]
     assert meta["code_challenge_methods_supported"] == ["S256"]
     assert set(meta["token_endpoint_auth_methods_supported"]) == {
         "client_secret_basic", "client_secret_post", "private_key_jwt", "none"

@@ -89,6 +89,14 @@ class InvalidScopeError(OAuth2Error):
     error = "invalid_scope"
 
 
+class UnsupportedTokenTypeError(OAuth2Error):
+    """The authorization server does not support the revocation of the presented token
+    type. That is, the client tried to revoke an access token on a server not supporting
+    this feature. (RFC 7009 §2.2.1)"""
+
+    error = "unsupported_token_type"
+
+
 class AccessDeniedError(OAuth2Error):
     """The resource owner or authorization server denied the request.
     (RFC 6749 §4.1.2.1)"""
@@ -133,4 +141,5 @@ __all__ = [
     "UnauthorizedClientError",
     "UnsupportedGrantTypeError",
     "UnsupportedResponseTypeError",
+    "UnsupportedTokenTypeError",
 ]

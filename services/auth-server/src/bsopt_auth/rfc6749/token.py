@@ -1,6 +1,7 @@
 """Token endpoint logic (RFC 6749 §3.2, §4.1.3, §4.4; OAuth 2.1 §3.2), HTTP-agnostic.
 
-Grants: ``authorization_code`` (with PKCE, RFC 7636), ``client_credentials`` and token
+Grants: ``authorization_code`` (with PKCE, RFC 7636), ``refresh_token`` (RFC 6749 §6,
+:mod:`bsopt_auth.rfc6749.refresh`), ``client_credentials`` and token
 exchange (RFC 8693, :mod:`bsopt_auth.rfc8693`), each with any client authentication
 method the client is registered for (:mod:`bsopt_auth.rfc6749.client_auth`, including
 RFC 7523 ``private_key_jwt``). Every
@@ -18,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt_auth.config import AuthSettings
-from bsopt_auth.models import AuthorizationCode, Client
+from bsopt_auth.models import AuthorizationCode, Client, TokenFamily
 from bsopt_auth.oidc import OPENID_SCOPE, issue_id_token
 from bsopt_auth.rfc6749.authorization import MULTI_PARAMS, hash_code
 from bsopt_auth.rfc6749.client_auth import authenticate_client
@@ -29,6 +30,14 @@ from bsopt_auth.rfc6749.errors import (
     UnsupportedGrantTypeError,
 )
 from bsopt_auth.rfc6749.parameters import check_parameters
+from bsopt_auth.rfc6749.refresh import (
+    REFRESH_TOKEN_GRANT_TYPE,
+    add_refresh_token,
+    create_family,
+    may_receive_refresh_token,
+    refresh_token_grant,
+    revoke_family_of_code,
+)
 from bsopt_auth.rfc6749.scope import parse_scope, resolve_scope, to_scope_string
 from bsopt_auth.rfc7517 import get_active_key
 from bsopt_auth.rfc7523 import AssertionPolicy
@@ -38,7 +47,8 @@ from bsopt_auth.rfc8707 import InvalidTargetError, resolve_resources
 from bsopt_auth.rfc9068 import issue_access_token
 from bsopt_common.db import session_scope
 
-GRANT_TYPES_SUPPORTED = ("authorization_code", "client_credentials", TOKEN_EXCHANGE_GRANT_TYPE)
+GRANT_TYPES_SUPPORTED = ("authorization_code", REFRESH_TOKEN_GRANT_TYPE, "client_credentials",
+                         TOKEN_EXCHANGE_GRANT_TYPE)
 
 
 def _parse(items: Iterable[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
@@ -85,6 +95,8 @@ def handle_token_request(
         return _client_credentials(session_factory, settings, client, params, resources)
     if grant_type == TOKEN_EXCHANGE_GRANT_TYPE:
         return token_exchange(session_factory, settings, client, params, resources)
+    if grant_type == REFRESH_TOKEN_GRANT_TYPE:
+        return refresh_token_grant(session_factory, settings, client, params, resources)
     return _authorization_code(session_factory, settings, client, params, resources)
 
 
@@ -120,10 +132,16 @@ def _client_credentials(
     return _token_response(token.token, token.expires_in, to_scope_string(scope))
 
 
-def _consume_code(session_factory: sessionmaker[Session], code: str) -> AuthorizationCode:
+def _consume_code(
+    session_factory: sessionmaker[Session], settings: AuthSettings, code: str
+) -> tuple[AuthorizationCode, TokenFamily]:
     """Mark the code consumed in its own committed transaction (so a failed exchange still
-    burns it) and return it; a missing or already consumed code is ``invalid_grant``."""
+    burns it), create the token family of everything issued from it, and return both; a
+    missing code is ``invalid_grant``. An already consumed code is ``invalid_grant`` too,
+    and revokes its family (RFC 6749 §4.1.2: the refresh tokens, and the access tokens
+    through their ``sid``), committed before the error."""
     code_hash = hash_code(code)
+    used = None
     with session_scope(session_factory) as session:
         row = session.scalars(
             update(AuthorizationCode)
@@ -135,11 +153,18 @@ def _consume_code(session_factory: sessionmaker[Session], code: str) -> Authoriz
             used = session.scalar(
                 select(AuthorizationCode.consumed_at).where(AuthorizationCode.code_hash == code_hash)
             )
-            # RFC 6749 §4.1.2: a code used twice is denied. Access tokens are stateless JWTs
-            # and are not revoked; their lifetime bounds the damage.
-            raise InvalidGrantError("authorization code already used" if used else "invalid authorization code")
-        session.expunge(row)
-        return row
+            if used:
+                revoke_family_of_code(session, code_hash)
+        else:
+            family = create_family(
+                session, settings, client_id=row.client_id, user_id=row.user_id, scope=row.scope,
+                resource=row.resource, auth_time=row.auth_time, code_hash=code_hash,
+            )
+            session.expunge(row)
+            session.expunge(family)
+    if row is None:
+        raise InvalidGrantError("authorization code already used" if used else "invalid authorization code")
+    return row, family
 
 
 def _authorization_code(
@@ -152,7 +177,7 @@ def _authorization_code(
     code = _require(params, "code")
     redirect_uri = _require(params, "redirect_uri")
     code_verifier = _require(params, "code_verifier")
-    grant = _consume_code(session_factory, code)
+    grant, family = _consume_code(session_factory, settings, code)
 
     if grant.client_id != client.client_id:
         raise InvalidGrantError("authorization code was issued to another client")
@@ -174,8 +199,11 @@ def _authorization_code(
 
     auth_time = int(grant.auth_time.timestamp())
     subject = str(grant.user_id)
+    extra: dict[str, str] = {}
     with session_scope(session_factory) as session:
         key = get_active_key(session, settings.signing_alg)
+        if may_receive_refresh_token(client, scope):
+            extra["refresh_token"] = add_refresh_token(session, settings, family.id, family.expires_at)
     token = issue_access_token(
         key,
         issuer=settings.issuer,
@@ -185,8 +213,8 @@ def _authorization_code(
         scope=grant.scope,
         ttl_seconds=settings.access_token_ttl_seconds,
         auth_time=auth_time,
+        sid=str(family.id),
     )
-    extra: dict[str, str] = {}
     if openid:
         extra["id_token"] = issue_id_token(
             key,

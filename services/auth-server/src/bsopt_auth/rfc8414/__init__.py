@@ -33,6 +33,12 @@ def server_metadata(settings: AuthSettings, scopes: Iterable[str]) -> dict[str, 
         "token_endpoint": settings.token_endpoint_url,
         "jwks_uri": settings.jwks_uri,
         "userinfo_endpoint": settings.userinfo_endpoint_url,
+        # RFC 7009 / RFC 7662 (RFC 8414 §2): public clients revoke with client_id alone;
+        # introspection needs a confidential client's authentication.
+        "revocation_endpoint": settings.revocation_endpoint_url,
+        "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "introspection_endpoint": settings.introspection_endpoint_url,
+        "introspection_endpoint_auth_methods_supported": [m for m in AUTH_METHODS if m != "none"],
         "scopes_supported": list(scopes),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
