@@ -148,6 +148,38 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             "403": {"description": "access_denied", "content": _json("OAuthError"), "headers": _NO_STORE},
         },
     },
+    ("/oauth2/revoke", "post"): {
+        "summary": "Token revocation (RFC 7009): a refresh token revokes its whole family, an access token "
+                   "its jti; client authentication as at the token endpoint (public clients: client_id)",
+        "requestBody": _form({"token": _STRING, "token_type_hint": {"type": "string", "enum": [
+            "refresh_token", "access_token"]}, "client_id": _STRING, "client_secret": _STRING,
+            "client_assertion_type": _STRING, "client_assertion": _STRING}, ["token"]),
+        "responses": {
+            "200": {"description": "revoked, or unknown (RFC 7009 §2.2); empty body", "headers": _NO_STORE},
+            "400": {"description": "invalid_request, unsupported_token_type (RFC 7009 §2.2.1)",
+                    "content": _json("OAuthError"), "headers": _NO_STORE},
+            "401": {"description": "invalid_client", "content": _json("OAuthError"), "headers": _NO_STORE},
+        },
+    },
+    ("/oauth2/introspect", "post"): {
+        "summary": "Token introspection (RFC 7662); a confidential client's authentication is required",
+        "requestBody": _form({"token": _STRING, "token_type_hint": {"type": "string", "enum": [
+            "refresh_token", "access_token"]}, "client_id": _STRING, "client_secret": _STRING,
+            "client_assertion_type": _STRING, "client_assertion": _STRING}, ["token"]),
+        "responses": {
+            "200": {"description": "RFC 7662 §2.2: {\"active\": false} for an unknown, expired or revoked token",
+                    "headers": _NO_STORE, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["active"], "properties": {
+                            "active": {"type": "boolean"}, "scope": _STRING, "client_id": _STRING,
+                            "sub": _STRING, "aud": {}, "iss": _STRING, "exp": {"type": "integer"},
+                            "iat": {"type": "integer"}, "nbf": {"type": "integer"}, "jti": _STRING,
+                            "sid": _STRING, "token_type": _STRING}}}}},
+            "400": {"description": "invalid_request, unsupported_token_type", "content": _json("OAuthError"),
+                    "headers": _NO_STORE},
+            "401": {"description": "invalid_client (no or a public client)", "content": _json("OAuthError"),
+                    "headers": _NO_STORE},
+        },
+    },
     ("/userinfo", "get"): {"summary": "UserInfo (OIDC Core §5.3)", "responses": _USERINFO_RESPONSES},
     ("/userinfo", "post"): {"summary": "UserInfo (OIDC Core §5.3)", "responses": _USERINFO_RESPONSES},
     ("/.well-known/oauth-authorization-server", "get"): {

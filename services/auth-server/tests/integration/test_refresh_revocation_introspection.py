@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -197,23 +198,28 @@ async def test_unknown_refresh_token_is_invalid_grant(oauth) -> None:
 
 
 async def test_sliding_and_absolute_expiry(oauth, settings, engine, session_factory) -> None:
-    short = settings.model_copy(update={"refresh_token_idle_ttl_seconds": 2,
-                                        "refresh_token_absolute_ttl_seconds": 3})
+    short = settings.model_copy(update={"refresh_token_idle_ttl_seconds": 3,
+                                        "refresh_token_absolute_ttl_seconds": 5})
     app = create_app(short, engine)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=settings.issuer) as c:
         short_oauth = type(oauth)(c, short)
-        rt1 = (await short_oauth.user_tokens(scope=OFFLINE))["refresh_token"]
         idle = (await short_oauth.user_tokens(scope=OFFLINE))["refresh_token"]  # never used
-        await asyncio.sleep(1.2)
+        rt1 = (await short_oauth.user_tokens(scope=OFFLINE))["refresh_token"]
+        t0 = time.monotonic()  # both families were created before t0
+
+        async def at(seconds: float) -> None:
+            await asyncio.sleep(max(0.0, t0 + seconds - time.monotonic()))
+
+        await at(1.5)
         rt2 = (await refresh(c, rt1)).json()["refresh_token"]  # sliding: a new idle period
-        await asyncio.sleep(1.2)  # 2.4 s: past rt1's idle expiry, within rt2's
+        await at(3.2)  # past rt1's (and idle's) idle expiry, within rt2's
         unused = await refresh(c, idle)
         assert unused.status_code == 400 and unused.json()["error"] == "invalid_grant"  # idle expiry
         resp = await refresh(c, rt2)
         assert resp.status_code == 200, resp.text
         rt3 = resp.json()["refresh_token"]
         assert (await introspect(c, rt3))["active"] is True
-        await asyncio.sleep(0.9)  # 3.3 s: past the absolute lifetime, within rt3's idle period
+        await at(5.3)  # past the absolute lifetime, within rt3's idle period
         assert await introspect(c, rt3) == {"active": False}
         late = await refresh(c, rt3)
         assert late.status_code == 400 and late.json()["error"] == "invalid_grant"
