@@ -171,7 +171,7 @@ class OAuth:
         assert page.status_code == 200, page.text
         resp = await self.submit_login(page, username, password)
         query: dict[str, str] = {}
-        if resp.status_code == 302:
+        if resp.status_code == 303:
             loc = urlsplit(resp.headers["location"])
             query = {k: v[0] for k, v in parse_qs(loc.query).items()}
         return AuthResult(resp, redirect_uri, verifier, query)
@@ -186,7 +186,7 @@ class OAuth:
 
     async def user_tokens(self, **kwargs: Any) -> dict[str, Any]:
         result = await self.login(**kwargs)
-        assert result.response.status_code == 302, result.response.text
+        assert result.response.status_code == 303, result.response.text
         resp = await self.exchange(result.code, result.verifier, result.redirect_uri)
         assert resp.status_code == 200, resp.text
         return resp.json()

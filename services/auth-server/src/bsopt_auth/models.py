@@ -1,4 +1,4 @@
-"""SQLAlchemy tables, all in schema ``auth`` (``migrations/versions/0001`` to ``0004``)."""
+"""SQLAlchemy tables, all in schema ``auth`` (``migrations/versions/0001`` to ``0005``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     String,
@@ -252,3 +253,23 @@ class RevokedAccessToken(Base):
     revoked_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+
+
+class LoginThrottle(Base):
+    """Failure counter of one throttle key (:mod:`bsopt_auth.throttle`): a login account,
+    a client_id or an IP address in one scope, hashed (HMAC-SHA256 with the server's
+    ``throttle_key_secret``); no raw address or name is stored. Revision 0005."""
+
+    __tablename__ = "login_throttle"
+    __table_args__ = (
+        CheckConstraint("failures >= 0", name="login_throttle_failures_check"),
+        Index("login_throttle_last_failure_at_idx", "last_failure_at"),
+    )
+
+    #: ``<scope>:<kind>:<hex HMAC-SHA256 of the value>``.
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    #: Consecutive failures since the last success, lock or quiet window.
+    failures: Mapped[int] = mapped_column(Integer, nullable=False)
+    last_failure_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    #: Temporary lock (accounts): every attempt is refused until then.
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -25,6 +25,7 @@ from bsopt_common.security.fastapi import document_oauth_flow
 _STRING = {"type": "string"}
 _HTML = {"text/html": {"schema": _STRING}}
 _NO_STORE = {"Cache-Control": {"description": "no-store", "schema": _STRING}}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds (RFC 9110 §10.2.3)", "schema": _STRING}}
 _LOCATION = {"Location": {"description": "the client's redirect URI with code/error, state and iss (RFC 9207)",
                           "schema": _STRING}}
 
@@ -131,8 +132,16 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "Login form submission: the authorization request again plus the credentials",
         "requestBody": _form({**_AUTHORIZE_FIELDS, "username": _STRING, "password": _STRING},
                              [*_AUTHORIZE_REQUIRED, "username", "password"]),
-        "responses": {**_PAGE_RESPONSES, "401": {"description": "Wrong credentials: the form again.",
-                                                  "content": _HTML}},
+        "responses": {
+            **{k: v for k, v in _PAGE_RESPONSES.items() if k != "302"},
+            "303": {"description": "See Other (RFC 9700 §4.12): back to the client with a code or an error.",
+                    "headers": _LOCATION},
+            "401": {"description": "Wrong credentials: the form again.", "content": _HTML},
+            "403": {"description": "Foreign Origin (an error page), or a missing/wrong CSRF token (the form "
+                                   "again, with a fresh token).", "content": _HTML},
+            "429": {"description": "Too many failed sign-ins for this account or address: the form again.",
+                    "content": _HTML, "headers": _RETRY_AFTER},
+        },
     },
     ("/oauth2/token", "post"): {
         "summary": "Token endpoint (RFC 6749 §3.2): authorization_code (+ PKCE), client_credentials and "
@@ -146,6 +155,9 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                     "headers": {**_NO_STORE, "WWW-Authenticate": {"description": "Basic challenge",
                                                                   "schema": _STRING}}},
             "403": {"description": "access_denied", "content": _json("OAuthError"), "headers": _NO_STORE},
+            "429": {"description": "Too many failed client authentications for this client_id or address "
+                                   "(temporarily_unavailable); credentials not checked.",
+                    "content": _json("OAuthError"), "headers": {**_NO_STORE, **_RETRY_AFTER}},
         },
     },
     ("/oauth2/revoke", "post"): {

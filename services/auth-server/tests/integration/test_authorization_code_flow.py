@@ -27,7 +27,7 @@ async def test_full_flow_via_login_form(oauth, settings) -> None:
     assert urlsplit(form.action).path == "/authorize"
 
     resp = await oauth.submit_login(page)
-    assert resp.status_code == 302
+    assert resp.status_code == 303
     location = urlsplit(resp.headers["location"])
     assert f"{location.scheme}://{location.netloc}{location.path}" == redirect_uri
     query = {k: v[0] for k, v in parse_qs(location.query).items()}

@@ -154,7 +154,7 @@ def test_code_flow_and_userinfo_over_real_http(server: str) -> None:
                   re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', page.text)}
         fields.update(username="demo", password="demo-password")
         resp = http.post("/authorize", data=fields)
-        assert resp.status_code == 302
+        assert resp.status_code == 303
         code = parse_qs(urlsplit(resp.headers["location"]).query)["code"][0]
         tokens = http.post("/oauth2/token", data={
             "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,

@@ -189,7 +189,7 @@ async def test_0003_upgrade_keeps_secret_clients_working(engine: Engine, session
     assert (await oauth.client_credentials("legacy-svc", "dev-digest-worker-secret", method="post",
                                            scope="kafka:cluster")).status_code == 200
     page = await oauth.login(scope="openid")  # the public client
-    assert page.response.status_code == 302 and "code" in page.query
+    assert page.response.status_code == 303 and "code" in page.query
     with session_scope(session_factory) as s:
         assert all(c.jwks is None for c in s.query(Client).all())
 

@@ -27,7 +27,7 @@ async def test_can_retry_after_a_failed_login(oauth) -> None:
     failed = await oauth.submit_login(page, password="nope")
     assert failed.status_code == 401
     ok = await oauth.submit_login(failed)
-    assert ok.status_code == 302
+    assert ok.status_code == 303
     assert "code=" in ok.headers["location"]
 
 

@@ -13,7 +13,9 @@ from bsopt_common.db import session_scope
 
 
 def _error_of(resp) -> dict[str, list[str]]:
-    assert resp.status_code == 302, resp.text
+    # 302 from the GET, 303 from the login form's POST (RFC 9700 §4.12)
+    expected = 303 if resp.request.method == "POST" else 302
+    assert resp.status_code == expected, resp.text
     return parse_qs(urlsplit(resp.headers["location"]).query)
 
 

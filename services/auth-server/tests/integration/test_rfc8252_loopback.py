@@ -12,7 +12,7 @@ import pytest
 async def test_any_loopback_port_is_accepted(oauth, port: int) -> None:
     redirect_uri = oauth.loopback(port=port)
     result = await oauth.login(redirect_uri=redirect_uri)
-    assert result.response.status_code == 302
+    assert result.response.status_code == 303
     loc = urlsplit(result.response.headers["location"])
     assert (loc.hostname, loc.port, loc.path) == ("127.0.0.1", port, "/callback")
     token = await oauth.exchange(result.code, result.verifier, redirect_uri)
@@ -22,13 +22,13 @@ async def test_any_loopback_port_is_accepted(oauth, port: int) -> None:
 async def test_ipv6_loopback_is_accepted(oauth) -> None:
     redirect_uri = "http://[::1]:61000/callback"
     result = await oauth.login(redirect_uri=redirect_uri)
-    assert result.response.status_code == 302
+    assert result.response.status_code == 303
     assert result.response.headers["location"].startswith("http://[::1]:61000/callback?")
 
 
 async def test_loopback_without_port_is_the_registered_uri(oauth) -> None:
     result = await oauth.login(redirect_uri="http://127.0.0.1/callback")
-    assert result.response.status_code == 302
+    assert result.response.status_code == 303
 
 
 @pytest.mark.parametrize(

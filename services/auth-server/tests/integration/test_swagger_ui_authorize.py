@@ -92,7 +92,7 @@ async def test_no_cors_anywhere_but_the_token_endpoint(http: httpx.AsyncClient, 
 async def test_swagger_ui_sign_in_yields_a_code_and_a_token(http: httpx.AsyncClient, settings, oauth) -> None:
     oauth = type(oauth)(http, settings)  # the shared helpers, over real HTTP
     result = await oauth.login(redirect_uri=DOCS_REDIRECT_URI, scope="trades:read training:read")
-    assert result.response.status_code == 302, result.response.text
+    assert result.response.status_code == 303, result.response.text
     location = urlsplit(result.response.headers["location"])
     assert f"{location.scheme}://{location.netloc}{location.path}" == DOCS_REDIRECT_URI
     query = {k: v[0] for k, v in parse_qs(location.query).items()}

@@ -1,15 +1,33 @@
-"""GET/POST /authorize: the authorization endpoint with its login form."""
+"""GET/POST /authorize: the authorization endpoint with its login form.
+
+Login-form hygiene on the POST, in this order:
+
+- ``Origin`` (RFC 6454; OWASP "verifying origin with standard headers"): when present it
+  must be the issuer's origin, else 403 (no form). The login page carries ``<meta
+  name="referrer" content="same-origin">`` so browsers send the real origin, not
+  ``null``, on the form POST (Fetch §3.1: ``no-referrer`` would make it ``null``).
+- CSRF token (:mod:`bsopt_auth.csrf`, signed double-submit cookie bound to the
+  authorization request): missing or wrong is 403 with a fresh form (retry works).
+- Brute-force limits (:mod:`bsopt_auth.throttle`, scope ``login``: per account and per
+  client IP): a blocked or locked key is 429 with ``Retry-After`` and the form; the
+  password is not checked then, and the attempt does not count.
+- Every redirect answering the POST is 303 See Other (RFC 9700 §4.12: a 307 would make
+  the browser re-POST the credentials to the client); the GET's redirects stay 302.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from bsopt_auth import csrf
 from bsopt_auth.models import User
 from bsopt_auth.pages import render
 from bsopt_auth.passwords import hash_secret, needs_rehash, verify_secret
@@ -25,13 +43,44 @@ from bsopt_auth.rfc6749.authorization import (
 from bsopt_auth.rfc6749.errors import OAuth2Error
 from bsopt_auth.rfc6749.parameters import check_parameters
 from bsopt_auth.routes.state import AppState
+from bsopt_auth.throttle import Limiter, retry_after_header
 from bsopt_common.db import session_scope
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
 LOGIN_FAILED = "Invalid username or password."
+FORM_EXPIRED = "This sign-in form expired or did not come from this site. Please sign in again."
 MAX_CREDENTIAL_LENGTH = 1024
+#: Throttle scope of the login form's keys.
+THROTTLE_SCOPE = "login"
+
+
+def _origin(url: str) -> str:
+    """ASCII serialization of ``url``'s origin (RFC 6454 §6.2): lower-case scheme and host,
+    the port only when not the scheme's default. "" when it has none."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return ""
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if scheme not in ("http", "https") or not host:
+        return ""
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == {"http": 80, "https": 443}[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+@dataclass(frozen=True)
+class LoginPost:
+    """What the form handler needs of the HTTP request."""
+
+    items: list[tuple[str, str]]
+    csrf_cookie: str | None
+    client_ip: str | None
 
 
 def _hidden_fields(request: AuthorizationRequest) -> list[tuple[str, str]]:
@@ -40,18 +89,26 @@ def _hidden_fields(request: AuthorizationRequest) -> list[tuple[str, str]]:
     return fields
 
 
-def _login_page(state: AppState, request: AuthorizationRequest, *, status_code: int = 200,
-                error: str | None = None, username: str = "") -> Response:
-    return render(
+def _login_page(state: AppState, request: AuthorizationRequest, cookie: str | None, *, status_code: int = 200,
+                error: str | None = None, username: str = "", headers: dict[str, str] | None = None) -> Response:
+    """The form, with a CSRF token for this request and the browser's CSRF cookie (kept
+    when well formed, else a new one)."""
+    settings = state.settings
+    cookie = csrf.valid_cookie(cookie) or csrf.new_cookie()
+    hidden = _hidden_fields(request)
+    response = render(
         "login.html",
         status_code=status_code,
-        action=state.settings.authorization_endpoint_url,
+        action=settings.authorization_endpoint_url,
         client_id=request.client.client_id,
         scope=request.scope_string,
-        hidden=_hidden_fields(request),
+        hidden=[*hidden, (csrf.FIELD, csrf.issue_token(settings, cookie, hidden))],
         error=error,
         username=username,
     )
+    response.set_cookie(csrf.cookie_name(settings), cookie, **csrf.cookie_attributes(settings))  # type: ignore[arg-type]
+    response.headers.update(headers or {})
+    return response
 
 
 def _error_page(description: str) -> Response:
@@ -68,8 +125,14 @@ def _malformed(items: list[tuple[str, str]]) -> Response | None:
     return None
 
 
-def _redirect(location: str) -> Response:
-    return RedirectResponse(location, status_code=302, headers={"Cache-Control": "no-store"})
+def _redirect(location: str, status_code: int = 302) -> Response:
+    return RedirectResponse(location, status_code=status_code, headers={"Cache-Control": "no-store"})
+
+
+def _see_other(location: str) -> Response:
+    """A redirect answering the form POST: 303, so the browser follows with a GET and
+    never re-sends the credentials (RFC 9700 §4.12)."""
+    return _redirect(location, 303)
 
 
 def _validate(state: AppState, items: Iterable[tuple[str, str]]) -> AuthorizationRequest:
@@ -93,21 +156,41 @@ async def authorize_get(request: Request) -> Response:
         return _error_page(exc.description)
     except AuthorizationRedirectError as exc:
         return _redirect(error_redirect(exc, state.settings.issuer))
-    return _login_page(state, req)
+    return _login_page(state, req, request.cookies.get(csrf.cookie_name(state.settings)))
 
 
-def _login(state: AppState, items: list[tuple[str, str]]) -> Response:
-    """Re-validate the request carried by the form, check the credentials, issue a code."""
+def _login(state: AppState, post: LoginPost) -> Response:
+    """Re-validate the request carried by the form, check the CSRF token and the brute-force
+    limits, then the credentials; issue a code."""
+    items = post.items
     try:
         req = _validate(state, items)
     except UnsafeRedirectError as exc:
         return _error_page(exc.description)
     except AuthorizationRedirectError as exc:
-        return _redirect(error_redirect(exc, state.settings.issuer))
+        return _see_other(error_redirect(exc, state.settings.issuer))
 
     form = dict(items)
     username = form.get("username", "")
     password = form.get("password", "")
+    shown_username = username[:MAX_CREDENTIAL_LENGTH]
+    if not csrf.check_token(state.settings, post.csrf_cookie, form.get(csrf.FIELD), _hidden_fields(req)):
+        log.info("login form refused: missing or wrong CSRF token client_id=%s", req.client.client_id)
+        return _login_page(state, req, post.csrf_cookie, status_code=403, error=FORM_EXPIRED,
+                           username=shown_username)
+
+    limiter = Limiter(state.settings, state.session_factory)
+    account_key = limiter.account_key(THROTTLE_SCOPE, shown_username) if username else None
+    keys = [limiter.ip_key(THROTTLE_SCOPE, post.client_ip), *([account_key] if account_key else [])]
+    if (wait := limiter.retry_after(keys)) is not None:
+        retry_after = retry_after_header(wait)
+        log.info("login throttled client_id=%s retry_after=%s", req.client.client_id, retry_after)
+        return _login_page(
+            state, req, post.csrf_cookie, status_code=429, username=shown_username,
+            error=f"Too many failed sign-in attempts. Try again in {retry_after} seconds.",
+            headers={"Retry-After": retry_after},
+        )
+
     oversized = len(username) > MAX_CREDENTIAL_LENGTH or len(password) > MAX_CREDENTIAL_LENGTH
     with session_scope(state.session_factory) as session:
         user = None
@@ -115,18 +198,23 @@ def _login(state: AppState, items: list[tuple[str, str]]) -> Response:
             user = session.scalars(select(User).where(User.username == username)).one_or_none()
         # One argon2 verification whether or not the user exists.
         ok = verify_secret(user.password_hash if user else None, password[:MAX_CREDENTIAL_LENGTH])
-        if not ok or user is None:
-            log.info("login failed for client_id=%s", req.client.client_id)
-            return _login_page(
-                state, req, status_code=401, error=LOGIN_FAILED, username=username[:MAX_CREDENTIAL_LENGTH]
+        code: str | None = None
+        subject = str(user.id) if user is not None else ""
+        if ok and user is not None:
+            if needs_rehash(user.password_hash):
+                user.password_hash = hash_secret(password)
+            code = issue_authorization_code(
+                session, req, user.id, ttl_seconds=state.settings.authorization_code_ttl_seconds
             )
-        if needs_rehash(user.password_hash):
-            user.password_hash = hash_secret(password)
-        code = issue_authorization_code(
-            session, req, user.id, ttl_seconds=state.settings.authorization_code_ttl_seconds
-        )
-    log.info("authorization code issued client_id=%s user_id=%s", req.client.client_id, user.id)
-    return _redirect(success_redirect(req, code, state.settings.issuer))
+    if code is None:
+        log.info("login failed for client_id=%s", req.client.client_id)
+        limiter.record_failure(keys, ip_hash=limiter.ip_hash(post.client_ip), subject=subject)
+        return _login_page(state, req, post.csrf_cookie, status_code=401, error=LOGIN_FAILED,
+                           username=shown_username)
+    if account_key is not None and account_key.key in limiter.seen:
+        limiter.reset([account_key])  # the IP's record stays (see bsopt_auth.throttle)
+    log.info("authorization code issued client_id=%s user_id=%s", req.client.client_id, subject)
+    return _see_other(success_redirect(req, code, state.settings.issuer))
 
 
 @router.post("/authorize")
@@ -136,7 +224,14 @@ async def authorize_post(request: Request) -> Response:
     items = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
     if (refused := _malformed(items)) is not None:
         return refused
-    return await run_in_threadpool(_login, state, items)
+    origin = request.headers.get("origin")
+    if origin is not None and _origin(origin) != _origin(state.settings.issuer or ""):
+        log.info("login form refused: cross-origin POST")
+        return render("error.html", status_code=403, error="access_denied",
+                      description="The sign-in form was submitted from another site.")
+    post = LoginPost(items, request.cookies.get(csrf.cookie_name(state.settings)),
+                     request.client.host if request.client else None)
+    return await run_in_threadpool(_login, state, post)
 
 
 __all__ = ["router"]

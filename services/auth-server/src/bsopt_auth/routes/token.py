@@ -8,9 +8,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from bsopt_auth.rfc6749.errors import NO_STORE_HEADERS, InvalidRequestError, OAuth2Error
+from bsopt_auth.rfc6749.errors import NO_STORE_HEADERS, InvalidClientError, InvalidRequestError, OAuth2Error
 from bsopt_auth.rfc6749.token import handle_token_request
 from bsopt_auth.routes.state import AppState
+from bsopt_auth.throttle import ClientAuthGuard
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -31,10 +32,19 @@ async def token(request: Request) -> JSONResponse:
             raise InvalidRequestError(f"the request body must be {FORM_CONTENT_TYPE}")
         form = await request.form()
         items = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-        body = await run_in_threadpool(
-            handle_token_request, state.session_factory, state.settings,
-            request.headers.get("authorization"), items,
-        )
+        # Brute-force limits on client authentication (bsopt_auth.throttle): 429 + Retry-After.
+        guard = ClientAuthGuard(state.settings, state.session_factory, request.headers.get("authorization"),
+                                items, request.client.host if request.client else None)
+        await run_in_threadpool(guard.check)
+        try:
+            body = await run_in_threadpool(
+                handle_token_request, state.session_factory, state.settings,
+                request.headers.get("authorization"), items,
+            )
+        except InvalidClientError:
+            await run_in_threadpool(guard.failed)
+            raise
+        await run_in_threadpool(guard.succeeded)
     except OAuth2Error as exc:
         # Never log the request: it carries secrets, codes and verifiers.
         log.info("token request refused: %s", exc.error)
