@@ -31,7 +31,7 @@ from bsopt_auth import __version__
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.openapi import build_openapi
 from bsopt_auth.rfc7517 import ensure_active_key
-from bsopt_auth.routes import authorize, client_keys, discovery, revocation, token, userinfo
+from bsopt_auth.routes import authorize, client_keys, device, discovery, revocation, token, userinfo
 from bsopt_auth.routes.state import AppState
 from bsopt_common.db import make_session_factory
 from bsopt_common.http_security import hsts_for, install_security_headers, install_swagger_ui
@@ -105,7 +105,7 @@ def create_app(settings: AuthSettings, engine: Engine) -> FastAPI:
     )
     app.state.auth = state
     app.state.token_verifier, self_client = _self_verifier(app, settings)
-    for module in (discovery, client_keys, authorize, token, revocation, userinfo):
+    for module in (discovery, client_keys, authorize, token, revocation, userinfo, device):
         app.include_router(module.router)
 
     @app.get("/healthz", include_in_schema=False)
@@ -134,7 +134,8 @@ def create_app(settings: AuthSettings, engine: Engine) -> FastAPI:
         app.add_middleware(TokenEndpointCORS, allow_origins=settings.token_endpoint_cors_origins)
     install_security_headers(app, hsts=hsts_for(settings.issuer),
                              no_store_prefixes=("/authorize", "/oauth2/token", "/oauth2/revoke",
-                                                "/oauth2/introspect", "/userinfo"))
+                                                "/oauth2/introspect", "/userinfo",
+                                                "/oauth2/device_authorization", "/device"))
     return app
 
 

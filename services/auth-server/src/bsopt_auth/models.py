@@ -1,4 +1,4 @@
-"""SQLAlchemy tables, all in schema ``auth`` (``migrations/versions/0001`` to ``0005``)."""
+"""SQLAlchemy tables, all in schema ``auth`` (``migrations/versions/0001`` to ``0006``)."""
 
 from __future__ import annotations
 
@@ -273,3 +273,45 @@ class LoginThrottle(Base):
     last_failure_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     #: Temporary lock (accounts): every attempt is refused until then.
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class DeviceAuthorization(Base):
+    """A pending Device Authorization Grant (RFC 8628 §3.1-3.5). Neither code is stored:
+    the device code as its hex SHA-256, the user code as the hex SHA-256 of its normalised
+    form (8 letters, no dash). ``status`` moves from ``pending`` to ``approved`` (with the
+    user) or ``denied`` on the verification page; ``consumed_at`` is set when the token
+    endpoint redeems an approved code (single use). ``interval`` grows by 5 s on each
+    ``slow_down``; ``last_polled_at`` measures it. Revision 0006."""
+
+    __tablename__ = "device_authorizations"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'approved', 'denied')", name="device_authorizations_status_check"),
+        CheckConstraint("(status = 'approved') = (user_id IS NOT NULL)", name="device_authorizations_user_check"),
+        UniqueConstraint("user_code_hash", name="device_authorizations_user_code_hash_key"),
+        Index("device_authorizations_expires_at_idx", "expires_at"),
+    )
+
+    #: Hex SHA-256 of the device code.
+    device_code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: Hex SHA-256 of the normalised user code.
+    user_code_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    client_id: Mapped[str] = mapped_column(
+        ForeignKey(f"{SCHEMA}.clients.client_id", ondelete="CASCADE"), nullable=False
+    )
+    #: Requested (and, once approved, granted) scope, space-separated.
+    scope: Mapped[str] = mapped_column(Text, nullable=False)
+    #: Resources (RFC 8707): the access token's audience.
+    resource: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey(f"{SCHEMA}.users.id", ondelete="CASCADE"), nullable=True
+    )
+    auth_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: Current minimum polling interval, seconds.
+    interval: Mapped[int] = mapped_column(Integer, nullable=False)
+    last_polled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    consumed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )

@@ -51,6 +51,15 @@ SCHEMAS: dict[str, Any] = {
         "required": ["sub"],
         "properties": {"sub": _STRING, "preferred_username": _STRING},
     },
+    "DeviceAuthorizationResponse": {
+        "title": "DeviceAuthorizationResponse",
+        "description": "RFC 8628 §3.2 device authorization response.",
+        "type": "object",
+        "required": ["device_code", "user_code", "verification_uri", "expires_in"],
+        "properties": {"device_code": _STRING, "user_code": _STRING, "verification_uri": _STRING,
+                       "verification_uri_complete": _STRING, "expires_in": {"type": "integer"},
+                       "interval": {"type": "integer"}},
+    },
     "ErrorDetail": {"title": "ErrorDetail", "type": "object", "properties": {"detail": _STRING}},
     "JWKS": {"title": "JWKS", "type": "object", "required": ["keys"],
              "properties": {"keys": {"type": "array", "items": {"type": "object"}}}},
@@ -86,6 +95,7 @@ _TOKEN_FIELDS: dict[str, Any] = {
     "code": _STRING,
     "redirect_uri": _STRING,
     "code_verifier": _STRING,
+    "device_code": _STRING,
     "client_id": _STRING,
     "client_secret": _STRING,
     "client_assertion_type": {"type": "string", "enum": [CLIENT_ASSERTION_TYPE]},
@@ -120,6 +130,13 @@ _USERINFO_RESPONSES: dict[str, Any] = {
             "headers": {"WWW-Authenticate": {"description": "RFC 6750 challenge", "schema": _STRING}}},
     "403": {"description": "The token lacks the openid scope (insufficient_scope).", "content": _json("ErrorDetail"),
             "headers": {"WWW-Authenticate": {"description": "RFC 6750 challenge", "schema": _STRING}}},
+}
+
+_DEVICE_PAGE_RESPONSES: dict[str, Any] = {
+    "200": {"description": "The code form, the sign-in and approval form, or the outcome.", "content": _HTML},
+    "400": {"description": "Unknown, expired or used user code: the code form again.", "content": _HTML},
+    "429": {"description": "Too many wrong codes or sign-ins from this address or for this account.",
+            "content": _HTML, "headers": _RETRY_AFTER},
 }
 
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
@@ -158,6 +175,38 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             "429": {"description": "Too many failed client authentications for this client_id or address "
                                    "(temporarily_unavailable); credentials not checked.",
                     "content": _json("OAuthError"), "headers": {**_NO_STORE, **_RETRY_AFTER}},
+        },
+    },
+    ("/oauth2/device_authorization", "post"): {
+        "summary": "Device authorization endpoint (RFC 8628 §3.1-3.2)",
+        "requestBody": _form({"client_id": _STRING, "client_secret": _STRING, "scope": _STRING,
+                              "client_assertion_type": {"type": "string", "enum": [CLIENT_ASSERTION_TYPE]},
+                              "client_assertion": _STRING, "resource": {"type": "array", "items": _STRING}}, []),
+        "responses": {
+            "200": {"description": "RFC 8628 §3.2", "content": _json("DeviceAuthorizationResponse"),
+                    "headers": _NO_STORE},
+            "400": {"description": "RFC 6749 §5.2 error", "content": _json("OAuthError"), "headers": _NO_STORE},
+            "401": {"description": "invalid_client (RFC 6749 §5.2)", "content": _json("OAuthError"),
+                    "headers": {**_NO_STORE, "WWW-Authenticate": {"description": "Basic challenge",
+                                                                  "schema": _STRING}}},
+            "429": {"description": "Too many failed client authentications (temporarily_unavailable).",
+                    "content": _json("OAuthError"), "headers": {**_NO_STORE, **_RETRY_AFTER}},
+        },
+    },
+    ("/device", "get"): {
+        "summary": "Device verification page (RFC 8628 §3.3): enter the user code",
+        "parameters": _query({"user_code": _STRING}, []),
+        "responses": _DEVICE_PAGE_RESPONSES,
+    },
+    ("/device", "post"): {
+        "summary": "Device verification page: look up the user code, or sign in and approve / deny",
+        "requestBody": _form({"user_code": _STRING, "username": _STRING, "password": _STRING,
+                              "decision": {"type": "string", "enum": ["approve", "deny"]},
+                              "csrf_token": _STRING}, ["user_code"]),
+        "responses": {
+            **_DEVICE_PAGE_RESPONSES,
+            "401": {"description": "Wrong credentials: the sign-in form again.", "content": _HTML},
+            "403": {"description": "Foreign Origin, or a missing/wrong CSRF token.", "content": _HTML},
         },
     },
     ("/oauth2/revoke", "post"): {

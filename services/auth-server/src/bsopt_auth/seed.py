@@ -37,6 +37,7 @@ from bsopt_auth.rfc7591 import (
     load_client_jwks,
     normalize_client_jwks,
 )
+from bsopt_auth.rfc8628 import DEVICE_CODE_GRANT_TYPE
 from bsopt_auth.rfc8693 import TOKEN_EXCHANGE_GRANT_TYPE
 from bsopt_common.db import session_scope
 from bsopt_common.settings import (
@@ -66,7 +67,8 @@ class DevClient:
     client_id: str
     scopes: str
     resources: tuple[str, ...]
-    #: public: no secret, authorization code + PKCE, and refresh tokens when the user
+    #: public: no secret, authorization code + PKCE, the device authorization grant
+    #: (RFC 8628, for machines without a browser), and refresh tokens when the user
     #: grants ``offline_access`` (:mod:`bsopt_auth.rfc6749.refresh`); confidential:
     #: client credentials.
     public: bool = False
@@ -77,7 +79,7 @@ class DevClient:
     @property
     def grant_types(self) -> list[str]:
         if self.public:
-            return ["authorization_code", REFRESH_TOKEN_GRANT_TYPE]
+            return ["authorization_code", REFRESH_TOKEN_GRANT_TYPE, DEVICE_CODE_GRANT_TYPE]
         return ["client_credentials"] + ([TOKEN_EXCHANGE_GRANT_TYPE] if self.token_exchange else [])
 
     @property

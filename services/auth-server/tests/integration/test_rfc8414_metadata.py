@@ -21,8 +21,9 @@ async def test_metadata(oauth, settings, path: str) -> None:
     assert meta["response_types_supported"] == ["code"]
     assert set(meta["grant_types_supported"]) == {
         "authorization_code", "refresh_token", "client_credentials",
-        "urn:ietf:params:oauth:grant-type:token-exchange",
+        "urn:ietf:params:oauth:grant-type:token-exchange", "urn:ietf:params:oauth:grant-type:device_code",
     }
+    assert meta["device_authorization_endpoint"] == base + "/oauth2/device_authorization"
     assert meta["revocation_endpoint"] == base + "/oauth2/revoke"
     assert meta["introspection_endpoint"] == base + "/oauth2/introspect"
     assert "none" in meta["revocation_endpoint_auth_methods_supported"]

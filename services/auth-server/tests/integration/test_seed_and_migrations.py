@@ -40,7 +40,7 @@ def test_seeded_clients(session_factory) -> None:
     assert cli.client_type == "public" and cli.client_secret_hash is None
     # the CLI's loopback callback and resource-api's Swagger UI (dev origin, default port)
     assert cli.redirect_uris == ["http://127.0.0.1/callback", "http://127.0.0.1:8000/docs/oauth2-redirect"]
-    assert cli.grant_types == ["authorization_code", "refresh_token"]
+    assert cli.grant_types == ["authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:device_code"]
     assert cli.allowed_resources == ["urn:bsopt:resource-api"]
     assert cli.token_endpoint_auth_method == "none"
     assert set(clients["resource-api"].allowed_resources) == {

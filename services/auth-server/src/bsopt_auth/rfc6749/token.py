@@ -2,7 +2,8 @@
 
 Grants: ``authorization_code`` (with PKCE, RFC 7636), ``refresh_token`` (RFC 6749 §6,
 :mod:`bsopt_auth.rfc6749.refresh`), ``client_credentials`` and token
-exchange (RFC 8693, :mod:`bsopt_auth.rfc8693`), each with any client authentication
+exchange (RFC 8693, :mod:`bsopt_auth.rfc8693`) and the device code (RFC 8628,
+:mod:`bsopt_auth.rfc8628`), each with any client authentication
 method the client is registered for (:mod:`bsopt_auth.rfc6749.client_auth`, including
 RFC 7523 ``private_key_jwt``). Every
 failure raises an :class:`~bsopt_auth.rfc6749.errors.OAuth2Error` subclass; the HTTP
@@ -42,13 +43,14 @@ from bsopt_auth.rfc6749.scope import parse_scope, resolve_scope, to_scope_string
 from bsopt_auth.rfc7517 import get_active_key
 from bsopt_auth.rfc7523 import AssertionPolicy
 from bsopt_auth.rfc7636 import verify_code_verifier
+from bsopt_auth.rfc8628 import DEVICE_CODE_GRANT_TYPE, device_code_grant
 from bsopt_auth.rfc8693 import TOKEN_EXCHANGE_GRANT_TYPE, token_exchange
 from bsopt_auth.rfc8707 import InvalidTargetError, resolve_resources
 from bsopt_auth.rfc9068 import issue_access_token
 from bsopt_common.db import session_scope
 
 GRANT_TYPES_SUPPORTED = ("authorization_code", REFRESH_TOKEN_GRANT_TYPE, "client_credentials",
-                         TOKEN_EXCHANGE_GRANT_TYPE)
+                         TOKEN_EXCHANGE_GRANT_TYPE, DEVICE_CODE_GRANT_TYPE)
 
 
 def _parse(items: Iterable[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
@@ -97,6 +99,8 @@ def handle_token_request(
         return token_exchange(session_factory, settings, client, params, resources)
     if grant_type == REFRESH_TOKEN_GRANT_TYPE:
         return refresh_token_grant(session_factory, settings, client, params, resources)
+    if grant_type == DEVICE_CODE_GRANT_TYPE:  # RFC 8628 §3.4
+        return device_code_grant(session_factory, settings, client, params, resources)
     return _authorization_code(session_factory, settings, client, params, resources)
 
 

@@ -39,6 +39,8 @@ def server_metadata(settings: AuthSettings, scopes: Iterable[str]) -> dict[str, 
         "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
         "introspection_endpoint": settings.introspection_endpoint_url,
         "introspection_endpoint_auth_methods_supported": [m for m in AUTH_METHODS if m != "none"],
+        # RFC 8628 §4: the Device Authorization Grant.
+        "device_authorization_endpoint": settings.device_authorization_endpoint_url,
         "scopes_supported": list(scopes),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
