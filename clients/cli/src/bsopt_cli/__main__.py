@@ -1,6 +1,9 @@
 """``bsopt``: the command line (typer).
 
-    bsopt login      code + PKCE login (opens a browser; --username/--password for headless)
+    bsopt login      code + PKCE login in a browser, or the device flow (RFC 8628) without
+                     one or with --device; --username/--password for headless; stores tokens
+    bsopt whoami     who resource-api says you are (refreshes the token when needed)
+    bsopt logout     revoke the refresh token (RFC 7009) and delete the stored tokens
     bsopt up         run the whole stack in the foreground until Ctrl-C
     bsopt demo       run the main job end to end and write demo-report/summary.json
 """
@@ -14,12 +17,16 @@ import signal
 import threading
 from pathlib import Path
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from bsopt_cli.credentials import Credentials, default_store, valid_access_token
+from bsopt_cli.credentials import logout as revoke_and_forget
 from bsopt_cli.demo import DemoOptions, run_demo
-from bsopt_cli.login import LoginError
+from bsopt_cli.device import device_login
+from bsopt_cli.login import LoginError, has_usable_browser
 from bsopt_cli.login import login as pkce_login
 from bsopt_cli.stack import DEMO_USER, Stack, StackError
 
@@ -27,19 +34,83 @@ app = typer.Typer(add_completion=False, help="bsopt: trading research and coachi
 console = Console()
 
 
+def _say(text: str) -> None:
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command()
 def login(
     issuer: str = typer.Option(os.environ.get("BSOPT_ISSUER", "http://127.0.0.1:9000")),
     username: str | None = typer.Option(None, help="headless: submit the login form with these credentials"),
     password: str | None = typer.Option(None, envvar="BSOPT_PASSWORD"),
+    device: bool = typer.Option(False, "--device", help="use the device flow (RFC 8628): sign in from "
+                                                          "a browser on another machine"),
 ) -> None:
-    """Log in with authorization code + PKCE and print the access token's scopes."""
+    """Log in and store the tokens: authorization code + PKCE in this machine's browser,
+    or the device flow when there is no usable browser (or with --device)."""
     try:
-        tokens = pkce_login(issuer, username=username, password=password)
+        if username is not None:
+            tokens = pkce_login(issuer, username=username, password=password)
+        elif device or not has_usable_browser():
+            if not device:
+                _say("No browser available here: using the device flow.")
+            tokens = device_login(issuer, announce=_say)
+        else:
+            def announce(url: str) -> None:
+                _say(f"Opening your browser to sign in. If it does not open, visit:\n\n    {url}\n")
+                _say("(On a machine without a browser, use `bsopt login --device`.)")
+
+            tokens = pkce_login(issuer, announce=announce)
+        store = default_store()
+        store.save(Credentials.from_tokens(issuer, tokens))
     except LoginError as exc:
         console.print(f"[red]login failed:[/red] {exc}")
         raise typer.Exit(1) from None
-    console.print(f"logged in; scopes: {tokens.scope}; expires in {tokens.expires_in}s")
+    except httpx.HTTPError as exc:
+        console.print(f"[red]login failed:[/red] cannot reach {issuer}: {exc}")
+        raise typer.Exit(1) from None
+    refresh = "with a refresh token" if tokens.refresh_token else "no refresh token"
+    console.print(f"logged in; scopes: {tokens.scope}; expires in {tokens.expires_in}s ({refresh}); "
+                  f"stored in {store.location}")
+
+
+@app.command()
+def whoami(
+    api_url: str = typer.Option(os.environ.get("BSOPT_API_URL", "http://127.0.0.1:8000"), help="resource-api"),
+) -> None:
+    """Ask resource-api who the stored login is (GET /v1/me), refreshing the token first
+    when it expires within 60 s."""
+    try:
+        token = valid_access_token()
+        resp = httpx.get(api_url.rstrip("/") + "/v1/me", headers={"authorization": f"Bearer {token}"},
+                         timeout=10.0)
+    except LoginError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    except httpx.HTTPError as exc:
+        console.print(f"[red]cannot reach {api_url}: {exc}[/red]")
+        raise typer.Exit(1) from None
+    if resp.status_code != 200:
+        console.print(f"[red]resource-api answered HTTP {resp.status_code}: {resp.text[:200]}[/red]")
+        raise typer.Exit(1)
+    me = resp.json()
+    console.print(f"subject: {me.get('sub')}; client: {me.get('client_id')}; scopes: {' '.join(me.get('scopes', []))}")
+
+
+@app.command()
+def logout() -> None:
+    """Revoke the stored refresh token at the issuer (RFC 7009) and delete the stored tokens."""
+    try:
+        result = revoke_and_forget()
+    except LoginError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    if not result.had_credentials:
+        console.print("not logged in")
+    elif result.revoked:
+        console.print("logged out: the refresh token is revoked and the stored tokens are deleted")
+    else:
+        console.print(f"logged out: the stored tokens are deleted ({result.detail or 'nothing revoked'})")
 
 
 def _print_urls(stack: Stack) -> None:

@@ -5,7 +5,9 @@ the user to the authorization endpoint with an S256 code challenge (RFC 7636 §4
 exchanges the code it receives, with the verifier, at the token endpoint. Endpoints
 come from the issuer's metadata (RFC 8414).
 
-Interactive use opens a browser. Headless use (``username``/``password`` given, as the
+Interactive use prints the authorization URL, then opens a browser (when there is a
+usable one: :func:`has_usable_browser`; otherwise the CLI uses the device flow,
+:mod:`bsopt_cli.device`). Headless use (``username``/``password`` given, as the
 demo and tests do) fills in the authorization server's HTML login form over real HTTP,
 exactly what a person's browser would submit. Either way the code arrives at the
 loopback listener.
@@ -15,9 +17,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import secrets
+import sys
 import threading
 import webbrowser
+from collections.abc import Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -26,7 +31,8 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlparse
 import httpx
 
 CLIENT_ID = "bsopt-cli"
-DEFAULT_SCOPE = "openid profile trades:read trades:write training:read training:write"
+#: ``offline_access`` (OIDC Core §11): a refresh token, so a login lasts beyond the access token.
+DEFAULT_SCOPE = "openid profile offline_access trades:read trades:write training:read training:write"
 
 
 class LoginError(RuntimeError):
@@ -39,6 +45,29 @@ class TokenSet:
     expires_in: int
     scope: str
     id_token: str | None
+    refresh_token: str | None = None
+
+    @classmethod
+    def from_response(cls, body: dict) -> TokenSet:
+        """From an RFC 6749 §5.1 token response."""
+        return cls(body["access_token"], int(body.get("expires_in", 0)), body.get("scope", ""),
+                   body.get("id_token"), body.get("refresh_token"))
+
+
+def has_usable_browser() -> bool:
+    """A browser the user can see: macOS or Windows, or a registered browser
+    (``webbrowser.get()``) on a machine with a display (``DISPLAY`` / ``WAYLAND_DISPLAY``).
+    Over SSH without X forwarding: False (the console browsers webbrowser might find
+    would take over the terminal)."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        webbrowser.get()
+    except webbrowser.Error:
+        return False
+    return True
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -126,8 +155,10 @@ def login(
     password: str | None = None,
     scope: str = DEFAULT_SCOPE,
     timeout_seconds: float = 120.0,
+    announce: Callable[[str], None] | None = None,
 ) -> TokenSet:
-    """Run the code + PKCE flow and return the tokens. Raises LoginError."""
+    """Run the code + PKCE flow and return the tokens. Raises LoginError. Interactive
+    (no ``username``): ``announce`` gets the URL before the browser is opened."""
     receiver = _LoopbackReceiver()
     try:
         with httpx.Client(timeout=10.0, follow_redirects=False) as http:
@@ -142,11 +173,14 @@ def login(
             }
             authorize_url = meta["authorization_endpoint"] + "?" + urlencode(query)
             if username is None:
+                if announce is not None:
+                    announce(authorize_url)
                 webbrowser.open(authorize_url)
             else:
                 _submit_login_form(http, authorize_url, username, password or "")
             if not receiver.received.wait(timeout_seconds):
-                raise LoginError("no authorization response reached the loopback redirect in time")
+                raise LoginError(f"no authorization response reached the loopback redirect within "
+                                 f"{timeout_seconds:.0f} s (no browser here? try `bsopt login --device`)")
             params = receiver.params or {}
             if "error" in params:
                 raise LoginError(f"authorization failed: {params['error']}: {params.get('error_description', '')}")
@@ -160,9 +194,7 @@ def login(
             })
             if resp.status_code != 200:
                 raise LoginError(f"token request failed: HTTP {resp.status_code} {resp.text[:200]}")
-            body = resp.json()
-            return TokenSet(body["access_token"], int(body.get("expires_in", 0)), body.get("scope", ""),
-                            body.get("id_token"))
+            return TokenSet.from_response(resp.json())
     finally:
         receiver.close()
 
