@@ -17,9 +17,15 @@ async def test_unsupported_grant_type(oauth) -> None:
     assert resp.headers["cache-control"] == "no-store"
 
 
-async def test_refresh_token_grant_is_not_supported(oauth) -> None:
-    resp = await oauth.client.post("/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": "x"})
-    assert resp.json()["error"] == "unsupported_grant_type"
+async def test_unknown_grant_type_is_not_supported(oauth) -> None:
+    resp = await oauth.client.post("/oauth2/token", data={"grant_type": "password", "client_id": "bsopt-cli"})
+    assert resp.status_code == 400 and resp.json()["error"] == "unsupported_grant_type"
+
+
+async def test_unknown_refresh_token_is_invalid_grant(oauth) -> None:
+    resp = await oauth.client.post("/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": "x",
+                                                          "client_id": "bsopt-cli"})
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
 
 
 async def test_missing_grant_type_is_invalid_request(oauth) -> None:
