@@ -291,6 +291,10 @@ def main() -> None:
         for name, url, script, wargs, aurl, ascript, aargs in scenarios:
             if only and not any(o in name for o in only):
                 continue
+            warm = dict(duration=2, concurrency=args.concurrency, threads=args.wrk_threads)
+            if not wargs:  # warm every worker up (the assertion scenario's assertions are single-use)
+                _wrk(url, script or "", wargs, **warm)  # type: ignore[arg-type]
+                _wrk(aurl, ascript or "", aargs, **warm)  # type: ignore[arg-type]
             kw = dict(duration=args.duration, concurrency=args.concurrency, threads=args.wrk_threads)
             s = _wrk(url, script or "", wargs, **kw)  # type: ignore[arg-type]
             a = _wrk(aurl, ascript or "", aargs, **kw)  # type: ignore[arg-type]

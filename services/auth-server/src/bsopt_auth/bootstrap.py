@@ -23,6 +23,7 @@ from bsopt_auth.app import create_app
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.db import migrate
 from bsopt_auth.passwords import PasswordParams, configure_password_hashing
+from bsopt_auth.rfc6749.client_auth import configure_client_cache
 from bsopt_auth.rfc7517 import (
     KeyDecryptionError,
     configure_active_key_cache,
@@ -43,6 +44,7 @@ def configure_keys(settings: AuthSettings) -> None:
     kek = settings.key_encryption_key_provider()
     configure_key_encryption(kek)
     configure_active_key_cache(settings.active_key_cache_seconds)
+    configure_client_cache(settings.client_cache_seconds)
     configure_password_hashing(PasswordParams(settings.password_time_cost, settings.password_memory_cost_kib,
                                               settings.password_parallelism))
     if kek.key_id.startswith("dev-only:"):

@@ -60,6 +60,10 @@ class AuthSettings(ServiceSettings):
     #: or revocation by another process reaches every worker within it.
     metadata_cache_seconds: float = Field(1.0, ge=0, le=60)
     active_key_cache_seconds: float = Field(1.0, ge=0, le=60)
+    #: How long a worker keeps a secret client's row in memory (no database round trip per
+    #: client_secret_basic/post request); a new secret or a removed client reaches every
+    #: worker within it. 0: read the row on every request.
+    client_cache_seconds: float = Field(1.0, ge=0, le=60)
     #: argon2id parameters of new user password hashes (client secrets are SHA-256 digests
     #: of server-generated secrets). Defaults: RFC 9106 "low memory" (t=3, 64 MiB, p=4).
     password_time_cost: int = Field(3, ge=1, le=20)

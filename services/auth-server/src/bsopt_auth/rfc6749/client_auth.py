@@ -13,18 +13,25 @@ Secrets are checked against their SHA-256 digest in constant time
 (:func:`bsopt_auth.passwords.verify_client_secret`); unknown and public clients cost one
 compare against a dummy digest. A client still stored with a legacy argon2 hash is
 verified with it once, outside any database connection, and its row upgraded to the digest.
+
+A secret client's row may be kept in memory for ``client_cache_seconds``
+(:func:`configure_client_cache`; off unless configured, ``serve`` sets it from the
+settings): then a token request with a secret needs no database round trip, and a change
+to the client (new secret, removal) reaches this process within that time.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from sqlalchemy import update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bsopt_auth.models import Client
@@ -35,6 +42,39 @@ from bsopt_auth.rfc7591 import PRIVATE_KEY_JWT
 
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", PRIVATE_KEY_JWT, "none")
 SECRET_METHODS = ("client_secret_basic", "client_secret_post")
+
+
+_client_cache_seconds = 0.0
+_client_cache_lock = threading.Lock()
+#: (database URL, client_id) -> (detached client row, monotonic time it was read)
+_client_cache: dict[tuple[str, str], tuple[Client, float]] = {}
+
+
+def configure_client_cache(seconds: float) -> None:
+    """Keep secret clients' rows in memory for ``seconds`` (0: read every time)."""
+    global _client_cache_seconds
+    with _client_cache_lock:
+        _client_cache_seconds = max(0.0, seconds)
+        _client_cache.clear()
+
+
+def _cached_client(session: Session, client_id: str) -> Client | None:
+    """The client, from the cache when fresh (attached to ``session`` without a query),
+    else read from the database."""
+    if _client_cache_seconds <= 0:
+        return session.get(Client, client_id)
+    where = (session.get_bind().url.render_as_string(hide_password=True), client_id)
+    now = time.monotonic()
+    cached = _client_cache.get(where)
+    if cached is not None and now - cached[1] < _client_cache_seconds:
+        return session.merge(cached[0], load=False)
+    client = session.get(Client, client_id)
+    if client is not None and client.client_secret_hash and not client_secret_needs_upgrade(client.client_secret_hash):
+        snapshot = Client(**{c.key: getattr(client, c.key) for c in Client.__mapper__.column_attrs})
+        make_transient_to_detached(snapshot)  # a detached copy: merge(load=False) attaches it queryless
+        with _client_cache_lock:
+            _client_cache[where] = (snapshot, now)
+    return client
 
 
 @dataclass(frozen=True)
@@ -98,7 +138,7 @@ def authenticate_client(
     else:
         raise InvalidClientError("client authentication is required")
 
-    client = session.get(Client, client_id)
+    client = session.get(Client, client_id) if method == "none" else _cached_client(session, client_id)
     if method == "none":
         if client is None or not client.is_public:
             raise InvalidClientError("client authentication failed")
@@ -129,4 +169,4 @@ def _upgrade_secret(session: Session, client: Client, old: str | None, secret: s
 
 
 __all__ = ["AUTH_METHODS", "SECRET_METHODS", "AuthenticatedClient", "authenticate_client",
-           "parse_basic_authorization"]
+           "configure_client_cache", "parse_basic_authorization"]
