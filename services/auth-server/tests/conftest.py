@@ -33,7 +33,10 @@ TOKEN_PATH = "/oauth2/token"
 
 @pytest.fixture(scope="module")
 def settings() -> AuthSettings:
-    settings = AuthSettings(_env_file=None, issuer=ISSUER, environment="test", signing_alg="RS256")
+    settings = AuthSettings(_env_file=None, issuer=ISSUER, environment="test", signing_alg="RS256",
+                            # many deliberate invalid_client answers per module, all from one
+                            # address (test_login_throttling sets its own limits)
+                            throttle_client_free_failures=1000, throttle_client_ip_free_failures=1000)
     configure_key_encryption(settings.key_encryption_key_provider())  # the dev-only KEK
     return settings
 

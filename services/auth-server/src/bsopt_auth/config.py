@@ -118,6 +118,9 @@ class AuthSettings(ServiceSettings):
     throttle_ip_free_failures: int = Field(30, ge=0)
     #: Free client-authentication failures per client_id at the token endpoint.
     throttle_client_free_failures: int = Field(5, ge=0)
+    #: Free client-authentication failures per client IP across client_ids (many
+    #: services may share one address).
+    throttle_client_ip_free_failures: int = Field(100, ge=0)
     throttle_base_delay_seconds: float = Field(1.0, gt=0)
     throttle_max_delay_seconds: float = Field(300.0, gt=0)
     #: Failures are forgotten this long after a key's last one, seconds.

@@ -14,7 +14,8 @@ neither IP addresses (an IPv6 address counts as its /64, which one host usually 
 nor usernames. Scopes keep counters apart (a login failure does not slow down a
 client's secret checks).
 
-Policy per kind (:class:`Policy`, from the settings ``throttle_*``): the first
+Policy per kind (:class:`Policy`, from the settings ``throttle_*``; addresses at the
+token endpoint have their own, ``throttle_client_ip_free_failures``): the first
 ``free_failures`` consecutive failures cost nothing; failure ``free_failures + k`` blocks
 the key for ``min(base_delay · 2^(k-1), max_delay)`` seconds after it (exponential
 backoff); a key whose policy locks (accounts) is locked for ``lock_seconds`` when its
@@ -126,6 +127,7 @@ class Limiter:
                               lock_seconds=settings.throttle_account_lock_seconds),
             "ip": Policy(settings.throttle_ip_free_failures, **backoff),
             "client": Policy(settings.throttle_client_free_failures, **backoff),
+            "client_ip": Policy(settings.throttle_client_ip_free_failures, **backoff),
         }
 
     # ------------------------------------------------------------------ keys
@@ -134,8 +136,10 @@ class Limiter:
         return _hmac_hex(self._secret, value)
 
     def key(self, scope: str, kind: str, value: str) -> ThrottleKey:
-        """The counter of ``value`` (an account name, an IP, a client_id) in ``scope``."""
-        return ThrottleKey(f"{scope}:{kind}:{self.hash_value(value)}", kind, self.policies[kind])
+        """The counter of ``value`` (an account name, an IP, a client_id) in ``scope``.
+        Addresses at the token endpoint have their own policy (``client_ip``)."""
+        policy = self.policies["client_ip" if (scope, kind) == (CLIENT_SCOPE, "ip") else kind]
+        return ThrottleKey(f"{scope}:{kind}:{self.hash_value(value)}", kind, policy)
 
     def account_key(self, scope: str, username: str) -> ThrottleKey:
         return self.key(scope, "account", username)

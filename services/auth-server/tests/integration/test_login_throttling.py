@@ -33,6 +33,7 @@ FAST = {
     "throttle_account_lock_seconds": 2.0,
     "throttle_ip_free_failures": 1000,
     "throttle_client_free_failures": 2,
+    "throttle_client_ip_free_failures": 1000,
     "throttle_base_delay_seconds": 0.2,
     "throttle_max_delay_seconds": 1.0,
 }
@@ -179,7 +180,7 @@ async def test_repeated_bad_client_secrets_get_429_with_retry_after(make_oauth) 
 
 
 async def test_client_auth_failures_are_throttled_per_address_across_client_ids(make_oauth) -> None:
-    async with make_oauth("192.0.2.30", throttle_ip_free_failures=2, throttle_base_delay_seconds=30) as oauth:
+    async with make_oauth("192.0.2.30", throttle_client_ip_free_failures=2, throttle_base_delay_seconds=30) as oauth:
         for client_id in ("no-such-1", "no-such-2", "no-such-3"):
             assert (await oauth.client_credentials(client_id, "x")).status_code == 401
         resp = await oauth.client_credentials("ml-scorer")
