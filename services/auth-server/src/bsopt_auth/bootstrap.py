@@ -44,7 +44,6 @@ def configure_keys(settings: AuthSettings) -> None:
     kek = settings.key_encryption_key_provider()
     configure_key_encryption(kek)
     configure_active_key_cache(settings.active_key_cache_seconds)
-    configure_client_cache(settings.client_cache_seconds)
     configure_password_hashing(PasswordParams(settings.password_time_cost, settings.password_memory_cost_kib,
                                               settings.password_parallelism))
     if kek.key_id.startswith("dev-only:"):
@@ -112,6 +111,7 @@ def _worker(settings: AuthSettings, sock: socket.socket) -> None:
 
     setup_logging(settings.service_name)
     configure_keys(settings)
+    configure_client_cache(settings.client_cache_seconds)
     engine = create_db_engine(settings.require_database_url(), application_name="bsopt-auth-server")
     config = uvicorn.Config(create_app(settings, engine), lifespan="on", log_config=None, access_log=False,
                             timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)))
@@ -161,6 +161,7 @@ async def _serve_workers(settings: AuthSettings, stop: asyncio.Event) -> None:
 async def serve(settings: AuthSettings, stop: asyncio.Event) -> None:
     engine = await asyncio.to_thread(prepare, settings, seed=settings.seed_dev_on_start)
     maintenance = asyncio.create_task(key_maintenance_loop(settings, make_session_factory(engine), stop))
+    configure_client_cache(settings.client_cache_seconds)  # process-wide: undone when serving ends
     try:
         if settings.workers > 1:
             await _serve_workers(settings, stop)
@@ -168,6 +169,7 @@ async def serve(settings: AuthSettings, stop: asyncio.Event) -> None:
             await serve_asgi(create_app(settings, engine), stop, host=settings.host, port=settings.port,
                              grace_seconds=settings.shutdown_grace_seconds)
     finally:
+        configure_client_cache(0)
         maintenance.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await maintenance
