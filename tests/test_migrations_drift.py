@@ -64,8 +64,6 @@ SERVICES = [
     Service("resource-api", "bsopt_api", "api", "bsopt_api.models:metadata"),
     Service(
         "auth-server", "bsopt_auth", "auth", "bsopt_auth.models:Base.metadata",
-        # auth-server neither consumes nor publishes events: no event tables.
-        event_tables=False,
     ),
 ]
 

@@ -1,4 +1,5 @@
-"""SQLAlchemy tables, all in schema ``auth`` (``migrations/versions/0001`` to ``0006``)."""
+"""SQLAlchemy tables, all in schema ``auth`` (``migrations/versions/0001`` to ``0007``);
+``outbox`` and ``processed_events`` are :func:`bsopt_common.events.event_tables`."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    #: Set by ``users disable`` (revision 0007): no login, refresh, device approval or
+    #: token exchange for this user. NULL: enabled.
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 #: CHECK of ``auth.clients`` (revision 0003): the credential columns agree with
@@ -315,3 +319,31 @@ class DeviceAuthorization(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+
+
+class AuditEvent(Base):
+    """One audit fact (:mod:`bsopt_auth.audit`, revision 0007): who (``user_id``,
+    ``client_id``, ``ip_hash``: hex HMAC-SHA256 of the address with the throttle key
+    secret), what (``event_type``), when, ``outcome`` and ``reason``; ``details`` holds
+    non-secret context (grant type, kid, ...). Never a secret, password or token."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        CheckConstraint("outcome IN ('success', 'failure')", name="audit_events_outcome_check"),
+        Index("audit_events_occurred_at_idx", "occurred_at"),
+        Index("audit_events_user_id_idx", "user_id"),
+        Index("audit_events_client_id_idx", "client_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    event_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    occurred_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    user_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
+    client_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    ip_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict,
+                                                    server_default=text("'{}'::jsonb"))
