@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 
+from bsopt.auth_server.v1 import events_pb2 as auth_events
 from bsopt.broker_gateway.v1 import events_pb2 as broker_events
 from bsopt.digest_worker.v1 import events_pb2 as digest_events
 from bsopt.ml_scorer.v1 import events_pb2 as scorer_events
@@ -85,11 +86,17 @@ TRADES_SCORED = _topic(
 DIGESTS_READY = _topic(
     "digests.ready.v1", digest_events.DigestReady,
     lambda m: m.user_id, lambda m: f"digests/{m.digest_id}", "digest-worker")
+#: The authorization server's audit trail (``auth.audit_events``); keyed by the user, else
+#: the client, else the event, so one subject's facts stay ordered.
+AUTH_AUDIT = _topic(
+    "auth.audit.v1", auth_events.AuditEvent,
+    lambda m: m.user_id or m.client_id or m.audit_id, lambda m: f"audit-events/{m.audit_id}", "auth-server")
 
 #: Every topic, by name.
 TOPICS: Mapping[str, Topic[Any]] = {
     t.name: t for t in (
         TRAINING_REQUESTED, TRAINING_PROGRESS, TRAINING_COMPLETED, TRADES_IMPORTED, TRADES_SCORED, DIGESTS_READY,
+        AUTH_AUDIT,
     )
 }
 

@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 
 DEMO_USER = ("demo", "demo-password")
 #: Confidential clients seeded by ``bsopt_auth seed-dev`` (dev secrets only).
-SERVICE_CLIENTS = ("resource-api", "broker-gateway", "rl-trainer", "ml-scorer", "digest-worker")
+SERVICE_CLIENTS = ("resource-api", "broker-gateway", "rl-trainer", "ml-scorer", "digest-worker", "auth-server")
 
 
 class StackError(RuntimeError):
@@ -183,7 +183,9 @@ class Stack:
             "auth-server": {**common, "BSOPT_AUTH_PORT": str(p.auth), "BSOPT_AUTH_ISSUER": self.issuer,
                             "BSOPT_AUTH_TOKEN_ENDPOINT_CORS_ORIGINS": self.api_url,
                             # seed-dev registers each service's public keys (private_key_jwt)
-                            "BSOPT_AUTH_SEED_CLIENT_KEYS_DIR": str(self.keys_dir)},
+                            "BSOPT_AUTH_SEED_CLIENT_KEYS_DIR": str(self.keys_dir),
+                            # signs auth.audit.v1 (registered as client auth-server at start)
+                            "BSOPT_AUTH_SIGNING_KEY_FILE": keys["auth-server"]},
             "broker-gateway": {**common, "BSOPT_BROKER_PORT": str(p.broker),
                                "BSOPT_BROKER_SIGNING_KEY_FILE": keys["broker-gateway"]},
             "ml-scorer": {**common, "BSOPT_SCORER_PORT": str(p.scorer),

@@ -20,17 +20,19 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine, text
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bsopt_auth import __version__
+from bsopt_auth.admin import ADMIN_AUDIENCE, AdminError
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.openapi import build_openapi
 from bsopt_auth.rfc7517 import ensure_active_key
+from bsopt_auth.routes import admin as admin_routes
 from bsopt_auth.routes import authorize, client_keys, device, discovery, revocation, token, userinfo
 from bsopt_auth.routes.state import AppState
 from bsopt_common.db import make_session_factory
@@ -82,6 +84,16 @@ class TokenEndpointCORS:
             await self.app(scope, receive, send)
 
 
+async def _admin_auth_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, admin_routes.AdminAuthError)
+    return admin_routes.auth_error_response(exc)
+
+
+async def _admin_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AdminError)
+    return admin_routes.admin_error_response(exc)
+
+
 def create_app(settings: AuthSettings, engine: Engine) -> FastAPI:
     """The authorization server as an ASGI app over ``engine`` (already migrated)."""
     state = AppState(settings=settings, engine=engine, session_factory=make_session_factory(engine))
@@ -105,6 +117,12 @@ def create_app(settings: AuthSettings, engine: Engine) -> FastAPI:
     )
     app.state.auth = state
     app.state.token_verifier, self_client = _self_verifier(app, settings)
+    # /admin: the same verifier and JWKS, for this server's own resource (bsopt_auth.admin)
+    app.state.admin_token_verifier = AccessTokenVerifier(
+        settings.issuer, ADMIN_AUDIENCE, app.state.token_verifier.jwks, leeway_seconds=settings.token_leeway_seconds)
+    app.include_router(admin_routes.router)
+    app.add_exception_handler(admin_routes.AdminAuthError, _admin_auth_error)
+    app.add_exception_handler(AdminError, _admin_error)
     for module in (discovery, client_keys, authorize, token, revocation, userinfo, device):
         app.include_router(module.router)
 

@@ -15,11 +15,14 @@ import contextlib
 import logging
 import multiprocessing
 import socket
+from collections.abc import AsyncIterator
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from bsopt_auth.admin import ensure_self_client
 from bsopt_auth.app import create_app
+from bsopt_auth.audit import AUTH_SERVER_CLIENT_ID, OUTBOX
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.db import migrate
 from bsopt_auth.passwords import PasswordParams, configure_password_hashing
@@ -33,7 +36,11 @@ from bsopt_auth.rfc7517 import (
 )
 from bsopt_auth.seed import read_client_keys_dir, seed_dev
 from bsopt_common.db import create_db_engine, make_session_factory, wait_for_database
+from bsopt_common.events import EventPublisher, OutboxRelay
 from bsopt_common.http_server import serve_asgi
+from bsopt_common.kafka_auth import kafka_client_options
+from bsopt_common.security.event_signing import EventSigner, public_jwks
+from bsopt_common.service import service_signing_key
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +92,49 @@ def prepare(settings: AuthSettings, *, seed: bool) -> Engine:
     if seed:
         keys_dir = settings.seed_client_keys_dir
         seed_dev(factory, read_client_keys_dir(keys_dir) if keys_dir is not None else None)
+    register_event_key(settings, factory)
     return engine
+
+
+def register_event_key(settings: AuthSettings, factory: sessionmaker[Session]) -> None:
+    """With an event-signing key configured (``BSOPT_AUTH_SIGNING_KEY_FILE`` or
+    ``BSOPT_AUTH_SIGNING_KEY``, as every service's ``signing_key``), publish its public
+    half as the JWKS of the client ``auth-server`` (consumers verify ``auth.audit.v1``
+    against ``<issuer>/oauth2/clients/auth-server/jwks.json``)."""
+    key = service_signing_key(settings)
+    if key is not None:
+        ensure_self_client(factory, public_jwks(key))
+        log.info("auth-server events are signed as client %s", AUTH_SERVER_CLIENT_ID)
+
+
+@contextlib.asynccontextmanager
+async def audit_relay(settings: AuthSettings, factory: sessionmaker[Session]) -> AsyncIterator[None]:
+    """Publish the outbox (``auth.audit.v1``) while the server runs, when Kafka is
+    configured (``KAFKA_BOOTSTRAP_SERVERS``) and the server has its signing key; otherwise
+    audit rows are still stored and their outbox rows wait."""
+    key = service_signing_key(settings)
+    if not settings.kafka_bootstrap_servers or key is None:
+        if settings.kafka_bootstrap_servers:
+            log.warning("auth-server: Kafka is configured but no signing key (BSOPT_AUTH_SIGNING_KEY_FILE): "
+                        "audit events stay in auth.outbox")
+        yield
+        return
+    publisher = EventPublisher(settings.kafka_bootstrap_servers, source=f"/bsopt/{settings.service_name}",
+                               signer=EventSigner(AUTH_SERVER_CLIENT_ID, key), client_id=AUTH_SERVER_CLIENT_ID,
+                               client_options=kafka_client_options(settings, None))
+    await publisher.start()
+    relay = OutboxRelay(OUTBOX, factory, publisher)
+    task = asyncio.create_task(relay.run(), name="auth-outbox-relay")
+    try:
+        yield
+    finally:
+        relay.stop()
+        with contextlib.suppress(Exception):
+            await relay.relay_once()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        await publisher.stop()
 
 
 async def key_maintenance_loop(settings: AuthSettings, factory: sessionmaker[Session],
@@ -163,14 +212,19 @@ async def serve(settings: AuthSettings, stop: asyncio.Event) -> None:
     maintenance = asyncio.create_task(key_maintenance_loop(settings, make_session_factory(engine), stop))
     configure_client_cache(settings.client_cache_seconds)  # process-wide: undone when serving ends
     try:
-        if settings.workers > 1:
-            await _serve_workers(settings, stop)
-        else:
-            await serve_asgi(create_app(settings, engine), stop, host=settings.host, port=settings.port,
-                             grace_seconds=settings.shutdown_grace_seconds)
+        async with audit_relay(settings, make_session_factory(engine)):
+            await _serve(settings, engine, stop)
     finally:
         configure_client_cache(0)
         maintenance.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await maintenance
         engine.dispose()
+
+
+async def _serve(settings: AuthSettings, engine: Engine, stop: asyncio.Event) -> None:
+    if settings.workers > 1:
+        await _serve_workers(settings, stop)
+    else:
+        await serve_asgi(create_app(settings, engine), stop, host=settings.host, port=settings.port,
+                         grace_seconds=settings.shutdown_grace_seconds)

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "demo-password"
 CLI_CLIENT_ID = "bsopt-cli"
+#: Dev client of the admin API (scope ``admin``, resource ``urn:bsopt:auth-server``).
+ADMIN_CLIENT_ID = "bsopt-admin"
 CLI_REDIRECT_URI = "http://127.0.0.1/callback"
 #: resource-api's origin in dev (its default port; the local stack's): its Swagger UI signs
 #: in as the CLI's public client and exchanges the code from this origin (the auth-
@@ -117,6 +119,8 @@ DEV_CLIENTS: tuple[DevClient, ...] = (
     DevClient("broker-gateway", scopes="kafka:cluster", resources=(KAFKA_AUDIENCE,)),
     DevClient("ml-scorer", scopes="kafka:cluster", resources=(KAFKA_AUDIENCE,)),
     DevClient("digest-worker", scopes="kafka:cluster", resources=(KAFKA_AUDIENCE,)),
+    # the /admin API (bsopt_auth.admin), by client credentials; dev only
+    DevClient(ADMIN_CLIENT_ID, scopes="admin", resources=("urn:bsopt:auth-server",)),
 )
 
 
@@ -220,6 +224,7 @@ def seed_dev(
 
 
 __all__ = [
+    "ADMIN_CLIENT_ID",
     "CLIENT_KEYS_FILE",
     "CLI_CLIENT_ID",
     "CLI_REDIRECT_URI",

@@ -44,6 +44,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import ModuleType
 
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -200,6 +201,7 @@ class Limiter:
                                "subject": subject, "failures": failures,
                                "locked_seconds": policy.lock_seconds},
                     )
+                    _audit().record(session, self.settings, ACCOUNT_LOCKED_EVENT, outcome="failure", user_id=subject or None, ip_hash=ip_hash or None, reason="too_many_failures", details={"failures": str(failures)})  # noqa: E501
             if random.randrange(_PURGE_ONE_IN) == 0:  # not security relevant
                 self._purge(session)
 
@@ -240,6 +242,12 @@ _PURGE = text(
     "DELETE FROM auth.login_throttle WHERE last_failure_at < now() - make_interval(secs => :window) "
     "AND (locked_until IS NULL OR locked_until < now())"
 )
+
+
+def _audit() -> ModuleType:
+    from bsopt_auth import audit as trail  # bsopt_auth.audit imports this module
+
+    return trail
 
 
 def retry_after_header(seconds: float) -> str:

@@ -43,6 +43,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from bsopt_auth import audit
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.models import Client, RefreshToken, TokenFamily
 from bsopt_auth.oidc import OPENID_SCOPE, issue_id_token
@@ -195,6 +196,7 @@ def refresh_token_grant(
                 # an attacker. Revoke the family (committed before the error below).
                 revoke_family(session, found.id)
                 reused = True
+                audit.record(session, settings, audit.REFRESH_REUSE_DETECTED, outcome="failure", client_id=client.client_id, reason="refresh_token_reuse", details={"family_id": str(found.id)})  # noqa: E501
             elif found is not None and found.client_id != client.client_id:
                 raise InvalidGrantError("refresh token was issued to another client")
         else:

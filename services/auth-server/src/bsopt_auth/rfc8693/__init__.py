@@ -230,8 +230,8 @@ def token_exchange(
         actor["act"] = previous_act
     auth_time = subject.raw.get("auth_time")
     with session_scope(session_factory) as session:
-        if session.get(User, user_id) is None:
-            raise InvalidGrantError("subject_token names an unknown user")
+        if (user := session.get(User, user_id)) is None or user.disabled_at is not None:
+            raise InvalidGrantError("subject_token names an unknown or disabled user")
         scope = _granted_scope(params.get("scope"), allowed, subject)
         key = get_active_key(session, settings.signing_alg)
     token = issue_access_token(

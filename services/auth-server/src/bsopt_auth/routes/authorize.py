@@ -28,6 +28,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from bsopt_auth import csrf
+from bsopt_auth import audit
 from bsopt_auth.models import User
 from bsopt_auth.pages import render
 from bsopt_auth.passwords import hash_secret, needs_rehash, verify_secret
@@ -195,7 +196,8 @@ def _login(state: AppState, post: LoginPost) -> Response:
     with session_scope(state.session_factory) as session:
         user = None
         if username and not oversized:
-            user = session.scalars(select(User).where(User.username == username)).one_or_none()
+            user = session.scalars(select(User).where(User.username == username,
+                                                      User.disabled_at.is_(None))).one_or_none()
         # One argon2 verification whether or not the user exists.
         ok = verify_secret(user.password_hash if user else None, password[:MAX_CREDENTIAL_LENGTH])
         code: str | None = None
@@ -209,11 +211,15 @@ def _login(state: AppState, post: LoginPost) -> Response:
     if code is None:
         log.info("login failed for client_id=%s", req.client.client_id)
         limiter.record_failure(keys, ip_hash=limiter.ip_hash(post.client_ip), subject=subject)
+        audit.emit(state.settings, state.session_factory, audit.LOGIN_FAILED, outcome="failure", user_id=subject,
+                   client_id=req.client.client_id, ip=post.client_ip, reason="invalid_credentials")
         return _login_page(state, req, post.csrf_cookie, status_code=401, error=LOGIN_FAILED,
                            username=shown_username)
     if account_key is not None and account_key.key in limiter.seen:
         limiter.reset([account_key])  # the IP's record stays (see bsopt_auth.throttle)
     log.info("authorization code issued client_id=%s user_id=%s", req.client.client_id, subject)
+    audit.emit(state.settings, state.session_factory, audit.LOGIN_SUCCEEDED, outcome="success", user_id=subject,
+               client_id=req.client.client_id, ip=post.client_ip)
     return _see_other(success_redirect(req, code, state.settings.issuer))
 
 

@@ -219,7 +219,8 @@ def _decide(state: AppState, post: DevicePost) -> Response:
     with session_scope(state.session_factory) as session:
         user = None
         if username and not oversized:
-            user = session.scalars(select(User).where(User.username == username)).one_or_none()
+            user = session.scalars(select(User).where(User.username == username,
+                                                      User.disabled_at.is_(None))).one_or_none()
         ok = verify_secret(user.password_hash if user else None, password[:MAX_CREDENTIAL_LENGTH])
         subject = str(user.id) if user is not None else ""
         if ok and user is not None:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from bsopt_auth import audit
 from bsopt_auth.rfc6749.errors import NO_STORE_HEADERS, InvalidClientError, InvalidRequestError, OAuth2Error
 from bsopt_auth.rfc6749.token import handle_token_request
 from bsopt_auth.routes.state import AppState
@@ -19,6 +20,16 @@ router = APIRouter()
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 
+def _audit_token(state: AppState, request: Request, items: list[tuple[str, str]], error: str | None) -> None:
+    """``auth.token_issued`` / ``auth.token_refused`` (:mod:`bsopt_auth.audit`): grant type,
+    claimed client, hashed address, the RFC 6749 §5.2 error; never a credential."""
+    grant_type = next((v for k, v in items if k == "grant_type"), "")[:100]
+    audit.emit(state.settings, state.session_factory, audit.TOKEN_REFUSED if error else audit.TOKEN_ISSUED,
+               outcome="failure" if error else "success", reason=error,
+               client_id=audit.claimed_client_id(request.headers.get("authorization"), items),
+               ip=request.client.host if request.client else None, details={"grant_type": grant_type})
+
+
 def error_response(exc: OAuth2Error) -> JSONResponse:
     return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers())
 
@@ -27,6 +38,7 @@ def error_response(exc: OAuth2Error) -> JSONResponse:
 async def token(request: Request) -> JSONResponse:
     state = AppState.of(request)
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    items: list[tuple[str, str]] = []
     try:
         if content_type != FORM_CONTENT_TYPE:
             raise InvalidRequestError(f"the request body must be {FORM_CONTENT_TYPE}")
@@ -48,7 +60,9 @@ async def token(request: Request) -> JSONResponse:
     except OAuth2Error as exc:
         # Never log the request: it carries secrets, codes and verifiers.
         log.info("token request refused: %s", exc.error)
+        await run_in_threadpool(_audit_token, state, request, items, exc.error)
         return error_response(exc)
+    await run_in_threadpool(_audit_token, state, request, items, None)
     return JSONResponse(body, headers=NO_STORE_HEADERS)
 
 

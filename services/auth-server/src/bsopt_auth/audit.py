@@ -1,0 +1,153 @@
+"""The audit trail: structured, secret-free facts about authentication and administration.
+
+Every fact is one row of ``auth.audit_events`` (:class:`bsopt_auth.models.AuditEvent`)
+and one event on ``auth.audit.v1`` (:data:`bsopt_common.topics.AUTH_AUDIT`, payload
+``bsopt.auth_server.v1.AuditEvent``) staged in the transactional outbox **in the same
+transaction** (:func:`record`); :func:`emit` opens its own transaction for facts that
+have none (a refused login, a token response). The outbox relay
+(:mod:`bsopt_auth.bootstrap`) publishes them, signed with the auth-server's own key pair
+(client ``auth-server``), only when Kafka is configured; otherwise the rows wait.
+
+Fields: event type (:data:`EVENT_TYPES`), time, user id, client id, ``ip_hash`` (hex
+HMAC-SHA256 of the normalised address with the throttle key secret, the 16-character
+prefix :meth:`bsopt_auth.throttle.Limiter.ip_hash` logs), outcome (``success`` /
+``failure``), reason (an RFC 6749 §5.2 error code, ``invalid_credentials``,
+``disabled``...), and ``details`` (non-secret strings: ``grant_type``, ``kid``,
+``actor``...). Never a secret, password, code or token: :func:`record` refuses detail
+names that suggest one.
+
+Each fact is also logged on the ``bsopt_auth.audit`` logger (as ``throttle`` did first).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Literal
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from bsopt.auth_server.v1 import events_pb2
+from bsopt_auth.config import SCHEMA, AuthSettings
+from bsopt_auth.models import AuditEvent
+from bsopt_common.codec import timestamp
+from bsopt_common.db import session_scope
+from bsopt_common.events import Outbox
+from bsopt_common.topics import AUTH_AUDIT
+
+log = logging.getLogger("bsopt_auth.audit")
+
+#: The OAuth client the auth-server publishes its events as (its own key pair).
+AUTH_SERVER_CLIENT_ID = "auth-server"
+
+LOGIN_SUCCEEDED = "auth.login_succeeded"
+LOGIN_FAILED = "auth.login_failed"
+TOKEN_ISSUED = "auth.token_issued"
+TOKEN_REFUSED = "auth.token_refused"
+REFRESH_REUSE_DETECTED = "auth.refresh_reuse_detected"
+ACCOUNT_LOCKED = "auth.account_locked"
+CLIENT_CREATED = "auth.client_created"
+CLIENT_CHANGED = "auth.client_changed"
+CLIENT_DELETED = "auth.client_deleted"
+CLIENT_SECRET_ROTATED = "auth.client_secret_rotated"
+USER_CREATED = "auth.user_created"
+USER_DISABLED = "auth.user_disabled"
+USER_ENABLED = "auth.user_enabled"
+USER_PASSWORD_RESET = "auth.user_password_reset"
+KEY_ROTATED = "auth.key_rotated"
+KEY_REVOKED = "auth.key_revoked"
+
+EVENT_TYPES = frozenset({
+    LOGIN_SUCCEEDED, LOGIN_FAILED, TOKEN_ISSUED, TOKEN_REFUSED, REFRESH_REUSE_DETECTED, ACCOUNT_LOCKED,
+    CLIENT_CREATED, CLIENT_CHANGED, CLIENT_DELETED, CLIENT_SECRET_ROTATED,
+    USER_CREATED, USER_DISABLED, USER_ENABLED, USER_PASSWORD_RESET, KEY_ROTATED, KEY_REVOKED,
+})
+
+Outcome = Literal["success", "failure"]
+#: Detail names never accepted (they would carry credentials).
+_FORBIDDEN_DETAIL_WORDS = ("secret", "password", "token", "code", "assertion", "verifier")
+
+#: The auth-server's outbox (``auth.outbox``).
+OUTBOX = Outbox(SCHEMA)
+
+
+def hash_ip(settings: AuthSettings, address: str | None) -> str | None:
+    """What is stored for a caller's address: the throttle's HMAC prefix, or None."""
+    if not address:
+        return None
+    from bsopt_auth.throttle import _hmac_hex, normalize_ip
+
+    return _hmac_hex(settings.derived_secret("throttle"), normalize_ip(address))[:16]
+
+
+def record(
+    session: Session, settings: AuthSettings, event_type: str, *, outcome: Outcome,
+    user_id: uuid.UUID | str | None = None, client_id: str | None = None, ip: str | None = None,
+    ip_hash: str | None = None, reason: str | None = None, details: Mapping[str, str] | None = None,
+) -> uuid.UUID:
+    """Add one audit row and its ``auth.audit.v1`` outbox event to ``session``'s
+    transaction; return the row id. ``ip`` is hashed here (or pass ``ip_hash``)."""
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown audit event type {event_type!r}")
+    clean = {str(k): str(v) for k, v in (details or {}).items() if v is not None}
+    for name in clean:
+        if any(word in name.lower() for word in _FORBIDDEN_DETAIL_WORDS) and name != "grant_type":
+            raise ValueError(f"audit detail {name!r} could carry a credential")
+    user = None
+    if user_id:
+        try:
+            user = user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
+        except ValueError:
+            user = None
+    row = AuditEvent(
+        id=uuid.uuid4(), event_type=event_type, occurred_at=datetime.now(UTC), user_id=user,
+        client_id=(client_id or None) and client_id[:255], ip_hash=ip_hash or hash_ip(settings, ip),
+        outcome=outcome, reason=(reason or None) and reason[:200], details=clean,
+    )
+    session.add(row)
+    session.flush()
+    OUTBOX.add(session, AUTH_AUDIT, events_pb2.AuditEvent(
+        audit_id=str(row.id), event_type=event_type, occurred_at=timestamp(row.occurred_at),
+        user_id=str(user or ""), client_id=row.client_id or "", ip_hash=row.ip_hash or "", outcome=outcome,
+        reason=row.reason or "", details=clean,
+    ), event_id=str(row.id))
+    log.info("%s outcome=%s user_id=%s client_id=%s ip=%s reason=%s", event_type, outcome, user or "-",
+             row.client_id or "-", row.ip_hash or "-", row.reason or "-",
+             extra={"event": event_type, "outcome": outcome, "audit_id": str(row.id)})
+    return row.id
+
+
+def emit(settings: AuthSettings, session_factory: sessionmaker[Session], event_type: str, *,
+         outcome: Outcome, **fields: object) -> None:
+    """:func:`record` in a transaction of its own (facts with no change to join). A
+    failure to write is logged, never raised: the response the fact describes is sent."""
+    try:
+        with session_scope(session_factory) as session:
+            record(session, settings, event_type, outcome=outcome, **fields)  # type: ignore[arg-type]
+    except Exception:
+        log.exception("audit event %s could not be stored", event_type)
+
+
+def claimed_client_id(authorization: str | None, items: list[tuple[str, str]]) -> str | None:
+    """The client_id a token request claims (HTTP Basic user, else the form's
+    ``client_id``); not authenticated, for the audit trail only."""
+    if authorization:
+        from bsopt_auth.rfc6749.client_auth import parse_basic_authorization
+        from bsopt_auth.rfc6749.errors import InvalidClientError
+
+        try:
+            return parse_basic_authorization(authorization)[0][:255]
+        except InvalidClientError:
+            pass
+    value = next((v for k, v in items if k == "client_id"), None)
+    return value[:255] if value else None
+
+
+__all__ = [
+    "ACCOUNT_LOCKED", "AUTH_SERVER_CLIENT_ID", "CLIENT_CHANGED", "CLIENT_CREATED", "CLIENT_DELETED",
+    "CLIENT_SECRET_ROTATED", "EVENT_TYPES", "KEY_REVOKED", "KEY_ROTATED", "LOGIN_FAILED", "LOGIN_SUCCEEDED",
+    "OUTBOX", "REFRESH_REUSE_DETECTED", "TOKEN_ISSUED", "TOKEN_REFUSED", "USER_CREATED", "USER_DISABLED",
+    "USER_ENABLED", "USER_PASSWORD_RESET", "claimed_client_id", "emit", "hash_ip", "record",
+]
