@@ -27,8 +27,7 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from bsopt_auth import csrf
-from bsopt_auth import audit
+from bsopt_auth import audit, csrf
 from bsopt_auth.models import User
 from bsopt_auth.pages import render
 from bsopt_auth.passwords import hash_secret, needs_rehash, verify_secret
