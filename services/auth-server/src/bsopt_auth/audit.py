@@ -113,7 +113,7 @@ def record(
         user_id=str(user or ""), client_id=row.client_id or "", ip_hash=row.ip_hash or "", outcome=outcome,
         reason=row.reason or "", details=clean,
     ), event_id=str(row.id))
-    log.info("%s outcome=%s user_id=%s client_id=%s ip=%s reason=%s", event_type, outcome, user or "-",
+    log.info("audit %s outcome=%s user_id=%s client_id=%s ip=%s reason=%s", event_type, outcome, user or "-",
              row.client_id or "-", row.ip_hash or "-", row.reason or "-",
              extra={"event": event_type, "outcome": outcome, "audit_id": str(row.id)})
     return row.id

@@ -70,7 +70,20 @@ async def admin_principal(
 
 
 Admin = Annotated[AccessTokenClaims, Depends(admin_principal)]
-router = APIRouter(prefix="/admin", tags=["admin"])
+_PROBLEM_SCHEMA = {"type": "object", "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                                                   "status": {"type": "integer"}, "detail": {}}}
+#: problem+json (RFC 9457); FastAPI's own body-parsing refusals are plain JSON.
+_PROBLEM = {"application/problem+json": {"schema": _PROBLEM_SCHEMA}, "application/json": {"schema": _PROBLEM_SCHEMA}}
+#: Documented refusals of every /admin operation (RFC 6750 §3, RFC 9457).
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Invalid input", "content": _PROBLEM},
+    401: {"description": "Missing or invalid access token (RFC 6750 §3.1 invalid_token)", "content": _PROBLEM},
+    403: {"description": "The token lacks scope admin (insufficient_scope)", "content": _PROBLEM},
+    404: {"description": "No such client, user or key", "content": _PROBLEM},
+    409: {"description": "Already exists", "content": _PROBLEM},
+    422: {"description": "Malformed JSON body", "content": _PROBLEM},
+}
+router = APIRouter(prefix="/admin", tags=["admin"], responses=_RESPONSES)
 
 
 def _problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
