@@ -127,6 +127,10 @@ class AuthResult:
 class OAuth:
     client: httpx.AsyncClient
     settings: AuthSettings
+    #: False: every authorization request starts like a fresh browser (the auth-server's
+    #: session cookie is dropped first), so each ``login`` shows the password form; the
+    #: session tests (test_sessions_logout_consent) keep it.
+    keep_session: bool = False
 
     parse_form = staticmethod(parse_form)
     new_verifier = staticmethod(new_verifier)
@@ -150,6 +154,9 @@ class OAuth:
         return {k: v for k, v in params.items() if v is not None}
 
     async def authorize_page(self, **kwargs: Any) -> httpx.Response:
+        if not self.keep_session:
+            for name in ("bsopt_session", "__Host-bsopt_session"):
+                self.client.cookies.delete(name)
         return await self.client.get("/authorize", params=self.authorize_params(**kwargs))
 
     async def submit_login(

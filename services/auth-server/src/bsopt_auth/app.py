@@ -33,7 +33,7 @@ from bsopt_auth.config import AuthSettings
 from bsopt_auth.openapi import build_openapi
 from bsopt_auth.rfc7517 import ensure_active_key
 from bsopt_auth.routes import admin as admin_routes
-from bsopt_auth.routes import authorize, client_keys, device, discovery, revocation, token, userinfo
+from bsopt_auth.routes import authorize, client_keys, device, discovery, logout, revocation, token, userinfo
 from bsopt_auth.routes.state import AppState
 from bsopt_common.db import make_session_factory
 from bsopt_common.http_security import hsts_for, install_security_headers, install_swagger_ui
@@ -123,7 +123,7 @@ def create_app(settings: AuthSettings, engine: Engine) -> FastAPI:
     app.include_router(admin_routes.router)
     app.add_exception_handler(admin_routes.AdminAuthError, _admin_auth_error)
     app.add_exception_handler(AdminError, _admin_error)
-    for module in (discovery, client_keys, authorize, token, revocation, userinfo, device):
+    for module in (discovery, client_keys, authorize, token, revocation, userinfo, device, logout):
         app.include_router(module.router)
 
     @app.get("/healthz", include_in_schema=False)
@@ -153,7 +153,8 @@ def create_app(settings: AuthSettings, engine: Engine) -> FastAPI:
     install_security_headers(app, hsts=hsts_for(settings.issuer),
                              no_store_prefixes=("/authorize", "/oauth2/token", "/oauth2/revoke",
                                                 "/oauth2/introspect", "/userinfo",
-                                                "/oauth2/device_authorization", "/device"))
+                                                "/oauth2/device_authorization", "/device",
+                                                "/oauth2/logout"))
     return app
 
 

@@ -133,6 +133,11 @@ class AuthSettings(ServiceSettings):
     csrf_secret: SecretStr | None = Field(default=None, repr=False)
     #: How long a rendered login form may be submitted, seconds.
     login_form_ttl_seconds: int = Field(1800, gt=0)
+    #: Authorization-server session (:mod:`bsopt_auth.sessions`, the sign-in cookie): it
+    #: ends when unused for this long (sliding), seconds...
+    session_idle_ttl_seconds: int = Field(8 * 3600, gt=0)
+    #: ...and at the latest this long after the password was given, seconds.
+    session_absolute_ttl_seconds: int = Field(7 * 24 * 3600, gt=0)
     #: Device Authorization Grant (RFC 8628): lifetime of a device code and its user code
     #: (``expires_in``, §3.2), seconds...
     device_code_ttl_seconds: int = Field(600, gt=0, le=3600)

@@ -1,4 +1,4 @@
-"""SQLAlchemy tables, all in schema ``auth`` (``migrations/versions/0001`` to ``0007``);
+"""SQLAlchemy tables, all in schema ``auth`` (``migrations/versions/0001`` to ``0008``);
 ``outbox`` and ``processed_events`` are :func:`bsopt_common.events.event_tables`."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -98,6 +100,12 @@ class Client(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    #: One of the suite's own clients: no consent screen (revision 0008).
+    first_party: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
+    #: OpenID Connect RP-Initiated Logout 1.0 §3.1: where ``/oauth2/logout`` may redirect
+    #: to (exact match). Revision 0008.
+    post_logout_redirect_uris: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list,
+                                                                 server_default=text("'{}'"))
 
     @property
     def is_public(self) -> bool:
@@ -130,6 +138,10 @@ class AuthorizationCode(Base):
     consumed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    #: The authorization-server session the code was issued in (revision 0008).
+    session_id: Mapped[str | None] = mapped_column(
+        ForeignKey(f"{SCHEMA}.sessions.id", ondelete="SET NULL"), nullable=True
     )
 
 
@@ -204,6 +216,7 @@ class TokenFamily(Base):
     __table_args__ = (
         UniqueConstraint("code_hash", name="token_families_code_hash_key"),
         Index("token_families_expires_at_idx", "expires_at"),
+        Index("token_families_session_id_idx", "session_id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -223,6 +236,11 @@ class TokenFamily(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    #: The session its code was issued in: RP-initiated logout revokes the family
+    #: (revision 0008).
+    session_id: Mapped[str | None] = mapped_column(
+        ForeignKey(f"{SCHEMA}.sessions.id", ondelete="SET NULL"), nullable=True
     )
 
 
@@ -347,3 +365,51 @@ class AuditEvent(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict,
                                                     server_default=text("'{}'::jsonb"))
+
+
+class AuthSession(Base):
+    """An authorization-server session (:mod:`bsopt_auth.sessions`): one browser sign-in.
+    ``id`` is the hex SHA-256 of the cookie value, never the value. Usable while not
+    ended, ``last_seen_at`` within the idle lifetime and before ``expires_at`` (the
+    absolute lifetime). Revision 0008."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        Index("sessions_user_id_idx", "user_id"),
+        Index("sessions_expires_at_idx", "expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey(f"{SCHEMA}.users.id", ondelete="CASCADE"), nullable=False
+    )
+    #: When the user last gave the password (OIDC Core ``auth_time``).
+    auth_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Consent(Base):
+    """The scopes a user granted a client that is not first-party (:mod:`bsopt_auth.consent`).
+    Revision 0008."""
+
+    __tablename__ = "consents"
+    __table_args__ = (Index("consents_client_id_idx", "client_id"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey(f"{SCHEMA}.users.id", ondelete="CASCADE"), primary_key=True
+    )
+    client_id: Mapped[str] = mapped_column(
+        ForeignKey(f"{SCHEMA}.clients.client_id", ondelete="CASCADE"), primary_key=True
+    )
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    granted_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )

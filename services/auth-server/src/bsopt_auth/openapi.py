@@ -88,6 +88,9 @@ _AUTHORIZE_FIELDS: dict[str, Any] = {
     "code_challenge_method": {"type": "string", "enum": ["S256"]},
     "nonce": _STRING,
     "resource": {"type": "array", "items": _STRING},
+    # OIDC Core §3.1.2.1 (bsopt_auth.sessions)
+    "prompt": _STRING,
+    "max_age": _STRING,
 }
 _AUTHORIZE_REQUIRED = ["response_type", "client_id", "redirect_uri", "code_challenge", "code_challenge_method"]
 _TOKEN_FIELDS: dict[str, Any] = {
@@ -139,7 +142,52 @@ _DEVICE_PAGE_RESPONSES: dict[str, Any] = {
             "content": _HTML, "headers": _RETRY_AFTER},
 }
 
+_LOGOUT_FIELDS: dict[str, Any] = {
+    "id_token_hint": _STRING,
+    "client_id": _STRING,
+    "post_logout_redirect_uri": _STRING,
+    "state": _STRING,
+}
+_LOGOUT_RESPONSES: dict[str, Any] = {
+    "200": {"description": "The sign-out confirmation page (no valid id_token_hint), or the signed-out page.",
+            "content": _HTML},
+    "302": {"description": "Signed out: to the registered post_logout_redirect_uri with state.",
+            "headers": _LOCATION},
+    "400": {"description": "Unknown client, unregistered post_logout_redirect_uri, an id_token_hint not issued "
+                           "here, malformed parameters: shown, never redirected.", "content": _HTML},
+}
+
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("/authorize/consent", "post"): {
+        "summary": "Consent form submission (clients that are not first-party): the authorization request "
+                   "again, the CSRF token and decision=approve|deny",
+        "requestBody": _form({**_AUTHORIZE_FIELDS, "csrf_token": _STRING,
+                              "decision": {"type": "string", "enum": ["approve", "deny"]}},
+                             [*_AUTHORIZE_REQUIRED, "csrf_token", "decision"]),
+        "responses": {
+            "200": {"description": "The login form (no session any more).", "content": _HTML},
+            "303": {"description": "Back to the client with a code, or access_denied.", "headers": _LOCATION},
+            "400": _PAGE_RESPONSES["400"],
+            "403": {"description": "Foreign Origin, or a missing/wrong CSRF token (the page again).",
+                    "content": _HTML},
+        },
+    },
+    ("/oauth2/logout", "get"): {
+        "summary": "End-session endpoint (OpenID Connect RP-Initiated Logout 1.0 §2)",
+        "parameters": _query(_LOGOUT_FIELDS, []),
+        "responses": _LOGOUT_RESPONSES,
+    },
+    ("/oauth2/logout", "post"): {
+        "summary": "End-session endpoint (RP-Initiated Logout 1.0 §2), or the confirmation page's submission "
+                   "(confirm=yes + csrf_token)",
+        "requestBody": _form({**_LOGOUT_FIELDS, "confirm": {"type": "string", "enum": ["yes"]},
+                              "csrf_token": _STRING}, []),
+        "responses": {**{k: v for k, v in _LOGOUT_RESPONSES.items() if k != "302"},
+                      "303": {"description": "Signed out: to the registered post_logout_redirect_uri with state.",
+                              "headers": _LOCATION},
+                      "403": {"description": "Missing or wrong CSRF token: the confirmation page again.",
+                              "content": _HTML}},
+    },
     ("/authorize", "get"): {
         "summary": "Authorization endpoint (RFC 6749 §4.1.1, PKCE RFC 7636, resource indicators RFC 8707)",
         "parameters": _query(_AUTHORIZE_FIELDS, _AUTHORIZE_REQUIRED),

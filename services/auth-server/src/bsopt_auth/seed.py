@@ -62,6 +62,9 @@ CLI_REDIRECT_URI = "http://127.0.0.1/callback"
 DEV_RESOURCE_API_ORIGIN = "http://127.0.0.1:8000"
 #: Swagger UI's redirect page at resource-api (``/docs/oauth2-redirect``).
 DOCS_REDIRECT_URI = DEV_RESOURCE_API_ORIGIN + "/docs/oauth2-redirect"
+#: Where the CLI's RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0) may send
+#: the browser back to (exact match).
+CLI_POST_LOGOUT_REDIRECT_URI = "http://127.0.0.1/logged-out"
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ class DevClient:
     redirect_uris: tuple[str, ...] = ()
     #: May exchange a user's token for one to a callee (RFC 8693), acting for the user.
     token_exchange: bool = False
+    #: RP-Initiated Logout 1.0 §3.1 ``post_logout_redirect_uris``.
+    post_logout_redirect_uris: tuple[str, ...] = ()
 
     @property
     def grant_types(self) -> list[str]:
@@ -102,6 +107,7 @@ DEV_CLIENTS: tuple[DevClient, ...] = (
         public=True,
         # the CLI's loopback callback: any port (RFC 8252 §7.3); Swagger UI at resource-api
         redirect_uris=(CLI_REDIRECT_URI, DOCS_REDIRECT_URI),
+        post_logout_redirect_uris=(CLI_POST_LOGOUT_REDIRECT_URI,),
     ),
     DevClient(
         "resource-api",
@@ -142,6 +148,8 @@ def _ensure_client(session: Session, spec: DevClient, jwks: dict[str, Any] | Non
         session.add(client)
     client.client_type = "public" if spec.public else "confidential"
     client.redirect_uris = list(spec.redirect_uris)
+    client.post_logout_redirect_uris = list(spec.post_logout_redirect_uris)
+    client.first_party = True  # the suite's own clients: no consent screen (bsopt_auth.consent)
     client.grant_types = spec.grant_types
     client.allowed_scopes = spec.scopes.split()
     client.allowed_resources = list(spec.resources)
@@ -227,6 +235,7 @@ __all__ = [
     "ADMIN_CLIENT_ID",
     "CLIENT_KEYS_FILE",
     "CLI_CLIENT_ID",
+    "CLI_POST_LOGOUT_REDIRECT_URI",
     "CLI_REDIRECT_URI",
     "DEMO_PASSWORD",
     "DEMO_USERNAME",

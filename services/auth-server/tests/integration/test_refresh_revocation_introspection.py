@@ -45,6 +45,7 @@ def extra_clients(session_factory) -> None:
             "redirect_uris": ["http://127.0.0.1:53123/callback"],
             "allowed_scopes": ["openid", "trades:read", "offline_access"],
             "allowed_resources": ["urn:bsopt:resource-api"],
+            "first_party": True,  # the suite's own: no consent screen (bsopt_auth.consent)
         }
         s.merge(Client(client_id=WEB_ID, client_type="confidential", client_secret_hash=rs.client_secret_hash,
                        token_endpoint_auth_method="client_secret_basic",

@@ -35,6 +35,8 @@ from bsopt_auth.rfc8707 import resolve_resources
 REQUEST_PARAMS = (
     "response_type", "client_id", "redirect_uri", "scope", "state",
     "code_challenge", "code_challenge_method", "nonce",
+    # OIDC Core §3.1.2.1 (bsopt_auth.sessions)
+    "prompt", "max_age",
 )
 #: May repeat (RFC 8707 §2); every other parameter must appear at most once.
 MULTI_PARAMS = ("resource",)
@@ -156,6 +158,7 @@ def issue_authorization_code(
     *,
     ttl_seconds: int,
     auth_time: datetime | None = None,
+    session_id: str | None = None,
 ) -> str:
     """Store a fresh code (its SHA-256 only) bound to the request; return the code."""
     now = datetime.now(UTC)
@@ -174,6 +177,7 @@ def issue_authorization_code(
             nonce=request.nonce,
             auth_time=auth_time or now,
             expires_at=now + timedelta(seconds=ttl_seconds),
+            session_id=session_id,
         )
     )
     session.flush()

@@ -71,12 +71,12 @@ def may_receive_refresh_token(client: Client, scope: Sequence[str]) -> bool:
 
 def create_family(
     session: Session, settings: AuthSettings, *, client_id: str, user_id: uuid.UUID, scope: str,
-    resource: Sequence[str], auth_time: datetime, code_hash: str | None,
+    resource: Sequence[str], auth_time: datetime, code_hash: str | None, session_id: str | None = None,
 ) -> TokenFamily:
     now = datetime.now(UTC)
     family = TokenFamily(
         id=uuid.uuid4(), client_id=client_id, user_id=user_id, scope=scope, resource=list(resource),
-        auth_time=auth_time, code_hash=code_hash,
+        auth_time=auth_time, code_hash=code_hash, session_id=session_id,
         expires_at=now + timedelta(seconds=settings.refresh_token_absolute_ttl_seconds),
     )
     session.add(family)

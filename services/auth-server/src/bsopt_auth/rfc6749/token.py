@@ -163,6 +163,7 @@ def _consume_code(
             family = create_family(
                 session, settings, client_id=row.client_id, user_id=row.user_id, scope=row.scope,
                 resource=row.resource, auth_time=row.auth_time, code_hash=code_hash,
+                session_id=row.session_id,  # RP-initiated logout revokes it (bsopt_auth.sessions)
             )
             session.expunge(row)
             session.expunge(family)

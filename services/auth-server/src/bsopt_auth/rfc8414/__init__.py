@@ -41,6 +41,10 @@ def server_metadata(settings: AuthSettings, scopes: Iterable[str]) -> dict[str, 
         "introspection_endpoint_auth_methods_supported": [m for m in AUTH_METHODS if m != "none"],
         # RFC 8628 §4: the Device Authorization Grant.
         "device_authorization_endpoint": settings.device_authorization_endpoint_url,
+        # OpenID Connect RP-Initiated Logout 1.0 §2.1 (bsopt_auth.routes.logout).
+        "end_session_endpoint": settings.base_url + "/oauth2/logout",
+        # OIDC Core §3.1.2.1 prompt values (bsopt_auth.sessions, bsopt_auth.consent).
+        "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "scopes_supported": list(scopes),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],

@@ -13,6 +13,14 @@ Login-form hygiene on the POST, in this order:
   password is not checked then, and the attempt does not count.
 - Every redirect answering the POST is 303 See Other (RFC 9700 §4.12: a 307 would make
   the browser re-POST the credentials to the client); the GET's redirects stay 302.
+
+Sessions and consent (:mod:`bsopt_auth.sessions`, :mod:`bsopt_auth.consent`): a correct
+password starts a session (cookie). A GET with a usable session issues the code without
+the form unless ``prompt=login`` or ``max_age`` asks for a fresh sign-in;
+``prompt=none`` without one is ``login_required`` (OIDC Core §3.1.2.6). A client that is
+not first-party then shows the consent page (``POST /authorize/consent``, same Origin
+and CSRF checks) unless the user already granted the scopes; ``prompt=none`` there is
+``consent_required``, deny is ``access_denied``.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from bsopt_auth import audit, csrf
+from bsopt_auth import audit, csrf, sessions
+from bsopt_auth.consent import FORM_MARKER, ConsentRequiredError, consent_needed, record_consent
 from bsopt_auth.models import User
 from bsopt_auth.pages import render
 from bsopt_auth.passwords import hash_secret, needs_rehash, verify_secret
@@ -40,7 +49,7 @@ from bsopt_auth.rfc6749.authorization import (
     success_redirect,
     validate_authorization_request,
 )
-from bsopt_auth.rfc6749.errors import OAuth2Error
+from bsopt_auth.rfc6749.errors import AccessDeniedError, OAuth2Error
 from bsopt_auth.rfc6749.parameters import check_parameters
 from bsopt_auth.routes.state import AppState
 from bsopt_auth.throttle import Limiter, retry_after_header
@@ -81,6 +90,7 @@ class LoginPost:
     items: list[tuple[str, str]]
     csrf_cookie: str | None
     client_ip: str | None
+    session_cookie: str | None = None
 
 
 def _hidden_fields(request: AuthorizationRequest) -> list[tuple[str, str]]:
@@ -109,6 +119,36 @@ def _login_page(state: AppState, request: AuthorizationRequest, cookie: str | No
     response.set_cookie(csrf.cookie_name(settings), cookie, **csrf.cookie_attributes(settings))  # type: ignore[arg-type]
     response.headers.update(headers or {})
     return response
+
+
+def _consent_page(state: AppState, request: AuthorizationRequest, session_cookie: str, *,
+                  status_code: int = 200, error: str | None = None) -> Response:
+    """The consent page (:mod:`bsopt_auth.consent`): the client, the scopes, approve or
+    deny; its CSRF token is bound to the session cookie and this request."""
+    settings = state.settings
+    hidden = _hidden_fields(request)
+    token = csrf.issue_token(settings, session_cookie, [*hidden, FORM_MARKER])
+    return render(
+        "consent.html",
+        status_code=status_code,
+        action=settings.authorization_endpoint_url + "/consent",
+        client_id=request.client.client_id,
+        scopes=request.scope,
+        hidden=[*hidden, (csrf.FIELD, token)],
+        error=error,
+    )
+
+
+def _with_session_cookie(state: AppState, response: Response, cookie: str) -> Response:
+    response.set_cookie(sessions.cookie_name(state.settings), cookie,
+                        **sessions.cookie_attributes(state.settings))  # type: ignore[arg-type]
+    return response
+
+
+def _redirect_error(state: AppState, request: AuthorizationRequest, error: OAuth2Error,
+                    status_code: int = 302) -> Response:
+    exc = AuthorizationRedirectError(error, request.redirect_uri, request.state)
+    return _redirect(error_redirect(exc, state.settings.issuer), status_code)
 
 
 def _error_page(description: str) -> Response:
@@ -156,7 +196,44 @@ async def authorize_get(request: Request) -> Response:
         return _error_page(exc.description)
     except AuthorizationRedirectError as exc:
         return _redirect(error_redirect(exc, state.settings.issuer))
-    return _login_page(state, req, request.cookies.get(csrf.cookie_name(state.settings)))
+    return await run_in_threadpool(
+        _authorize_in_session, state, req, request.cookies.get(sessions.cookie_name(state.settings)),
+        request.cookies.get(csrf.cookie_name(state.settings)),
+    )
+
+
+def _authorize_in_session(state: AppState, req: AuthorizationRequest, session_cookie: str | None,
+                          csrf_cookie: str | None) -> Response:
+    """The GET after validation: a code from a usable session (OIDC Core §3.1.2.3), the
+    consent page, the login form, or ``login_required`` / ``consent_required``."""
+    try:
+        authn = sessions.Authn.parse(req.params)
+    except OAuth2Error as exc:
+        return _redirect_error(state, req, exc)
+    settings = state.settings
+    with session_scope(state.session_factory) as session:
+        info = sessions.find_session(session, settings, session_cookie)
+        usable = info is not None and sessions.satisfies(info, authn)
+        if info is not None and usable:
+            if consent_needed(session, req.client, info.user_id, req.scope, forced="consent" in authn.prompt):
+                code = None
+            else:
+                code = issue_authorization_code(
+                    session, req, info.user_id, ttl_seconds=settings.authorization_code_ttl_seconds,
+                    auth_time=info.auth_time, session_id=info.id,
+                )
+    if info is None or not usable:
+        if "none" in authn.prompt:
+            return _redirect_error(state, req, sessions.LoginRequiredError("the user is not signed in"))
+        return _login_page(state, req, csrf_cookie)
+    assert session_cookie is not None
+    if code is None:
+        if "none" in authn.prompt:
+            return _redirect_error(state, req, ConsentRequiredError("the user has not approved this client"))
+        return _consent_page(state, req, session_cookie)
+    log.info("authorization code issued from the session client_id=%s user_id=%s",
+             req.client.client_id, info.user_id)
+    return _redirect(success_redirect(req, code, settings.issuer))
 
 
 def _login(state: AppState, post: LoginPost) -> Response:
@@ -200,14 +277,20 @@ def _login(state: AppState, post: LoginPost) -> Response:
         # One argon2 verification whether or not the user exists.
         ok = verify_secret(user.password_hash if user else None, password[:MAX_CREDENTIAL_LENGTH])
         code: str | None = None
+        new_session: tuple[str, sessions.SessionInfo] | None = None
         subject = str(user.id) if user is not None else ""
         if ok and user is not None:
             if needs_rehash(user.password_hash):
                 user.password_hash = hash_secret(password)
-            code = issue_authorization_code(
-                session, req, user.id, ttl_seconds=state.settings.authorization_code_ttl_seconds
-            )
-    if code is None:
+            new_session = sessions.start_session(session, state.settings, user.id, post.session_cookie)
+            info = new_session[1]
+            forced = "consent" in (req.params.get("prompt") or "").split()
+            if not consent_needed(session, req.client, user.id, req.scope, forced=forced):
+                code = issue_authorization_code(
+                    session, req, user.id, ttl_seconds=state.settings.authorization_code_ttl_seconds,
+                    auth_time=info.auth_time, session_id=info.id,
+                )
+    if new_session is None:
         log.info("login failed for client_id=%s", req.client.client_id)
         limiter.record_failure(keys, ip_hash=limiter.ip_hash(post.client_ip), subject=subject)
         audit.emit(state.settings, state.session_factory, audit.LOGIN_FAILED, outcome="failure", user_id=subject,
@@ -216,27 +299,87 @@ def _login(state: AppState, post: LoginPost) -> Response:
                            username=shown_username)
     if account_key is not None and account_key.key in limiter.seen:
         limiter.reset([account_key])  # the IP's record stays (see bsopt_auth.throttle)
+    cookie = new_session[0]
+    if code is None:
+        log.info("login ok, consent asked client_id=%s user_id=%s", req.client.client_id, subject)
+        return _with_session_cookie(state, _consent_page(state, req, cookie), cookie)
     log.info("authorization code issued client_id=%s user_id=%s", req.client.client_id, subject)
     audit.emit(state.settings, state.session_factory, audit.LOGIN_SUCCEEDED, outcome="success", user_id=subject,
                client_id=req.client.client_id, ip=post.client_ip)
-    return _see_other(success_redirect(req, code, state.settings.issuer))
+    return _with_session_cookie(state, _see_other(success_redirect(req, code, state.settings.issuer)), cookie)
 
 
-@router.post("/authorize")
-async def authorize_post(request: Request) -> Response:
-    state = AppState.of(request)
+async def _form_post(request: Request, state: AppState) -> list[tuple[str, str]] | Response:
+    """The POSTed form's fields, or the refusal (malformed, cross-origin)."""
     form = await request.form()
     items = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
     if (refused := _malformed(items)) is not None:
         return refused
     origin = request.headers.get("origin")
     if origin is not None and _origin(origin) != _origin(state.settings.issuer or ""):
-        log.info("login form refused: cross-origin POST")
+        log.info("authorization form refused: cross-origin POST path=%s", request.url.path)
         return render("error.html", status_code=403, error="access_denied",
                       description="The sign-in form was submitted from another site.")
+    return items
+
+
+@router.post("/authorize")
+async def authorize_post(request: Request) -> Response:
+    state = AppState.of(request)
+    items = await _form_post(request, state)
+    if isinstance(items, Response):
+        return items
     post = LoginPost(items, request.cookies.get(csrf.cookie_name(state.settings)),
-                     request.client.host if request.client else None)
+                     request.client.host if request.client else None,
+                     request.cookies.get(sessions.cookie_name(state.settings)))
     return await run_in_threadpool(_login, state, post)
+
+
+def _consent(state: AppState, items: list[tuple[str, str]], session_cookie: str | None,
+             csrf_cookie: str | None) -> Response:
+    """The consent page's POST: session, CSRF token, then approve (remember the scopes,
+    issue a code) or deny (``access_denied``, RFC 6749 §4.1.2.1)."""
+    try:
+        req = _validate(state, items)
+    except UnsafeRedirectError as exc:
+        return _error_page(exc.description)
+    except AuthorizationRedirectError as exc:
+        return _see_other(error_redirect(exc, state.settings.issuer))
+    form = dict(items)
+    settings = state.settings
+    with session_scope(state.session_factory) as session:
+        info = sessions.find_session(session, settings, session_cookie)
+        if info is None:  # signed out or expired meanwhile: sign in again
+            return _login_page(state, req, csrf_cookie)
+        assert session_cookie is not None
+        if not csrf.check_token(settings, session_cookie, form.get(csrf.FIELD), [*_hidden_fields(req), FORM_MARKER]):
+            log.info("consent form refused: missing or wrong CSRF token client_id=%s", req.client.client_id)
+            return _consent_page(state, req, session_cookie, status_code=403, error=FORM_EXPIRED)
+        decision = form.get("decision")
+        if decision == "deny":
+            log.info("consent denied client_id=%s user_id=%s", req.client.client_id, info.user_id)
+            return _redirect_error(state, req, AccessDeniedError("the user denied the request"), 303)
+        if decision != "approve":
+            return _error_page("The consent form has no decision.")
+        record_consent(session, req.client.client_id, info.user_id, req.scope)
+        code = issue_authorization_code(
+            session, req, info.user_id, ttl_seconds=settings.authorization_code_ttl_seconds,
+            auth_time=info.auth_time, session_id=info.id,
+        )
+    log.info("consent given, authorization code issued client_id=%s user_id=%s", req.client.client_id, info.user_id)
+    return _see_other(success_redirect(req, code, settings.issuer))
+
+
+@router.post("/authorize/consent")
+async def consent_post(request: Request) -> Response:
+    state = AppState.of(request)
+    items = await _form_post(request, state)
+    if isinstance(items, Response):
+        return items
+    return await run_in_threadpool(
+        _consent, state, items, request.cookies.get(sessions.cookie_name(state.settings)),
+        request.cookies.get(csrf.cookie_name(state.settings)),
+    )
 
 
 __all__ = ["router"]
