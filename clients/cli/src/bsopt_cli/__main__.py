@@ -22,10 +22,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bsopt_cli.credentials import Credentials, default_store, valid_access_token
+from bsopt_cli.credentials import Credentials, default_store, valid_credentials
 from bsopt_cli.credentials import logout as revoke_and_forget
 from bsopt_cli.demo import DemoOptions, run_demo
 from bsopt_cli.device import device_login
+from bsopt_cli.dpop import DPoPAuth, load_or_create_key
 from bsopt_cli.login import LoginError, has_usable_browser
 from bsopt_cli.login import login as pkce_login
 from bsopt_cli.stack import DEMO_USER, Stack, StackError
@@ -49,19 +50,20 @@ def login(
     """Log in and store the tokens: authorization code + PKCE in this machine's browser,
     or the device flow when there is no usable browser (or with --device)."""
     try:
+        store = default_store()
+        key = load_or_create_key(store)  # DPoP (RFC 9449): the tokens are bound to it
         if username is not None:
-            tokens = pkce_login(issuer, username=username, password=password)
+            tokens = pkce_login(issuer, username=username, password=password, dpop_key=key)
         elif device or not has_usable_browser():
             if not device:
                 _say("No browser available here: using the device flow.")
-            tokens = device_login(issuer, announce=_say)
+            tokens = device_login(issuer, announce=_say, dpop_key=key)
         else:
             def announce(url: str) -> None:
                 _say(f"Opening your browser to sign in. If it does not open, visit:\n\n    {url}\n")
                 _say("(On a machine without a browser, use `bsopt login --device`.)")
 
-            tokens = pkce_login(issuer, announce=announce)
-        store = default_store()
+            tokens = pkce_login(issuer, announce=announce, dpop_key=key)
         store.save(Credentials.from_tokens(issuer, tokens))
     except LoginError as exc:
         console.print(f"[red]login failed:[/red] {exc}")
@@ -81,9 +83,13 @@ def whoami(
     """Ask resource-api who the stored login is (GET /v1/me), refreshing the token first
     when it expires within 60 s."""
     try:
-        token = valid_access_token()
-        resp = httpx.get(api_url.rstrip("/") + "/v1/me", headers={"authorization": f"Bearer {token}"},
-                         timeout=10.0)
+        store = default_store()
+        creds = valid_credentials(store)
+        url = api_url.rstrip("/") + "/v1/me"
+        if creds.dpop_bound:  # RFC 9449 §7: Authorization: DPoP + a proof by the installation's key
+            resp = httpx.get(url, auth=DPoPAuth(load_or_create_key(store), creds.access_token), timeout=10.0)
+        else:
+            resp = httpx.get(url, headers={"authorization": f"Bearer {creds.access_token}"}, timeout=10.0)
     except LoginError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

@@ -16,6 +16,10 @@ old one is dead after one use). Processes serialise refreshes with an exclusive 
 ``credentials.lock`` and re-read the store under it, so two concurrent commands never
 present the same refresh token twice (the server would take that as theft and revoke
 the login).
+
+DPoP (RFC 9449, :mod:`bsopt_cli.dpop`): the tokens are bound to this installation's key
+(stored beside them); refreshes carry a proof by it, and :attr:`Credentials.token_type`
+says how to present the access token (``DPoP`` or ``Bearer``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from bsopt_cli.dpop import DPoPKey, load_or_create_key, token_post
 from bsopt_cli.login import CLIENT_ID, LoginError, TokenSet, discover
 
 #: Refresh when the access token has less than this left, seconds.
@@ -54,13 +59,19 @@ class Credentials:
     scope: str = ""
     refresh_token: str | None = None
     id_token: str | None = None
+    #: RFC 9449 §5: ``DPoP`` when the access token is bound to the installation's key.
+    token_type: str = "Bearer"
+
+    @property
+    def dpop_bound(self) -> bool:
+        return self.token_type.lower() == "dpop"
 
     @classmethod
     def from_tokens(cls, issuer: str, tokens: TokenSet, now: float | None = None) -> Credentials:
         now = time.time() if now is None else now
         return cls(issuer=issuer.rstrip("/"), access_token=tokens.access_token,
                    expires_at=now + tokens.expires_in, scope=tokens.scope,
-                   refresh_token=tokens.refresh_token, id_token=tokens.id_token)
+                   refresh_token=tokens.refresh_token, id_token=tokens.id_token, token_type=tokens.token_type)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -70,7 +81,7 @@ class Credentials:
         data = json.loads(text)
         return cls(issuer=data["issuer"], access_token=data["access_token"], expires_at=float(data["expires_at"]),
                    scope=data.get("scope", ""), refresh_token=data.get("refresh_token"),
-                   id_token=data.get("id_token"))
+                   id_token=data.get("id_token"), token_type=data.get("token_type", "Bearer"))
 
 
 class CredentialStore(Protocol):
@@ -102,6 +113,26 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
+def write_private(directory: Path, name: str, text: str) -> Path:
+    """Write ``directory/name`` as mode 0600 (created so, never readable by others), through
+    a temporary file renamed over the old one; the directory is made 0700."""
+    _private_dir(directory)
+    path = directory / name
+    tmp = directory / f".{name}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        if os.name == "posix":
+            os.fchmod(fd, 0o600)  # whatever the umask
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
+
+
 class FileStore:
     """``credentials.json``, mode 0600, in a 0700 directory."""
 
@@ -121,19 +152,7 @@ class FileStore:
             return None
 
     def save(self, credentials: Credentials) -> None:
-        _private_dir(self.directory)
-        tmp = self.directory / f".{FILE_NAME}.{os.getpid()}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        try:
-            if os.name == "posix":
-                os.fchmod(fd, 0o600)  # whatever the umask
-            os.write(fd, credentials.to_json().encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        write_private(self.directory, FILE_NAME, credentials.to_json())
 
     def delete(self) -> bool:
         try:
@@ -216,14 +235,17 @@ def _refresh_lock() -> Iterator[None]:
         os.close(fd)
 
 
-def refresh(credentials: Credentials, http: httpx.Client) -> Credentials:
-    """One ``refresh_token`` grant; the new credentials (rotated refresh token)."""
+def refresh(credentials: Credentials, http: httpx.Client, key: DPoPKey | None = None) -> Credentials:
+    """One ``refresh_token`` grant (with a DPoP proof by ``key``: a DPoP-bound login needs
+    the key it was bound to); the new credentials (rotated refresh token)."""
     if not credentials.refresh_token:
         raise NotLoggedInError("the session expired and has no refresh token; run `bsopt login`")
     meta = discover(credentials.issuer, http)
-    resp = http.post(meta["token_endpoint"], data={
+    resp = token_post(http, meta["token_endpoint"], {
         "grant_type": "refresh_token", "refresh_token": credentials.refresh_token, "client_id": CLIENT_ID,
-    })
+    }, key)
+    if resp.status_code == 400 and _error(resp) == "invalid_dpop_proof" and credentials.dpop_bound:
+        raise NotLoggedInError("the login is bound to another DPoP key; run `bsopt login` again")
     if resp.status_code == 400 and _error(resp) == "invalid_grant":
         raise NotLoggedInError("the login expired or was revoked; run `bsopt login` again")
     if resp.status_code != 200:
@@ -233,7 +255,7 @@ def refresh(credentials: Credentials, http: httpx.Client) -> Credentials:
         issuer=credentials.issuer, access_token=body["access_token"],
         expires_at=time.time() + int(body.get("expires_in", 0)), scope=body.get("scope", credentials.scope),
         refresh_token=body.get("refresh_token", credentials.refresh_token),
-        id_token=body.get("id_token", credentials.id_token),
+        id_token=body.get("id_token", credentials.id_token), token_type=body.get("token_type", "Bearer"),
     )
 
 
@@ -249,27 +271,34 @@ def valid_access_token(store: CredentialStore | None = None, *, http: httpx.Clie
                        leeway_seconds: float = REFRESH_LEEWAY_SECONDS) -> str:
     """A stored access token valid for more than ``leeway_seconds``, refreshing (and
     storing the rotation) when needed. Raises :class:`NotLoggedInError` / LoginError."""
+    return valid_credentials(store, http=http, leeway_seconds=leeway_seconds).access_token
+
+
+def valid_credentials(store: CredentialStore | None = None, *, http: httpx.Client | None = None,
+                      leeway_seconds: float = REFRESH_LEEWAY_SECONDS) -> Credentials:
+    """:func:`valid_access_token`, with its type (``Credentials.token_type``: a DPoP-bound
+    token goes with :class:`bsopt_cli.dpop.DPoPAuth` and the installation's key)."""
     store = store or default_store()
     creds = store.load()
     if creds is None:
         raise NotLoggedInError("not logged in; run `bsopt login`")
     if creds.expires_at - time.time() > leeway_seconds:
-        return creds.access_token
+        return creds
     with _refresh_lock():
         creds = store.load()  # another process may have refreshed meanwhile
         if creds is None:
             raise NotLoggedInError("not logged in; run `bsopt login`")
         if creds.expires_at - time.time() > leeway_seconds:
-            return creds.access_token
+            return creds
         with contextlib.ExitStack() as stack:
             client = http or stack.enter_context(httpx.Client(timeout=10.0))
             try:
-                fresh = refresh(creds, client)
+                fresh = refresh(creds, client, load_or_create_key(store))
             except NotLoggedInError:
                 store.delete()
                 raise
         store.save(fresh)
-        return fresh.access_token
+        return fresh
 
 
 @dataclass(frozen=True)
@@ -311,4 +340,5 @@ def logout(store: CredentialStore | None = None, *, http: httpx.Client | None = 
 
 
 __all__ = ["CredentialStore", "Credentials", "FileStore", "KeyringStore", "LogoutResult", "NotLoggedInError",
-           "config_dir", "default_store", "logout", "refresh", "usable_keyring", "valid_access_token"]
+           "config_dir", "default_store", "logout", "refresh", "usable_keyring", "valid_access_token",
+           "valid_credentials", "write_private"]

@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 from websockets.asyncio.client import connect as ws_connect
 
+from bsopt_cli.dpop import DPoPAuth, DPoPKey
 from bsopt_cli.login import login
 
 SYMBOL = "GOOGL"
@@ -83,9 +84,14 @@ async def _poll(fetch, done, step: str, timeout_seconds: float, interval: float 
 
 async def run_demo(opts: DemoOptions, log=print) -> dict:
     t0 = time.monotonic()
-    tokens = await asyncio.to_thread(login, opts.issuer, username=opts.username, password=opts.password)
-    headers = {"authorization": f"Bearer {tokens.access_token}"}
-    async with httpx.AsyncClient(base_url=opts.api_url, headers=headers, timeout=60.0) as api:
+    key = DPoPKey.generate()  # RFC 9449: the demo's tokens are bound to this in-memory key
+    tokens = await asyncio.to_thread(login, opts.issuer, username=opts.username, password=opts.password,
+                                     dpop_key=key)
+    dpop = tokens.token_type.lower() == "dpop"
+    auth = DPoPAuth(key, tokens.access_token)
+    bearer = {"authorization": f"Bearer {tokens.access_token}"}
+    async with httpx.AsyncClient(base_url=opts.api_url, auth=auth if dpop else None, headers=None if dpop else bearer,
+                                 timeout=60.0) as api:
         me = _check(await api.get("/v1/me"), "GET /v1/me")
         log(f"logged in with code + PKCE as {opts.username} (sub {me['sub']}), scopes: {' '.join(me['scopes'])}")
 
@@ -121,7 +127,8 @@ async def run_demo(opts: DemoOptions, log=print) -> dict:
         account_id = account["account_id"]
         ws_messages: list[dict] = []
         ws_url = opts.api_url.replace("http", "ws", 1) + "/v1/ws/coach"
-        async with ws_connect(ws_url, additional_headers=headers) as ws:
+        ws_headers = auth.headers_for("GET", opts.api_url.rstrip("/") + "/v1/ws/coach") if dpop else bearer
+        async with ws_connect(ws_url, additional_headers=ws_headers) as ws:
             reader = asyncio.create_task(_read_ws(ws, ws_messages))
             paper = _check(await api.post(f"/v1/training-jobs/{job_id}/paper-trading",
                                           json={"account_id": account_id}, timeout=600.0),

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import httpx
 
+from bsopt_cli.dpop import DPoPKey, token_post
 from bsopt_cli.login import CLIENT_ID, DEFAULT_SCOPE, LoginError, TokenSet, discover
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
@@ -44,8 +45,11 @@ def device_login(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     http: httpx.Client | None = None,
+    dpop_key: DPoPKey | None = None,
 ) -> TokenSet:
-    """Run the device flow and return the tokens. Raises LoginError."""
+    """Run the device flow and return the tokens (bound to ``dpop_key``, RFC 9449; default:
+    a new key kept only in memory). Raises LoginError."""
+    dpop_key = dpop_key if dpop_key is not None else DPoPKey.generate()
     own = http is None
     client = http or httpx.Client(timeout=10.0, follow_redirects=False)
     try:
@@ -75,9 +79,9 @@ def device_login(
                 raise LoginError("the code expired before it was approved; run `bsopt login` again")
             sleep(interval)
             try:
-                resp = client.post(meta["token_endpoint"], data={
+                resp = token_post(client, meta["token_endpoint"], {
                     "grant_type": GRANT_TYPE, "device_code": device_code, "client_id": CLIENT_ID,
-                })
+                }, dpop_key)
             except httpx.TransportError:
                 continue  # a network blip: keep polling until the code expires
             if resp.status_code == 200:

@@ -30,6 +30,8 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlparse
 
 import httpx
 
+from bsopt_cli.dpop import DPoPKey, token_post
+
 CLIENT_ID = "bsopt-cli"
 #: ``offline_access`` (OIDC Core §11): a refresh token, so a login lasts beyond the access token.
 DEFAULT_SCOPE = "openid profile offline_access trades:read trades:write training:read training:write"
@@ -46,12 +48,14 @@ class TokenSet:
     scope: str
     id_token: str | None
     refresh_token: str | None = None
+    #: ``DPoP`` (RFC 9449 §5) or ``Bearer``.
+    token_type: str = "Bearer"
 
     @classmethod
     def from_response(cls, body: dict) -> TokenSet:
         """From an RFC 6749 §5.1 token response."""
         return cls(body["access_token"], int(body.get("expires_in", 0)), body.get("scope", ""),
-                   body.get("id_token"), body.get("refresh_token"))
+                   body.get("id_token"), body.get("refresh_token"), str(body.get("token_type", "Bearer")))
 
 
 def has_usable_browser() -> bool:
@@ -156,9 +160,13 @@ def login(
     scope: str = DEFAULT_SCOPE,
     timeout_seconds: float = 120.0,
     announce: Callable[[str], None] | None = None,
+    dpop_key: DPoPKey | None = None,
 ) -> TokenSet:
     """Run the code + PKCE flow and return the tokens. Raises LoginError. Interactive
-    (no ``username``): ``announce`` gets the URL before the browser is opened."""
+    (no ``username``): ``announce`` gets the URL before the browser is opened. The code
+    exchange carries a DPoP proof by ``dpop_key`` (RFC 9449; default: a new key kept
+    only in memory), so the tokens are bound to it."""
+    dpop_key = dpop_key if dpop_key is not None else DPoPKey.generate()
     receiver = _LoopbackReceiver()
     try:
         with httpx.Client(timeout=10.0, follow_redirects=False) as http:
@@ -188,10 +196,10 @@ def login(
                 raise LoginError("state mismatch in the authorization response (possible CSRF)")
             if "iss" in params and params["iss"] != meta["issuer"]:
                 raise LoginError("iss mismatch in the authorization response (RFC 9207)")
-            resp = http.post(meta["token_endpoint"], data={
+            resp = token_post(http, meta["token_endpoint"], {
                 "grant_type": "authorization_code", "code": params.get("code", ""),
                 "redirect_uri": receiver.redirect_uri, "client_id": CLIENT_ID, "code_verifier": verifier,
-            })
+            }, dpop_key)
             if resp.status_code != 200:
                 raise LoginError(f"token request failed: HTTP {resp.status_code} {resp.text[:200]}")
             return TokenSet.from_response(resp.json())

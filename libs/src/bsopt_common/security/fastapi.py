@@ -7,6 +7,13 @@ need by type::
 
 HTTP failures follow RFC 6750 §3: 401 with ``WWW-Authenticate: Bearer
 error="invalid_token"`` or 403 with ``error="insufficient_scope"``.
+DPoP (RFC 9449 §7): ``Authorization: DPoP <token>`` with a ``DPoP`` proof header is
+checked by :mod:`bsopt_common.security.dpop` against ``app.state.dpop``
+(:class:`~bsopt_common.security.dpop.ResourceServerDPoP`: public URL for ``htu``, optional
+server nonce, replay cache); its failures answer 401 with ``WWW-Authenticate: DPoP
+error="...", algs="..."`` (``use_dpop_nonce`` with a ``DPoP-Nonce`` header), and a
+DPoP-bound token (``cnf.jkt``) sent as Bearer is refused (§7.1). A request without a
+token is challenged with both schemes.
 Every protected operation declares :data:`BEARER_SCHEME` (OAuth 2.0 authorization code
 flow, scheme ``bsopt``) with the scopes it needs, so the app's OpenAPI document lists
 them and Swagger UI can authorize; :func:`document_oauth_flow` fills in the issuer's real
@@ -33,7 +40,15 @@ from typing import Any
 from fastapi import HTTPException, Request, Security, WebSocket, status
 from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2AuthorizationCodeBearer
+from starlette.requests import HTTPConnection
 
+from bsopt_common.security.dpop import (
+    InvalidDPoPProofError,
+    ResourceServerDPoP,
+    UseDPoPNonceError,
+    dpop_challenge,
+    single_proof,
+)
 from bsopt_common.security.jwt import (
     AccessTokenClaims,
     AccessTokenVerifier,
@@ -91,42 +106,103 @@ def _challenge(error: str, description: str, scopes: tuple[str, ...] = ()) -> st
     return value
 
 
+class _Refusal(Exception):
+    """One refused request: HTTP status, RFC 6750 / RFC 9449 error and the headers."""
+
+    def __init__(self, status_code: int, error: str, description: str, headers: dict[str, str]) -> None:
+        super().__init__(description)
+        self.status_code, self.error, self.description, self.headers = status_code, error, description, headers
+
+
+def dpop_policy(app: Any) -> ResourceServerDPoP:
+    """The app's :class:`ResourceServerDPoP` (``app.state.dpop``), a default one (public URL
+    from the request, no nonce, in-memory replay cache) created on first use."""
+    policy = getattr(app.state, "dpop", None)
+    if policy is None:
+        policy = app.state.dpop = ResourceServerDPoP()
+    return policy
+
+
+def _authorization(value: str | None) -> tuple[str | None, str | None]:
+    """(scheme lower-cased, token) of ``Authorization: Bearer|DPoP <token>``."""
+    if not value:
+        return None, None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() not in ("bearer", "dpop") or not token.strip():
+        return None, None
+    return scheme.lower(), token.strip()
+
+
+async def _authenticate(conn: HTTPConnection, method: str, scheme: str | None, token: str | None,
+                        scopes: tuple[str, ...], *, missing_is_invalid: bool = False) -> AccessTokenClaims:
+    """The claims of the connection's access token (Bearer, RFC 6750; or DPoP, RFC 9449
+    §7: proof with ``ath``, ``htm``/``htu`` of this request, key = ``cnf.jkt``); raises
+    :class:`_Refusal`."""
+    verifier: AccessTokenVerifier = conn.app.state.token_verifier
+    policy = dpop_policy(conn.app)
+    algs = policy.algorithms
+
+    def dpop_refusal(error: str, description: str, extra: Mapping[str, str] | None = None) -> _Refusal:
+        return _Refusal(status.HTTP_401_UNAUTHORIZED, error, description,
+                        {"WWW-Authenticate": dpop_challenge(algs, error, description), **(extra or {})})
+
+    if token is None:
+        bearer = (_challenge("invalid_token", "missing bearer token") if missing_is_invalid
+                  else 'Bearer realm="bsopt"')
+        raise _Refusal(status.HTTP_401_UNAUTHORIZED, "invalid_token", "missing bearer token",
+                       {"WWW-Authenticate": bearer + ", " + dpop_challenge(algs)})
+    try:
+        claims = await verifier.verify(token)
+    except InvalidTokenError as exc:
+        if scheme == "dpop":
+            raise dpop_refusal("invalid_token", str(exc)) from None
+        raise _Refusal(status.HTTP_401_UNAUTHORIZED, "invalid_token", str(exc),
+                       {"WWW-Authenticate": _challenge("invalid_token", str(exc))}) from None
+    except Exception:
+        log.exception("token verification failed unexpectedly")
+        raise _Refusal(status.HTTP_401_UNAUTHORIZED, "invalid_token", UNVERIFIABLE,
+                       {"WWW-Authenticate": _challenge("invalid_token", UNVERIFIABLE)}) from None
+    if scheme == "dpop":
+        if claims.confirmation_jkt is None:
+            raise dpop_refusal("invalid_token", "the access token is not DPoP-bound; send it as Bearer")
+        try:
+            proof = single_proof(conn.headers.getlist("dpop"))
+            if proof is None:
+                raise InvalidDPoPProofError("missing DPoP proof (DPoP header)")
+            url = str(conn.url.replace(query="", fragment=""))
+            checked = policy.check(proof, htm=method, htu=policy.htu(url, conn.url.path), access_token=token)
+        except UseDPoPNonceError as exc:
+            raise dpop_refusal("use_dpop_nonce", str(exc), {"DPoP-Nonce": exc.nonce}) from None
+        except InvalidDPoPProofError as exc:
+            raise dpop_refusal("invalid_dpop_proof", str(exc)) from None
+        if checked.jkt != claims.confirmation_jkt:
+            raise dpop_refusal("invalid_dpop_proof", "the DPoP proof key is not the key the token is bound to")
+    elif claims.confirmation_jkt is not None:  # RFC 9449 §7.1: never accept it as a bearer token
+        raise dpop_refusal("invalid_token", "a DPoP-bound access token must be sent with Authorization: DPoP")
+    missing = set(scopes) - claims.scopes
+    if missing:
+        exc2 = InsufficientScopeError(missing)
+        challenge = (dpop_challenge(algs, "insufficient_scope", str(exc2)) if scheme == "dpop"
+                     else _challenge("insufficient_scope", str(exc2), scopes))
+        raise _Refusal(status.HTTP_403_FORBIDDEN, "insufficient_scope", str(exc2), {"WWW-Authenticate": challenge})
+    return claims
+
+
 def require_scopes(*scopes: str) -> Callable[..., Awaitable[AccessTokenClaims]]:
-    """A dependency returning the caller's validated claims, or raising 401/403."""
+    """A dependency returning the caller's validated claims, or raising 401/403. The token
+    comes as ``Authorization: Bearer`` (RFC 6750) or ``Authorization: DPoP`` with a
+    ``DPoP`` proof (RFC 9449 §7); a DPoP-bound token sent as Bearer is refused."""
 
     async def dependency(
         request: Request,
         _documented: str | None = Security(BEARER_SCHEME, scopes=list(scopes)),
     ) -> AccessTokenClaims:
-        verifier: AccessTokenVerifier = request.app.state.token_verifier
-        token = bearer_token(request.headers.get("authorization"))
-        if token is None:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                detail="missing bearer token",
-                headers={"WWW-Authenticate": 'Bearer realm="bsopt"'},
-            )
+        scheme, token = _authorization(request.headers.get("authorization"))
         try:
-            return await verifier.verify(token, scopes)
-        except InsufficientScopeError as exc:
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                detail=str(exc),
-                headers={"WWW-Authenticate": _challenge("insufficient_scope", str(exc), scopes)},
-            ) from None
-        except InvalidTokenError as exc:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                detail=str(exc),
-                headers={"WWW-Authenticate": _challenge("invalid_token", str(exc))},
-            ) from None
-        except Exception:
-            log.exception("token verification failed unexpectedly")
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                detail=UNVERIFIABLE,
-                headers={"WWW-Authenticate": _challenge("invalid_token", UNVERIFIABLE)},
-            ) from None
+            return await _authenticate(request, request.method, scheme, token, scopes)
+        except _Refusal as refusal:
+            raise HTTPException(refusal.status_code, detail=refusal.description,
+                                headers=refusal.headers) from None
 
     return dependency
 
@@ -143,7 +219,7 @@ def websocket_token(ws: WebSocket) -> tuple[str | None, str | None]:
 
 
 async def refuse_websocket(ws: WebSocket, status_code: int, error: str, description: str,
-                           scopes: tuple[str, ...] = ()) -> None:
+                           scopes: tuple[str, ...] = (), *, headers: Mapping[str, str] | None = None) -> None:
     """Refuse a WebSocket handshake before accepting it: an HTTP ``status_code`` answer
     with RFC 6750 ``WWW-Authenticate`` and problem+json (the ASGI WebSocket Denial
     Response extension), or close 1008 where the server lacks the extension."""
@@ -154,29 +230,25 @@ async def refuse_websocket(ws: WebSocket, status_code: int, error: str, descript
     await ws.send_denial_response(JSONResponse(
         {"type": "about:blank", "title": title, "status": status_code, "detail": description},
         status_code=status_code, media_type="application/problem+json",
-        headers={"WWW-Authenticate": _challenge(error, description, scopes)},
+        headers=dict(headers) if headers else {"WWW-Authenticate": _challenge(error, description, scopes)},
     ))
 
 
 async def authenticate_websocket(ws: WebSocket, *scopes: str) -> AccessTokenClaims | None:
-    """Validate the handshake's token; accept and return claims, or refuse the handshake
-    (:func:`refuse_websocket`: 401 invalid_token, 403 insufficient_scope) and return None."""
-    verifier: AccessTokenVerifier = ws.app.state.token_verifier
-    token, subprotocol = websocket_token(ws)
+    """Validate the handshake's token (Bearer, or DPoP with a proof for ``GET`` of the
+    handshake URL); accept and return claims, or refuse the handshake
+    (:func:`refuse_websocket`: 401 invalid_token / invalid_dpop_proof / use_dpop_nonce,
+    403 insufficient_scope) and return None."""
+    scheme, token = _authorization(ws.headers.get("authorization"))
+    subprotocol = None
     if token is None:
-        await refuse_websocket(ws, status.HTTP_401_UNAUTHORIZED, "invalid_token", "missing bearer token")
-        return None
+        token, subprotocol = websocket_token(ws)
+        scheme = "bearer" if token else None
     try:
-        claims = await verifier.verify(token, scopes)
-    except InvalidTokenError as exc:
-        await refuse_websocket(ws, status.HTTP_401_UNAUTHORIZED, "invalid_token", str(exc))
-        return None
-    except InsufficientScopeError as exc:
-        await refuse_websocket(ws, status.HTTP_403_FORBIDDEN, "insufficient_scope", str(exc), tuple(scopes))
-        return None
-    except Exception:
-        log.exception("token verification failed unexpectedly")
-        await refuse_websocket(ws, status.HTTP_401_UNAUTHORIZED, "invalid_token", UNVERIFIABLE)
+        claims = await _authenticate(ws, "GET", scheme, token, tuple(scopes), missing_is_invalid=True)
+    except _Refusal as refusal:
+        await refuse_websocket(ws, refusal.status_code, refusal.error, refusal.description, tuple(scopes),
+                               headers=refusal.headers)
         return None
     await ws.accept(subprotocol=subprotocol)
     return claims

@@ -78,6 +78,13 @@ class AccessTokenClaims:
     #: The compact token itself, kept so a service acting for ``subject`` can exchange it
     #: (RFC 8693) for a token to its own callee; never shown in ``repr``.
     token: str = field(default="", repr=False, compare=False)
+    #: RFC 9449 §6.1 ``cnf.jkt``: the thumbprint of the key the token is bound to (a
+    #: DPoP-bound token); None for a bearer token.
+    confirmation_jkt: str | None = None
+
+    @property
+    def is_dpop_bound(self) -> bool:
+        return self.confirmation_jkt is not None
 
     @property
     def is_delegated(self) -> bool:
@@ -341,6 +348,7 @@ class AccessTokenVerifier:
             raw=dict(claims),
             actor=_actor_chain(claims.get("act")),
             token=token,
+            confirmation_jkt=_confirmation_jkt(claims.get("cnf")),
         )
         missing = set(required_scopes) - scopes
         if missing:
@@ -363,6 +371,20 @@ def _actor_chain(act: Any) -> tuple[str, ...]:
         chain.append(sub)
         act = act.get("act")
     return tuple(chain)
+
+
+def _confirmation_jkt(cnf: Any) -> str | None:
+    """``cnf.jkt`` (RFC 9449 §6.1) when present; a malformed ``cnf`` refuses the token."""
+    if cnf is None:
+        return None
+    if not isinstance(cnf, dict):
+        raise InvalidTokenError("malformed cnf claim")
+    jkt = cnf.get("jkt")
+    if jkt is None:
+        return None
+    if not isinstance(jkt, str) or not jkt:
+        raise InvalidTokenError("malformed cnf.jkt claim")
+    return jkt
 
 
 def _unverified_header(token: str) -> dict[str, Any]:

@@ -28,9 +28,22 @@ from bsopt_api.openapi import SCOPE_DESCRIPTIONS, build_openapi, origin
 from bsopt_api.problems import install_problem_handlers
 from bsopt_api.runtime import ApiRuntime, bootstrap
 from bsopt_common.http_security import hsts_for, install_security_headers, install_swagger_ui
+from bsopt_common.security.dpop import NonceIssuer, ResourceServerDPoP
 
 #: OAuth client Swagger UI authorizes as (the CLI's public client: code flow + PKCE).
 DOCS_CLIENT_ID = "bsopt-cli"
+
+
+def dpop_policy_for(settings: ApiSettings) -> ResourceServerDPoP:
+    """RFC 9449 checks at this API: ``htu`` from ``public_url`` (behind the proxy; else the
+    request's own URL), the optional server nonce, a per-process replay cache (one replica)."""
+    nonces = None
+    if settings.dpop_nonce_required:
+        secret = settings.dpop_nonce_secret.get_secret_value().encode() if settings.dpop_nonce_secret else None
+        nonces = NonceIssuer(secret, settings.dpop_nonce_lifetime_seconds)
+    return ResourceServerDPoP(public_base_url=settings.public_url, nonces=nonces,
+                              max_age_seconds=settings.dpop_proof_max_age_seconds,
+                              leeway_seconds=settings.token_leeway_seconds)
 
 
 def create_app(settings: ApiSettings, *, runtime: ApiRuntime | None = None) -> FastAPI:
@@ -58,6 +71,7 @@ def create_app(settings: ApiSettings, *, runtime: ApiRuntime | None = None) -> F
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.dpop = dpop_policy_for(settings)
     app.state.runtime = runtime
     app.state.hub = runtime.hub
     app.state.ready = False

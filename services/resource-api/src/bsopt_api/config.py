@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from bsopt_common.settings import ServiceSettings
@@ -30,6 +30,16 @@ class ApiSettings(ServiceSettings):
     #: URL clients reach this API at (behind the TLS-terminating proxy). When it is
     #: https, every response carries HSTS (Strict-Transport-Security).
     public_url: str | None = None
+    #: DPoP (RFC 9449, ``bsopt_common.security.dpop``): require a server nonce in proofs
+    #: (``use_dpop_nonce`` + ``DPoP-Nonce``; stateless HMAC nonces of
+    #: ``dpop_nonce_lifetime_seconds`` slots)...
+    dpop_nonce_required: bool = False
+    #: ...with this HMAC key (replicas must share one); unset: random per process.
+    dpop_nonce_secret: SecretStr | None = Field(default=None, repr=False)
+    dpop_nonce_lifetime_seconds: int = Field(300, ge=10, le=3600)
+    #: How old (``iat``) a DPoP proof may be, seconds; its ``jti`` is remembered that long
+    #: in a per-process cache (one replica; see ``bsopt_common.security.dpop``).
+    dpop_proof_max_age_seconds: int = Field(60, ge=5, le=600)
     #: OAuth client of this service (client credentials grant towards the backends).
     client_id: str | None = "resource-api"
 
