@@ -30,6 +30,7 @@ from bsopt_auth.seed import DEMO_PASSWORD, DEMO_USERNAME, seed_dev
 from bsopt_cli import __main__ as cli_main
 from bsopt_cli.credentials import Credentials, FileStore, NotLoggedInError, logout, valid_access_token
 from bsopt_cli.device import device_login
+from bsopt_cli.dpop import load_or_create_key, token_post
 from bsopt_cli.login import CLIENT_ID, LoginError
 from bsopt_cli.login import login as pkce_login
 from bsopt_common.db import create_db_engine, make_session_factory, session_scope
@@ -202,10 +203,12 @@ def test_login_command_stores_refreshes_and_logout_revokes(server, config_dir):
 
     # whoami uses the helper: a stand-in resource-api records the bearer it got
     seen: list[str] = []
+    proofs: list[str] = []
 
     class Api(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             seen.append(self.headers.get("authorization", ""))
+            proofs.append(self.headers.get("dpop", ""))
             body = json.dumps({"sub": "u1", "client_id": CLIENT_ID, "scopes": ["trades:read"]}).encode()
             self.send_response(200)
             self.send_header("content-type", "application/json")
@@ -228,15 +231,21 @@ def test_login_command_stores_refreshes_and_logout_revokes(server, config_dir):
     assert "subject: u1" in result.output
     third = store.load()
     assert third is not None and third.refresh_token != second.refresh_token  # refreshed first
-    assert seen == [f"Bearer {third.access_token}"]
+    # RFC 9449: bsopt-cli's tokens are bound to the installation's key (0600 beside them)
+    assert third.token_type == "DPoP"
+    assert seen == [f"DPoP {third.access_token}"] and proofs[0].count(".") == 2
+    key_file = store.directory / "dpop-key.json"
+    assert key_file.exists() and oct(key_file.stat().st_mode & 0o777) == "0o600"
 
     # logout: revoked at the server (the refresh token no longer works), file deleted
     result = runner.invoke(cli_main.app, ["logout"])
     assert result.exit_code == 0, result.output
     assert "revoked" in result.output
     assert not store.path.exists()
-    resp = httpx.post(f"{issuer}/oauth2/token", data={"grant_type": "refresh_token", "client_id": CLIENT_ID,
-                                                      "refresh_token": third.refresh_token})
+    with httpx.Client() as http:  # even with the key's proof (bsopt-cli must send one)
+        resp = token_post(http, f"{issuer}/oauth2/token", {"grant_type": "refresh_token", "client_id": CLIENT_ID,
+                                                           "refresh_token": third.refresh_token},
+                          load_or_create_key(store))
     assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
     with pytest.raises(NotLoggedInError):
         valid_access_token(store)

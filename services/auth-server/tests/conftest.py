@@ -16,7 +16,7 @@ import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt_auth.app import create_app
@@ -46,6 +46,10 @@ def engine(postgres_url: str) -> Iterator[Engine]:
     eng = create_db_engine(postgres_url, application_name="bsopt-auth-tests")
     migrate(eng)
     seed_dev(make_session_factory(eng))
+    # The helpers below exchange codes as bsopt-cli without DPoP proofs; the seed registers
+    # it with dpop_bound_access_tokens (RFC 9449 §5.2), which test_rfc9449_dpop turns on.
+    with eng.begin() as conn:
+        conn.execute(text("UPDATE auth.clients SET dpop_bound_access_tokens = false WHERE client_id = 'bsopt-cli'"))
     yield eng
     eng.dispose()
 

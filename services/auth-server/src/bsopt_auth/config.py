@@ -131,6 +131,18 @@ class AuthSettings(ServiceSettings):
     #: HMAC key of the login form's CSRF tokens (:mod:`bsopt_auth.csrf`); every replica
     #: must share it. Unset: derived from the key-encryption key.
     csrf_secret: SecretStr | None = Field(default=None, repr=False)
+    #: DPoP (RFC 9449, :mod:`bsopt_auth.rfc9449`) at the token endpoint: require a server
+    #: nonce in proofs (§8: ``use_dpop_nonce`` with a ``DPoP-Nonce`` header). Nonces are
+    #: stateless, HMAC-SHA256 of a ``dpop_nonce_lifetime_seconds`` time slot, accepted
+    #: for the current and the previous slot...
+    dpop_nonce_required: bool = True
+    dpop_nonce_lifetime_seconds: int = Field(300, ge=10, le=3600)
+    #: ...keyed by this secret (every replica must share it). Unset: derived from the
+    #: key-encryption key.
+    dpop_nonce_secret: SecretStr | None = Field(default=None, repr=False)
+    #: How old (``iat``) a DPoP proof may be, seconds (plus ``token_leeway_seconds`` of
+    #: clock skew); its ``jti`` is remembered in ``auth.dpop_proof_jtis`` that long.
+    dpop_proof_max_age_seconds: int = Field(60, ge=5, le=600)
     #: How long a rendered login form may be submitted, seconds.
     login_form_ttl_seconds: int = Field(1800, gt=0)
     #: Authorization-server session (:mod:`bsopt_auth.sessions`, the sign-in cookie): it
@@ -168,11 +180,12 @@ class AuthSettings(ServiceSettings):
             )
         return self
 
-    def derived_secret(self, purpose: Literal["throttle", "csrf"]) -> bytes:
+    def derived_secret(self, purpose: Literal["throttle", "csrf", "dpop"]) -> bytes:
         """The HMAC key for ``purpose``: its own setting when set, else HMAC-SHA256 of the
         key-encryption key over a purpose label (one secret to deploy, separate keys).
         Reads the KEK file once per settings object."""
-        own = self.throttle_key_secret if purpose == "throttle" else self.csrf_secret
+        own = {"throttle": self.throttle_key_secret, "csrf": self.csrf_secret,
+               "dpop": self.dpop_nonce_secret}[purpose]
         if own is not None:
             return own.get_secret_value().encode()
         if purpose not in self._derived_secrets:

@@ -1,4 +1,4 @@
-"""SQLAlchemy tables, all in schema ``auth`` (``migrations/versions/0001`` to ``0008``);
+"""SQLAlchemy tables, all in schema ``auth`` (``migrations/versions/0001`` to ``0009``);
 ``outbox`` and ``processed_events`` are :func:`bsopt_common.events.event_tables`."""
 
 from __future__ import annotations
@@ -106,6 +106,10 @@ class Client(Base):
     #: to (exact match). Revision 0008.
     post_logout_redirect_uris: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list,
                                                                  server_default=text("'{}'"))
+    #: RFC 9449 §5.2 ``dpop_bound_access_tokens``: every token request must carry a DPoP
+    #: proof (revision 0009).
+    dpop_bound_access_tokens: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False,
+                                                           server_default=false())
 
     @property
     def is_public(self) -> bool:
@@ -206,6 +210,18 @@ class ClientAssertionJti(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
+class DPoPProofJti(Base):
+    """A DPoP proof already used at the token endpoint (RFC 9449 §11.1), as the hex
+    SHA-256 of its key thumbprint and ``jti``; kept until the proof's ``iat`` is too old
+    to be accepted. Revision 0009."""
+
+    __tablename__ = "dpop_proof_jtis"
+    __table_args__ = (Index("dpop_proof_jtis_expires_at_idx", "expires_at"),)
+
+    jti_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
 class TokenFamily(Base):
     """One redeemed authorization code (RFC 6749 §4.1.3) and every token issued from it:
     its access tokens carry the family id as ``sid``, its refresh tokens rotate within it
@@ -242,6 +258,9 @@ class TokenFamily(Base):
     session_id: Mapped[str | None] = mapped_column(
         ForeignKey(f"{SCHEMA}.sessions.id", ondelete="SET NULL"), nullable=True
     )
+    #: RFC 9449 §5: thumbprint of the DPoP key a public client's refresh tokens are bound
+    #: to; a refresh must prove possession of it (revision 0009).
+    dpop_jkt: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class RefreshToken(Base):

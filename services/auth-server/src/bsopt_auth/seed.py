@@ -82,6 +82,8 @@ class DevClient:
     token_exchange: bool = False
     #: RP-Initiated Logout 1.0 §3.1 ``post_logout_redirect_uris``.
     post_logout_redirect_uris: tuple[str, ...] = ()
+    #: RFC 9449 §5.2: every token request must carry a DPoP proof.
+    dpop_bound_access_tokens: bool = False
 
     @property
     def grant_types(self) -> list[str]:
@@ -108,6 +110,7 @@ DEV_CLIENTS: tuple[DevClient, ...] = (
         # the CLI's loopback callback: any port (RFC 8252 §7.3); Swagger UI at resource-api
         redirect_uris=(CLI_REDIRECT_URI, DOCS_REDIRECT_URI),
         post_logout_redirect_uris=(CLI_POST_LOGOUT_REDIRECT_URI,),
+        dpop_bound_access_tokens=True,  # sender-constrained tokens (RFC 9449; bsopt_cli.dpop)
     ),
     DevClient(
         "resource-api",
@@ -149,6 +152,7 @@ def _ensure_client(session: Session, spec: DevClient, jwks: dict[str, Any] | Non
     client.client_type = "public" if spec.public else "confidential"
     client.redirect_uris = list(spec.redirect_uris)
     client.post_logout_redirect_uris = list(spec.post_logout_redirect_uris)
+    client.dpop_bound_access_tokens = spec.dpop_bound_access_tokens
     client.first_party = True  # the suite's own clients: no consent screen (bsopt_auth.consent)
     client.grant_types = spec.grant_types
     client.allowed_scopes = spec.scopes.split()

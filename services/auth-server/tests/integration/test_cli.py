@@ -3,7 +3,10 @@ uvicorn process on a free 127.0.0.1 port."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
+import json
 import os
 import re
 import secrets
@@ -17,6 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from joserfc import jws
+from joserfc.jwk import ECKey
 from typer.testing import CliRunner
 
 from bsopt_auth.__main__ import cli
@@ -156,11 +161,28 @@ def test_code_flow_and_userinfo_over_real_http(server: str) -> None:
         resp = http.post("/authorize", data=fields)
         assert resp.status_code == 303
         code = parse_qs(urlsplit(resp.headers["location"]).query)["code"][0]
-        tokens = http.post("/oauth2/token", data={
-            "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-            "client_id": "bsopt-cli", "code_verifier": verifier,
-        })
+        # bsopt-cli is registered with dpop_bound_access_tokens (RFC 9449 §5.2): a proof,
+        # with the server's nonce (§8) after the first answer.
+        dpop_key = ECKey.generate_key("P-256", private=True)
+        data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+                "client_id": "bsopt-cli", "code_verifier": verifier}
+        tokens = http.post("/oauth2/token", data=data, headers={"DPoP": _proof(dpop_key, server + "/oauth2/token")})
+        assert tokens.status_code == 400 and tokens.json()["error"] == "use_dpop_nonce", tokens.text
+        tokens = http.post("/oauth2/token", data=data, headers={"DPoP": _proof(
+            dpop_key, server + "/oauth2/token", tokens.headers["DPoP-Nonce"])})
         assert tokens.status_code == 200, tokens.text
-        info = http.get("/userinfo", headers={"Authorization": "Bearer " + tokens.json()["access_token"]})
+        assert tokens.json()["token_type"] == "DPoP"
+        access = tokens.json()["access_token"]
+        ath = base64.urlsafe_b64encode(hashlib.sha256(access.encode()).digest()).rstrip(b"=").decode()
+        assert http.get("/userinfo", headers={"Authorization": "Bearer " + access}).status_code == 401  # §7.1
+        info = http.get("/userinfo", headers={"Authorization": "DPoP " + access, "DPoP": _proof(
+            dpop_key, server + "/userinfo", htm="GET", ath=ath)})
         assert info.status_code == 200, info.text
         assert info.json()["preferred_username"] == "demo"
+
+
+def _proof(key: ECKey, htu: str, nonce: str | None = None, htm: str = "POST", ath: str | None = None) -> str:
+    claims = {"jti": secrets.token_urlsafe(12), "htm": htm, "htu": htu, "iat": int(time.time()),
+              **({"nonce": nonce} if nonce else {}), **({"ath": ath} if ath else {})}
+    header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": key.as_dict(private=False)}
+    return jws.serialize_compact(header, json.dumps(claims).encode(), key, algorithms=["ES256"])

@@ -71,6 +71,8 @@ def registered_keys(session_factory) -> None:
     documents = {cid: public_jwks(cid, with_kid=cid != "broker-gateway") for cid in KEYS}
     documents["rl-trainer"]["keys"][0]["alg"] = "EdDSA"
     seed_dev(session_factory, client_jwks=documents)
+    with session_scope(session_factory) as session:  # as the shared conftest: code exchanges without DPoP
+        session.get_one(Client, "bsopt-cli").dpop_bound_access_tokens = False
 
 
 def make_assertion(

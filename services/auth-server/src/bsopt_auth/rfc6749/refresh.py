@@ -52,6 +52,7 @@ from bsopt_auth.rfc6749.scope import parse_scope, to_scope_string
 from bsopt_auth.rfc7517 import get_active_key
 from bsopt_auth.rfc8707 import InvalidTargetError
 from bsopt_auth.rfc9068 import issue_access_token
+from bsopt_auth.rfc9449 import check_family_binding, token_type
 from bsopt_common.db import session_scope
 
 REFRESH_TOKEN_GRANT_TYPE = "refresh_token"
@@ -72,11 +73,12 @@ def may_receive_refresh_token(client: Client, scope: Sequence[str]) -> bool:
 def create_family(
     session: Session, settings: AuthSettings, *, client_id: str, user_id: uuid.UUID, scope: str,
     resource: Sequence[str], auth_time: datetime, code_hash: str | None, session_id: str | None = None,
+    dpop_jkt: str | None = None,
 ) -> TokenFamily:
     now = datetime.now(UTC)
     family = TokenFamily(
         id=uuid.uuid4(), client_id=client_id, user_id=user_id, scope=scope, resource=list(resource),
-        auth_time=auth_time, code_hash=code_hash, session_id=session_id,
+        auth_time=auth_time, code_hash=code_hash, session_id=session_id, dpop_jkt=dpop_jkt,
         expires_at=now + timedelta(seconds=settings.refresh_token_absolute_ttl_seconds),
     )
     session.add(family)
@@ -161,9 +163,13 @@ def refresh_token_grant(
     client: Client,
     params: Mapping[str, str],
     resources: Sequence[str],
+    *,
+    dpop_jkt: str | None = None,
 ) -> dict[str, Any]:
     """The ``refresh_token`` grant (RFC 6749 §6) for the authenticated ``client``: rotate
-    the token and issue a new access token; returns the §5.1 response body."""
+    the token and issue a new access token; returns the §5.1 response body. A family
+    bound to a DPoP key (RFC 9449 §5) needs ``dpop_jkt`` of that key, else
+    ``invalid_dpop_proof`` and nothing rotates."""
     assert settings.issuer is not None
     presented = params.get("refresh_token")
     if not presented:
@@ -201,6 +207,7 @@ def refresh_token_grant(
                 raise InvalidGrantError("refresh token was issued to another client")
         else:
             family = session.get_one(TokenFamily, family_id)
+            check_family_binding(family.dpop_jkt, dpop_jkt)  # raises: the rotation rolls back
             scope, audiences = _narrow(params, resources, family)
             new_refresh = add_refresh_token(session, settings, family.id, family.expires_at)
             key = get_active_key(session, settings.signing_alg)
@@ -217,8 +224,9 @@ def refresh_token_grant(
     token = issue_access_token(
         key, issuer=settings.issuer, subject=subject, audiences=audiences, client_id=client.client_id,
         scope=scope_string, ttl_seconds=settings.access_token_ttl_seconds, auth_time=auth_time, sid=sid,
+        cnf_jkt=dpop_jkt,
     )
-    body: dict[str, Any] = {"access_token": token.token, "token_type": "Bearer",
+    body: dict[str, Any] = {"access_token": token.token, "token_type": token_type(dpop_jkt),
                             "expires_in": token.expires_in, "scope": scope_string,
                             "refresh_token": new_refresh}
     if openid:  # OIDC Core §12.2

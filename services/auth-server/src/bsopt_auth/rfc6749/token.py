@@ -12,7 +12,7 @@ layer renders it as RFC 6749 §5.2 JSON.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +47,7 @@ from bsopt_auth.rfc8628 import DEVICE_CODE_GRANT_TYPE, device_code_grant
 from bsopt_auth.rfc8693 import TOKEN_EXCHANGE_GRANT_TYPE, token_exchange
 from bsopt_auth.rfc8707 import InvalidTargetError, resolve_resources
 from bsopt_auth.rfc9068 import issue_access_token
+from bsopt_auth.rfc9449 import token_request_jkt, token_type
 from bsopt_common.db import session_scope
 
 GRANT_TYPES_SUPPORTED = ("authorization_code", REFRESH_TOKEN_GRANT_TYPE, "client_credentials",
@@ -78,8 +79,10 @@ def handle_token_request(
     settings: AuthSettings,
     authorization: str | None,
     items: Iterable[tuple[str, str]],
+    dpop_proofs: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Process a token request; returns the RFC 6749 §5.1 response body."""
+    """Process a token request; returns the RFC 6749 §5.1 response body. ``dpop_proofs``:
+    the ``DPoP`` header values (RFC 9449, :mod:`bsopt_auth.rfc9449`)."""
     items = list(items)
     check_parameters(items)
     params, resources = _parse(items)
@@ -92,20 +95,22 @@ def handle_token_request(
         session.expunge(client)
     if grant_type not in client.grant_types:
         raise UnauthorizedClientError(f"client may not use the {grant_type} grant")
+    jkt = token_request_jkt(session_factory, settings, client, dpop_proofs)  # RFC 9449: cnf.jkt or None
 
     if grant_type == "client_credentials":
-        return _client_credentials(session_factory, settings, client, params, resources)
-    if grant_type == TOKEN_EXCHANGE_GRANT_TYPE:
+        return _client_credentials(session_factory, settings, client, params, resources, jkt)
+    if grant_type == TOKEN_EXCHANGE_GRANT_TYPE:  # (issues bearer tokens: the actor presents them)
         return token_exchange(session_factory, settings, client, params, resources)
     if grant_type == REFRESH_TOKEN_GRANT_TYPE:
-        return refresh_token_grant(session_factory, settings, client, params, resources)
+        return refresh_token_grant(session_factory, settings, client, params, resources, dpop_jkt=jkt)
     if grant_type == DEVICE_CODE_GRANT_TYPE:  # RFC 8628 §3.4
-        return device_code_grant(session_factory, settings, client, params, resources)
-    return _authorization_code(session_factory, settings, client, params, resources)
+        return device_code_grant(session_factory, settings, client, params, resources, dpop_jkt=jkt)
+    return _authorization_code(session_factory, settings, client, params, resources, jkt)
 
 
-def _token_response(access_token: str, expires_in: int, scope: str, **extra: str) -> dict[str, Any]:
-    return {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in,
+def _token_response(access_token: str, expires_in: int, scope: str, jkt: str | None = None,
+                    **extra: str) -> dict[str, Any]:
+    return {"access_token": access_token, "token_type": token_type(jkt), "expires_in": expires_in,
             "scope": scope, **extra}
 
 
@@ -115,6 +120,7 @@ def _client_credentials(
     client: Client,
     params: Mapping[str, str],
     resources: list[str],
+    jkt: str | None = None,
 ) -> dict[str, Any]:
     if client.is_public:
         raise UnauthorizedClientError("public clients may not use client_credentials")
@@ -132,12 +138,13 @@ def _client_credentials(
         client_id=client.client_id,
         scope=to_scope_string(scope),
         ttl_seconds=settings.access_token_ttl_seconds,
+        cnf_jkt=jkt,
     )
-    return _token_response(token.token, token.expires_in, to_scope_string(scope))
+    return _token_response(token.token, token.expires_in, to_scope_string(scope), jkt)
 
 
 def _consume_code(
-    session_factory: sessionmaker[Session], settings: AuthSettings, code: str
+    session_factory: sessionmaker[Session], settings: AuthSettings, code: str, dpop_jkt: str | None = None,
 ) -> tuple[AuthorizationCode, TokenFamily]:
     """Mark the code consumed in its own committed transaction (so a failed exchange still
     burns it), create the token family of everything issued from it, and return both; a
@@ -164,6 +171,7 @@ def _consume_code(
                 session, settings, client_id=row.client_id, user_id=row.user_id, scope=row.scope,
                 resource=row.resource, auth_time=row.auth_time, code_hash=code_hash,
                 session_id=row.session_id,  # RP-initiated logout revokes it (bsopt_auth.sessions)
+                dpop_jkt=dpop_jkt,
             )
             session.expunge(row)
             session.expunge(family)
@@ -178,11 +186,13 @@ def _authorization_code(
     client: Client,
     params: Mapping[str, str],
     resources: list[str],
+    jkt: str | None = None,
 ) -> dict[str, Any]:
     code = _require(params, "code")
     redirect_uri = _require(params, "redirect_uri")
     code_verifier = _require(params, "code_verifier")
-    grant, family = _consume_code(session_factory, settings, code)
+    # RFC 9449 §5: a public client's refresh tokens are bound to its DPoP key.
+    grant, family = _consume_code(session_factory, settings, code, jkt if client.is_public else None)
 
     if grant.client_id != client.client_id:
         raise InvalidGrantError("authorization code was issued to another client")
@@ -219,6 +229,7 @@ def _authorization_code(
         ttl_seconds=settings.access_token_ttl_seconds,
         auth_time=auth_time,
         sid=str(family.id),
+        cnf_jkt=jkt,
     )
     if openid:
         extra["id_token"] = issue_id_token(
@@ -232,7 +243,7 @@ def _authorization_code(
             access_token=token.token,
             now=token.claims["iat"],
         )
-    return _token_response(token.token, token.expires_in, grant.scope, **extra)
+    return _token_response(token.token, token.expires_in, grant.scope, jkt, **extra)
 
 
 __all__ = ["GRANT_TYPES_SUPPORTED", "handle_token_request"]

@@ -16,6 +16,7 @@ from bsopt_auth.rfc6749.token import GRANT_TYPES_SUPPORTED
 from bsopt_auth.rfc7517 import SUPPORTED_ALGS
 from bsopt_auth.rfc7591 import CLIENT_SIGNING_ALGS
 from bsopt_auth.rfc7636 import SUPPORTED_METHODS
+from bsopt_common.security.dpop import DPOP_SIGNING_ALGS
 
 
 def known_scopes(session: Session) -> list[str]:
@@ -58,6 +59,8 @@ def server_metadata(settings: AuthSettings, scopes: Iterable[str]) -> dict[str, 
         "id_token_signing_alg_values_supported": list(SUPPORTED_ALGS),
         "claims_supported": list(CLAIMS_SUPPORTED),
         "authorization_response_iss_parameter_supported": True,
+        # RFC 9449 §5.1: DPoP proofs at the token endpoint (bsopt_auth.rfc9449).
+        "dpop_signing_alg_values_supported": list(DPOP_SIGNING_ALGS),
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
     }

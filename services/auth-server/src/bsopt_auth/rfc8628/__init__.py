@@ -52,6 +52,7 @@ from bsopt_auth.rfc7517 import get_active_key
 from bsopt_auth.rfc7523 import AssertionPolicy
 from bsopt_auth.rfc8707 import InvalidTargetError, resolve_resources
 from bsopt_auth.rfc9068 import issue_access_token
+from bsopt_auth.rfc9449 import token_type
 from bsopt_common.db import session_scope
 
 #: RFC 8628 §3.4 ``grant_type``.
@@ -240,6 +241,8 @@ def device_code_grant(
     client: Client,
     params: Mapping[str, str],
     resources: Sequence[str],
+    *,
+    dpop_jkt: str | None = None,
 ) -> dict[str, Any]:
     """The device access token request (§3.4) of the authenticated ``client``; returns
     the RFC 6749 §5.1 response body or raises the §3.5 error (state changes committed)."""
@@ -286,6 +289,7 @@ def device_code_grant(
             family = create_family(
                 session, settings, client_id=client.client_id, user_id=row.user_id, scope=row.scope,
                 resource=granted_resources, auth_time=row.auth_time, code_hash=None,
+                dpop_jkt=dpop_jkt if client.is_public else None,  # RFC 9449 §5
             )
             sid = str(family.id)
             refresh_token = (add_refresh_token(session, settings, family.id, family.expires_at)
@@ -300,8 +304,9 @@ def device_code_grant(
     token = issue_access_token(
         key, issuer=settings.issuer, subject=subject, audiences=audiences, client_id=client.client_id,
         scope=scope_string, ttl_seconds=settings.access_token_ttl_seconds, auth_time=auth_time, sid=sid,
+        cnf_jkt=dpop_jkt,
     )
-    body: dict[str, Any] = {"access_token": token.token, "token_type": "Bearer",
+    body: dict[str, Any] = {"access_token": token.token, "token_type": token_type(dpop_jkt),
                             "expires_in": token.expires_in, "scope": scope_string}
     if refresh_token is not None:
         body["refresh_token"] = refresh_token

@@ -5,7 +5,8 @@ iat, nbf, exp, jti``, ``auth_time`` when a user authenticated, ``act`` (RFC 8693
 §4.1) when a client acts for the subject (token exchange), and ``sid`` (the session id
 claim registered by OIDC Front-Channel Logout §3, IANA JWT claims) on tokens from an
 authorization code: the id of its token family (:class:`bsopt_auth.models.TokenFamily`),
-so revoking the family makes the token inactive at introspection (RFC 7662).
+so revoking the family makes the token inactive at introspection (RFC 7662). A token
+issued for a DPoP proof (RFC 9449 §6.1) carries ``cnf: {"jkt": <key thumbprint>}``.
 
 :func:`decode_access_token` checks a token this server issued (``typ``, signature against
 the published keys, ``iss``, ``exp``), whatever its audience: for revocation (RFC 7009)
@@ -55,6 +56,7 @@ def issue_access_token(
     actor: Mapping[str, Any] | None = None,
     sid: str | None = None,
     now: int | None = None,
+    cnf_jkt: str | None = None,
 ) -> IssuedAccessToken:
     """Sign an RFC 9068 access token with ``key``."""
     if not audiences:
@@ -77,6 +79,8 @@ def issue_access_token(
         claims["act"] = dict(actor)
     if sid is not None:
         claims["sid"] = sid
+    if cnf_jkt is not None:  # RFC 9449 §6.1: bound to the client's DPoP key
+        claims["cnf"] = {"jkt": cnf_jkt}
     header = {"typ": ACCESS_TOKEN_TYP, "alg": key.alg, "kid": key.kid}
     return IssuedAccessToken(jwt.encode(header, claims, key.key, algorithms=[key.alg]), ttl_seconds, claims)
 

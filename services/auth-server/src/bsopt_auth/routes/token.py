@@ -51,7 +51,7 @@ async def token(request: Request) -> JSONResponse:
         try:
             body = await run_in_threadpool(
                 handle_token_request, state.session_factory, state.settings,
-                request.headers.get("authorization"), items,
+                request.headers.get("authorization"), items, request.headers.getlist("dpop"),
             )
         except InvalidClientError:
             await run_in_threadpool(guard.failed)
