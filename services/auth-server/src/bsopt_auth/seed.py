@@ -53,11 +53,14 @@ log = logging.getLogger(__name__)
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "demo-password"
 CLI_CLIENT_ID = "bsopt-cli"
+#: Swagger UI at resource-api (``/docs``): a public client of its own, because the CLI's
+#: tokens are DPoP-bound (RFC 9449) and Swagger UI cannot sign proofs.
+DOCS_CLIENT_ID = "bsopt-docs"
 #: Dev client of the admin API (scope ``admin``, resource ``urn:bsopt:auth-server``).
 ADMIN_CLIENT_ID = "bsopt-admin"
 CLI_REDIRECT_URI = "http://127.0.0.1/callback"
 #: resource-api's origin in dev (its default port; the local stack's): its Swagger UI signs
-#: in as the CLI's public client and exchanges the code from this origin (the auth-
+#: in as ``bsopt-docs`` and exchanges the code from this origin (the auth-
 #: server's ``token_endpoint_cors_origins`` must list it).
 DEV_RESOURCE_API_ORIGIN = "http://127.0.0.1:8000"
 #: Swagger UI's redirect page at resource-api (``/docs/oauth2-redirect``).
@@ -107,10 +110,17 @@ DEV_CLIENTS: tuple[DevClient, ...] = (
         scopes="openid profile offline_access trades:read trades:write training:read training:write",
         resources=(RESOURCE_API_AUDIENCE,),
         public=True,
-        # the CLI's loopback callback: any port (RFC 8252 §7.3); Swagger UI at resource-api
-        redirect_uris=(CLI_REDIRECT_URI, DOCS_REDIRECT_URI),
+        # the CLI's loopback callback: any port (RFC 8252 §7.3)
+        redirect_uris=(CLI_REDIRECT_URI,),
         post_logout_redirect_uris=(CLI_POST_LOGOUT_REDIRECT_URI,),
         dpop_bound_access_tokens=True,  # sender-constrained tokens (RFC 9449; bsopt_cli.dpop)
+    ),
+    DevClient(
+        DOCS_CLIENT_ID,  # Swagger UI "Authorize" at resource-api: code + PKCE, bearer tokens
+        scopes="openid profile trades:read trades:write training:read training:write",
+        resources=(RESOURCE_API_AUDIENCE,),
+        public=True,
+        redirect_uris=(DOCS_REDIRECT_URI,),
     ),
     DevClient(
         "resource-api",
@@ -245,6 +255,7 @@ __all__ = [
     "DEMO_USERNAME",
     "DEV_CLIENTS",
     "DEV_RESOURCE_API_ORIGIN",
+    "DOCS_CLIENT_ID",
     "DOCS_REDIRECT_URI",
     "DevClient",
     "dev_client_secret",

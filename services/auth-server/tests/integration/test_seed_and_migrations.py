@@ -38,8 +38,12 @@ def test_seeded_clients(session_factory) -> None:
         user = s.scalars(select(User).where(User.username == "demo")).one()
     cli = clients["bsopt-cli"]
     assert cli.client_type == "public" and cli.client_secret_hash is None
-    # the CLI's loopback callback and resource-api's Swagger UI (dev origin, default port)
-    assert cli.redirect_uris == ["http://127.0.0.1/callback", "http://127.0.0.1:8000/docs/oauth2-redirect"]
+    assert cli.redirect_uris == ["http://127.0.0.1/callback"]  # the CLI's loopback callback
+    assert cli.dpop_bound_access_tokens
+    docs = clients["bsopt-docs"]  # resource-api's Swagger UI (dev origin, default port): bearer tokens
+    assert docs.client_type == "public" and not docs.dpop_bound_access_tokens
+    assert docs.redirect_uris == ["http://127.0.0.1:8000/docs/oauth2-redirect"]
+    assert "authorization_code" in docs.grant_types
     assert cli.grant_types == ["authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:device_code"]
     assert cli.allowed_resources == ["urn:bsopt:resource-api"]
     assert cli.token_endpoint_auth_method == "none"

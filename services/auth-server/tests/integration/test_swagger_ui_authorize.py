@@ -1,5 +1,5 @@
 """resource-api's Swagger UI "Authorize" against a real auth-server (uvicorn on 127.0.0.1):
-the public client ``bsopt-cli`` signs in with code + PKCE, redirected to
+the public client ``bsopt-docs`` signs in with code + PKCE, redirected to
 ``<resource-api>/docs/oauth2-redirect``, and the page, at resource-api's origin, POSTs the
 code exchange to the token endpoint cross-origin. CORS is answered for the listed origins
 (``token_endpoint_cors_origins``) on the token endpoint only, never with credentials."""
@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from bsopt_auth.app import create_app
 from bsopt_auth.config import AuthSettings
-from bsopt_auth.seed import CLI_CLIENT_ID, DEV_RESOURCE_API_ORIGIN, DOCS_REDIRECT_URI
+from bsopt_auth.seed import DEV_RESOURCE_API_ORIGIN, DOCS_CLIENT_ID, DOCS_REDIRECT_URI
 from bsopt_common.http_server import serve_asgi
 from bsopt_common.testing.services import ServiceThread, free_port
 
@@ -91,7 +91,8 @@ async def test_no_cors_anywhere_but_the_token_endpoint(http: httpx.AsyncClient, 
 
 async def test_swagger_ui_sign_in_yields_a_code_and_a_token(http: httpx.AsyncClient, settings, oauth) -> None:
     oauth = type(oauth)(http, settings)  # the shared helpers, over real HTTP
-    result = await oauth.login(redirect_uri=DOCS_REDIRECT_URI, scope="trades:read training:read")
+    result = await oauth.login(redirect_uri=DOCS_REDIRECT_URI, scope="trades:read training:read",
+                               client_id=DOCS_CLIENT_ID)
     assert result.response.status_code == 303, result.response.text
     location = urlsplit(result.response.headers["location"])
     assert f"{location.scheme}://{location.netloc}{location.path}" == DOCS_REDIRECT_URI
@@ -99,7 +100,7 @@ async def test_swagger_ui_sign_in_yields_a_code_and_a_token(http: httpx.AsyncCli
     assert query["code"] and query["iss"] == settings.issuer
 
     # the page's POST, as Swagger UI sends it: form body, client_id, no secret, from ORIGIN
-    form = {"grant_type": "authorization_code", "code": query["code"], "client_id": CLI_CLIENT_ID,
+    form = {"grant_type": "authorization_code", "code": query["code"], "client_id": DOCS_CLIENT_ID,
             "redirect_uri": DOCS_REDIRECT_URI, "code_verifier": result.verifier}
     resp = await http.post(TOKEN_PATH, data=form, headers={**SWAGGER_HEADERS, "Origin": ORIGIN})
     assert resp.status_code == 200, resp.text
@@ -109,13 +110,13 @@ async def test_swagger_ui_sign_in_yields_a_code_and_a_token(http: httpx.AsyncCli
     body = resp.json()
     assert body["token_type"] == "Bearer" and body["scope"] == "trades:read training:read"
     claims = (await oauth.decode(body["access_token"])).claims
-    assert claims["client_id"] == CLI_CLIENT_ID and "urn:bsopt:resource-api" in claims["aud"]
+    assert claims["client_id"] == DOCS_CLIENT_ID and "urn:bsopt:resource-api" in claims["aud"]
 
 
 async def test_token_response_to_another_origin_carries_no_cors_header(http: httpx.AsyncClient) -> None:
     # CORS is the browser's check: the server answers, but a foreign page may not read it
     resp = await http.post(TOKEN_PATH, data={"grant_type": "authorization_code", "code": "x",
-                                             "client_id": CLI_CLIENT_ID},
+                                             "client_id": DOCS_CLIENT_ID},
                            headers={**SWAGGER_HEADERS, "Origin": "http://evil.example"})
     assert resp.status_code == 400
     assert "access-control-allow-origin" not in resp.headers

@@ -30,8 +30,9 @@ from bsopt_api.runtime import ApiRuntime, bootstrap
 from bsopt_common.http_security import hsts_for, install_security_headers, install_swagger_ui
 from bsopt_common.security.dpop import NonceIssuer, ResourceServerDPoP
 
-#: OAuth client Swagger UI authorizes as (the CLI's public client: code flow + PKCE).
-DOCS_CLIENT_ID = "bsopt-cli"
+#: OAuth client Swagger UI authorizes as: a public client of its own (code flow + PKCE,
+#: bearer tokens: the CLI's client requires DPoP proofs, which Swagger UI cannot sign).
+DOCS_CLIENT_ID = "bsopt-docs"
 
 
 def dpop_policy_for(settings: ApiSettings) -> ResourceServerDPoP:
