@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bsopt_auth import __version__
+from bsopt_auth import __version__, audit
 from bsopt_auth.admin import ADMIN_AUDIENCE, AdminError
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.openapi import build_openapi
@@ -102,9 +102,11 @@ def create_app(settings: AuthSettings, engine: Engine) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         kid = await run_in_threadpool(ensure_active_key, state.session_factory, settings.signing_alg)
         log.info("auth-server ready issuer=%s signing kid=%s", settings.issuer, kid)
+        audit_writer = audit.start_batch_writer(settings, state.session_factory)
         try:
             yield
         finally:
+            await run_in_threadpool(audit.stop_batch_writer, audit_writer)
             await self_client.aclose()
 
     app = FastAPI(

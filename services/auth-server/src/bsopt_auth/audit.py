@@ -17,11 +17,20 @@ prefix :meth:`bsopt_auth.throttle.Limiter.ip_hash` logs), outcome (``success`` /
 names that suggest one.
 
 Each fact is also logged on the ``bsopt_auth.audit`` logger (as ``throttle`` did first).
+
+Batching (``audit_batch_seconds``, on while ``serve`` runs): :func:`emit`'s facts (those
+with no transaction of their own: token responses, refused logins) are queued and written
+by one background thread every ``audit_batch_seconds`` (0.1 s by default), up to 1,000 per
+transaction, instead of one transaction and disk flush per token response. Shutdown
+flushes the queue; a crash loses at most one interval of them (their log lines are
+written at once). :func:`record` (facts joining a change's transaction) is never batched.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -121,13 +130,104 @@ def record(
 
 def emit(settings: AuthSettings, session_factory: sessionmaker[Session], event_type: str, *,
          outcome: Outcome, **fields: object) -> None:
-    """:func:`record` in a transaction of its own (facts with no change to join). A
-    failure to write is logged, never raised: the response the fact describes is sent."""
+    """:func:`record` in a transaction of its own (facts with no change to join), or queued
+    for the batch writer while one runs for ``session_factory``. A failure to write is
+    logged, never raised: the response the fact describes is sent."""
+    writer = _writer
+    if writer is not None and writer.session_factory is session_factory:
+        writer.submit(event_type, outcome, fields)
+        return
     try:
         with session_scope(session_factory) as session:
             record(session, settings, event_type, outcome=outcome, **fields)  # type: ignore[arg-type]
     except Exception:
         log.exception("audit event %s could not be stored", event_type)
+
+
+_BATCH_MAX = 1000
+
+
+class BatchWriter:
+    """Writes queued :func:`emit` facts in batches from one daemon thread (see the module
+    docstring). :meth:`close` flushes what is queued and stops."""
+
+    def __init__(self, settings: AuthSettings, session_factory: sessionmaker[Session], interval_seconds: float):
+        self.settings = settings
+        self.session_factory = session_factory
+        self.interval_seconds = interval_seconds
+        self._queue: queue.SimpleQueue[tuple[str, Outcome, dict[str, object]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, event_type: str, outcome: Outcome, fields: Mapping[str, object]) -> None:
+        self._queue.put((event_type, outcome, dict(fields)))
+
+    def _write(self, batch: list[tuple[str, Outcome, dict[str, object]]]) -> None:
+        try:
+            with session_scope(self.session_factory) as session:
+                for event_type, outcome, fields in batch:
+                    record(session, self.settings, event_type, outcome=outcome, **fields)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("%d audit events could not be stored", len(batch))
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            try:
+                first = self._queue.get(timeout=self.interval_seconds)
+            except queue.Empty:
+                continue
+            batch: list[tuple[str, Outcome, dict[str, object]]] = []
+            item = first
+            while True:
+                if item is None:
+                    stopping = True
+                else:
+                    batch.append(item)
+                if len(batch) >= _BATCH_MAX:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._write(batch)
+            if not stopping:
+                threading.Event().wait(self.interval_seconds)
+
+    def close(self, timeout_seconds: float = 10.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout_seconds)
+
+
+_writer: BatchWriter | None = None
+_batch_seconds = 0.0
+
+
+def configure_batching(seconds: float) -> None:
+    """Batch :func:`emit`'s writes every ``seconds`` in apps started from now on in this
+    process (0: write each at once). ``serve`` turns it on."""
+    global _batch_seconds
+    _batch_seconds = max(0.0, seconds)
+
+
+def start_batch_writer(settings: AuthSettings, session_factory: sessionmaker[Session]) -> BatchWriter | None:
+    """The app's lifespan start: a writer for ``session_factory`` when batching is on."""
+    global _writer
+    if _batch_seconds <= 0:
+        return None
+    _writer = BatchWriter(settings, session_factory, _batch_seconds)
+    return _writer
+
+
+def stop_batch_writer(writer: BatchWriter | None) -> None:
+    """The app's lifespan end: flush and stop ``writer``."""
+    global _writer
+    if writer is None:
+        return
+    if _writer is writer:
+        _writer = None
+    writer.close()
 
 
 def claimed_client_id(authorization: str | None, items: list[tuple[str, str]]) -> str | None:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from bsopt_auth import audit
 from bsopt_auth.admin import ensure_self_client
 from bsopt_auth.app import create_app
 from bsopt_auth.audit import AUTH_SERVER_CLIENT_ID, OUTBOX
@@ -35,6 +36,7 @@ from bsopt_auth.rfc7517 import (
     maintain_keys,
 )
 from bsopt_auth.seed import read_client_keys_dir, seed_dev
+from bsopt_auth.throttle import configure_check_cache
 from bsopt_common.db import create_db_engine, make_session_factory, wait_for_database
 from bsopt_common.events import EventPublisher, OutboxRelay
 from bsopt_common.http_server import serve_asgi
@@ -161,6 +163,8 @@ def _worker(settings: AuthSettings, sock: socket.socket) -> None:
     setup_logging(settings.service_name)
     configure_keys(settings)
     configure_client_cache(settings.client_cache_seconds)
+    configure_check_cache(settings.throttle_check_cache_seconds)
+    audit.configure_batching(settings.audit_batch_seconds)
     engine = create_db_engine(settings.require_database_url(), application_name="bsopt-auth-server")
     config = uvicorn.Config(create_app(settings, engine), lifespan="on", log_config=None, access_log=False,
                             timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)))
@@ -211,11 +215,15 @@ async def serve(settings: AuthSettings, stop: asyncio.Event) -> None:
     engine = await asyncio.to_thread(prepare, settings, seed=settings.seed_dev_on_start)
     maintenance = asyncio.create_task(key_maintenance_loop(settings, make_session_factory(engine), stop))
     configure_client_cache(settings.client_cache_seconds)  # process-wide: undone when serving ends
+    configure_check_cache(settings.throttle_check_cache_seconds)
+    audit.configure_batching(settings.audit_batch_seconds)
     try:
         async with audit_relay(settings, make_session_factory(engine)):
             await _serve(settings, engine, stop)
     finally:
         configure_client_cache(0)
+        configure_check_cache(0)
+        audit.configure_batching(0)
         maintenance.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await maintenance

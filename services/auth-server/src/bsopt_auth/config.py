@@ -64,6 +64,13 @@ class AuthSettings(ServiceSettings):
     #: client_secret_basic/post request); a new secret or a removed client reaches every
     #: worker within it. 0: read the row on every request.
     client_cache_seconds: float = Field(1.0, ge=0, le=60)
+    #: While serving: a throttle key found without failures is trusted as clear for this
+    #: long in the process, so a healthy client's token request reads no throttle row
+    #: (another replica's new block applies here within it). Seconds; 0 reads every time.
+    throttle_check_cache_seconds: float = Field(1.0, ge=0, le=60)
+    #: While serving: token responses' and refused logins' audit rows are written in
+    #: batches every this many seconds (``bsopt_auth.audit``); 0 writes each at once.
+    audit_batch_seconds: float = Field(0.1, ge=0, le=10)
     #: argon2id parameters of new user password hashes (client secrets are SHA-256 digests
     #: of server-generated secrets). Defaults: RFC 9106 "low memory" (t=3, 64 MiB, p=4).
     password_time_cost: int = Field(3, ge=1, le=20)

@@ -31,6 +31,12 @@ until the transaction ends, so the lock decision and its audit line happen exact
 even with concurrent failures on several replicas). Times come from the database clock
 (``now()``), so replicas never disagree about a delay. The lock is logged as
 ``auth.account_locked`` on the ``bsopt_auth.audit`` logger (no secrets, hashed IP).
+
+Checks without a round trip (``throttle_check_cache_seconds``, on while ``serve`` runs):
+a key a check found no row for is remembered as clear in this process for that long, so
+the token endpoint's hot path (a client that authenticates fine, from an address with no
+failures) reads nothing. A failure recorded in this process forgets the key at once; one
+recorded by another replica blocks here within the cache's lifetime (1 s by default).
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ import ipaddress
 import logging
 import math
 import random
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -61,6 +69,26 @@ audit = logging.getLogger("bsopt_auth.audit")
 ACCOUNT_LOCKED_EVENT = "auth.account_locked"
 #: One failure in this many also purges rows that no longer block anything.
 _PURGE_ONE_IN = 200
+
+#: Keys a check found no row for, with when that answer goes stale (monotonic seconds),
+#: per database URL; see the module docstring. Off while ``_clear_seconds`` is 0.
+_clear: dict[tuple[str, str], float] = {}
+_clear_lock = threading.Lock()
+_clear_seconds = 0.0
+_CLEAR_MAX_KEYS = 100_000
+
+
+def configure_check_cache(seconds: float) -> None:
+    """Remember keys found clear for ``seconds`` in this process (0: read every time)."""
+    global _clear_seconds
+    with _clear_lock:
+        _clear_seconds = max(0.0, seconds)
+        _clear.clear()
+
+
+def _database_of(session_factory: sessionmaker[Session]) -> str:
+    """The engine a factory is bound to, as a cache key (its identity: cheap, per process)."""
+    return str(id(session_factory.kw.get("bind")))
 
 
 @dataclass(frozen=True)
@@ -162,6 +190,12 @@ class Limiter:
         if not keys:
             return None
         by_key = {k.key: k for k in keys}
+        database = _database_of(self.session_factory) if _clear_seconds > 0 else ""
+        if _clear_seconds > 0:
+            now_mono = time.monotonic()
+            if all(_clear.get((database, k), 0.0) > now_mono for k in by_key):
+                self.seen = set()
+                return None
         window = self.settings.throttle_window_seconds
         with session_scope(self.session_factory) as session:
             now = session.scalar(select(text("now()")))
@@ -171,6 +205,13 @@ class Limiter:
             ).all()
         assert isinstance(now, datetime)
         self.seen = {row[0] for row in rows}
+        if _clear_seconds > 0:
+            fresh_until = time.monotonic() + _clear_seconds
+            with _clear_lock:
+                if len(_clear) > _CLEAR_MAX_KEYS:
+                    _clear.clear()
+                for k in by_key.keys() - self.seen:
+                    _clear[(database, k)] = fresh_until
         wait = 0.0
         for key, failures, last_failure_at, locked_until in rows:
             if locked_until is not None:
@@ -185,6 +226,11 @@ class Limiter:
         and ``subject`` (a user id, never a secret) only go to the audit line."""
         if not keys:
             return
+        if _clear_seconds > 0:
+            database = _database_of(self.session_factory)
+            with _clear_lock:
+                for k in keys:
+                    _clear.pop((database, k.key), None)
         with session_scope(self.session_factory) as session:
             for k in sorted(keys, key=lambda k: k.key):  # one lock order: no deadlocks
                 failures = session.execute(_UPSERT_FAILURE, {
@@ -311,4 +357,4 @@ class ClientAuthGuard:
 
 
 __all__ = ["ACCOUNT_LOCKED_EVENT", "CLIENT_SCOPE", "ClientAuthGuard", "Limiter", "Policy", "ThrottleKey",
-           "TooManyAttemptsError", "normalize_ip", "retry_after_header"]
+           "TooManyAttemptsError", "configure_check_cache", "normalize_ip", "retry_after_header"]

@@ -34,35 +34,52 @@ def error_response(exc: OAuth2Error) -> JSONResponse:
     return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers())
 
 
+def _process(state: AppState, authorization: str | None, client_ip: str | None, items: list[tuple[str, str]],
+             dpop: list[str]) -> dict[str, object]:
+    """Throttle check, the grant, the throttle's bookkeeping: blocking work, run in one
+    worker-thread hop per request (each hop costs more than the grant's own logic)."""
+    # Brute-force limits on client authentication (bsopt_auth.throttle): 429 + Retry-After.
+    guard = ClientAuthGuard(state.settings, state.session_factory, authorization, items, client_ip)
+    guard.check()
+    try:
+        body = handle_token_request(state.session_factory, state.settings, authorization, items, dpop)
+    except InvalidClientError:
+        guard.failed()
+        raise
+    guard.succeeded()
+    return body
+
+
+def _respond(state: AppState, request: Request, items: list[tuple[str, str]],
+             dpop: list[str]) -> tuple[dict[str, object] | None, OAuth2Error | None]:
+    authorization = request.headers.get("authorization")
+    client_ip = request.client.host if request.client else None
+    try:
+        body: dict[str, object] | None = _process(state, authorization, client_ip, items, dpop)
+        error: OAuth2Error | None = None
+    except OAuth2Error as exc:
+        body, error = None, exc
+    _audit_token(state, request, items, error.error if error is not None else None)
+    return body, error
+
+
 @router.post("/oauth2/token")
 async def token(request: Request) -> JSONResponse:
     state = AppState.of(request)
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     items: list[tuple[str, str]] = []
-    try:
-        if content_type != FORM_CONTENT_TYPE:
-            raise InvalidRequestError(f"the request body must be {FORM_CONTENT_TYPE}")
+    if content_type != FORM_CONTENT_TYPE:
+        error: OAuth2Error | None = InvalidRequestError(f"the request body must be {FORM_CONTENT_TYPE}")
+        body = None
+        await run_in_threadpool(_audit_token, state, request, items, error.error)  # type: ignore[union-attr]
+    else:
         form = await request.form()
         items = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-        # Brute-force limits on client authentication (bsopt_auth.throttle): 429 + Retry-After.
-        guard = ClientAuthGuard(state.settings, state.session_factory, request.headers.get("authorization"),
-                                items, request.client.host if request.client else None)
-        await run_in_threadpool(guard.check)
-        try:
-            body = await run_in_threadpool(
-                handle_token_request, state.session_factory, state.settings,
-                request.headers.get("authorization"), items, request.headers.getlist("dpop"),
-            )
-        except InvalidClientError:
-            await run_in_threadpool(guard.failed)
-            raise
-        await run_in_threadpool(guard.succeeded)
-    except OAuth2Error as exc:
+        body, error = await run_in_threadpool(_respond, state, request, items, request.headers.getlist("dpop"))
+    if error is not None:
         # Never log the request: it carries secrets, codes and verifiers.
-        log.info("token request refused: %s", exc.error)
-        await run_in_threadpool(_audit_token, state, request, items, exc.error)
-        return error_response(exc)
-    await run_in_threadpool(_audit_token, state, request, items, None)
+        log.info("token request refused: %s", error.error)
+        return error_response(error)
     return JSONResponse(body, headers=NO_STORE_HEADERS)
 
 
