@@ -188,6 +188,20 @@ async def test_client_auth_failures_are_throttled_per_address_across_client_ids(
         assert "retry-after" in resp.headers
 
 
+async def test_introspection_and_revocation_are_throttled_like_the_token_endpoint(make_oauth) -> None:
+    """Guessing a client secret at /oauth2/introspect or /oauth2/revoke instead of the token
+    endpoint gains nothing: the same counters, the same 429."""
+    async with make_oauth("192.0.2.40", throttle_base_delay_seconds=30) as oauth:
+        for path in ("/oauth2/introspect", "/oauth2/revoke", "/oauth2/introspect"):
+            resp = await oauth.client.post(path, data={"token": "x"}, headers=_basic("ml-scorer", "wrong"))
+            assert resp.status_code == 401, (path, resp.text)
+        for path in ("/oauth2/introspect", "/oauth2/revoke"):
+            resp = await oauth.client.post(path, data={"token": "x"}, headers=_basic("ml-scorer", "wrong"))
+            assert resp.status_code == 429, (path, resp.text)
+            assert int(resp.headers["retry-after"]) > 0
+        assert (await oauth.client_credentials("ml-scorer")).status_code == 429  # shared with the token endpoint
+
+
 # --------------------------------------------------------------------------- replicas
 
 

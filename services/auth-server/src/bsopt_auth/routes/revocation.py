@@ -2,7 +2,9 @@
 
 Both take an ``application/x-www-form-urlencoded`` body (no parameter repeated) and the
 client's authentication as at the token endpoint (RFC 6749 §2.3,
-:mod:`bsopt_auth.rfc6749.client_auth`); errors are RFC 6749 §5.2 JSON."""
+:mod:`bsopt_auth.rfc6749.client_auth`), under the same brute-force limits
+(:class:`bsopt_auth.throttle.ClientAuthGuard`: 429 + ``Retry-After``); errors are RFC 6749
+§5.2 JSON."""
 
 from __future__ import annotations
 
@@ -17,13 +19,14 @@ from starlette.concurrency import run_in_threadpool
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.models import Client
 from bsopt_auth.rfc6749.client_auth import authenticate_client
-from bsopt_auth.rfc6749.errors import NO_STORE_HEADERS, InvalidRequestError, OAuth2Error
+from bsopt_auth.rfc6749.errors import NO_STORE_HEADERS, InvalidClientError, InvalidRequestError, OAuth2Error
 from bsopt_auth.rfc6749.parameters import check_parameters
 from bsopt_auth.rfc7009 import revoke_token
 from bsopt_auth.rfc7523 import AssertionPolicy
 from bsopt_auth.rfc7662 import introspect_token
 from bsopt_auth.routes.state import AppState
 from bsopt_auth.routes.token import FORM_CONTENT_TYPE, error_response
+from bsopt_auth.throttle import ClientAuthGuard
 from bsopt_common.db import session_scope
 
 log = logging.getLogger(__name__)
@@ -48,13 +51,21 @@ async def _handle(request: Request, handler: Handler) -> Any:
             raise InvalidRequestError(f"parameter {name!r} must not repeat")
         params[name] = value
     authorization = request.headers.get("authorization")
+    client_ip = request.client.host if request.client else None
 
     def run() -> Any:
-        with session_scope(state.session_factory) as session:
-            client = authenticate_client(
-                session, authorization, params, AssertionPolicy.from_settings(state.settings)
-            ).client
-            session.expunge(client)
+        guard = ClientAuthGuard(state.settings, state.session_factory, authorization, items, client_ip)
+        guard.check()
+        try:
+            with session_scope(state.session_factory) as session:
+                client = authenticate_client(
+                    session, authorization, params, AssertionPolicy.from_settings(state.settings)
+                ).client
+                session.expunge(client)
+        except InvalidClientError:
+            guard.failed()
+            raise
+        guard.succeeded()
         return handler(state.session_factory, state.settings, client, params)
 
     return await run_in_threadpool(run)
