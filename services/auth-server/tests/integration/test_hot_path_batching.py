@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 from bsopt_auth import audit
 from bsopt_auth.app import create_app
 from bsopt_auth.models import AuditEvent
-from bsopt_auth.throttle import ClientAuthGuard, Limiter, TooManyAttemptsError, configure_check_cache
+from bsopt_auth.throttle import ClientAuthGuard, TooManyAttemptsError, configure_check_cache
 
 
 @pytest.fixture
@@ -27,7 +27,6 @@ def check_cache():
 def test_a_clear_key_is_trusted_for_the_cache_lifetime_only(settings, session_factory, check_cache) -> None:
     guard = ClientAuthGuard(settings, session_factory, None, [("client_id", "hot-path-client")], "198.51.100.7")
     guard.check()  # reads: no rows, both keys remembered as clear
-    limiter = Limiter(settings, session_factory)
     key = guard.client_key
     assert key is not None
     # another replica blocks the client (a row this process has not seen)
