@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 from pydantic_settings import SettingsConfigDict
 
@@ -18,3 +19,5 @@ class BrokerSettings(ServiceSettings):
     client_id: str | None = "broker-gateway"
     #: Paper broker commission, basis points of traded notional.
     paper_commission_bps: Decimal = Decimal(10)
+    #: Alpaca accounts file (YAML, see ``bsopt_broker.adapters.alpaca.accounts``); optional.
+    accounts_file: Path | None = None

@@ -1,0 +1,303 @@
+"""``AlpacaBroker``: the ``Broker`` seam over a thread-safe pool of alpaca-py ``TradingClient``s.
+
+One ``TradingClient`` per account (``url_override=base_url``, ``paper=`` from detection),
+created on first use, and one lock per account, held for the whole check-and-send of an
+order: two orders on one account never both spend the same cash, and accounts never wait
+for each other (the pool itself is a dict built once and never mutated, so no global lock).
+
+Every order: ``received`` → balance checked → sent → acknowledged → filled, each a
+``time.perf_counter_ns()`` reading, stored on the result (:class:`OrderTiming`) and written
+as one structured log line. ``client_order_id`` goes to Alpaca; a duplicate (422) or a
+timeout is answered by looking the order up by ``client_order_id``, never by trading twice.
+
+Blocking: call from a worker thread. Not yet wired into ``serve()`` (issue 8, first slice).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import requests
+from alpaca.common.exceptions import APIError
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import OrderSide, TimeInForce
+from alpaca.trading.enums import OrderStatus as AlpacaOrderStatus
+from alpaca.trading.models import Order as AlpacaOrder
+from alpaca.trading.models import Position as AlpacaPosition
+from alpaca.trading.models import TradeAccount
+from alpaca.trading.requests import MarketOrderRequest
+
+from bsopt_broker.adapters.alpaca.accounts import AlpacaAccountConfig
+from bsopt_broker.adapters.alpaca.detection import AccountKind, detect, kind_from_key_id
+from bsopt_broker.adapters.alpaca.guard import check_balance, usd
+from bsopt_broker.domain.balance_guard import OrderRejected
+from bsopt_broker.domain.records import Account, Fill, MarketOrder, Order, OrderResult, OrderStatus, Position
+from bsopt_broker.domain.venue import AccountNotFound
+from bsopt_common.errors import Unavailable
+from bsopt_common.money import Money
+from bsopt_common.vocabulary import Side
+
+log = logging.getLogger("bsopt_broker.alpaca")
+
+#: The price a market order's cost is estimated at, per symbol (e.g. the latest trade).
+PriceSource = Callable[[str], Money]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlpacaAccount(Account):
+    """An Alpaca account: :class:`Account` plus what the balance check reads."""
+
+    kind: AccountKind
+    equity: Money
+    buying_power: Money
+    account_number: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderTiming:
+    """``time.perf_counter_ns()`` readings of one order's path (monotonic)."""
+
+    received_ns: int
+    balance_checked_ns: int
+    sent_ns: int
+    acknowledged_ns: int
+    filled_ns: int
+
+    def ms(self) -> dict[str, float]:
+        """Milliseconds since ``received`` of each later step (microsecond resolution)."""
+        return {name: round((getattr(self, f"{name}_ns") - self.received_ns) / 1e6, 3)
+                for name in ("balance_checked", "sent", "acknowledged", "filled")}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlpacaOrderResult(OrderResult):
+    kind: AccountKind
+    timing: OrderTiming | None
+    """None for a replayed result (the order was placed by an earlier call)."""
+
+
+class _TimeoutSession(requests.Session):
+    """alpaca-py sends without a timeout; every request of a pooled client gets one."""
+
+    def __init__(self, timeout_s: float):
+        super().__init__()
+        self._timeout_s = timeout_s
+
+    def request(self, method: str | bytes, url: str | bytes,
+                *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self._timeout_s)
+        return super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]
+
+
+class _Slot:
+    """One account of the pool: its config, its lock, its client once created."""
+
+    def __init__(self, config: AlpacaAccountConfig):
+        self.config = config
+        self.lock = threading.Lock()
+        self.client: TradingClient | None = None
+        self.kind: AccountKind | None = None
+        self.results: dict[str, AlpacaOrderResult] = {}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AlpacaBroker:
+    """The Alpaca venue over the accounts of the accounts file (account id = entry name)."""
+
+    name = "alpaca"
+
+    def __init__(self, accounts: Mapping[str, AlpacaAccountConfig], prices: PriceSource, *,
+                 request_timeout_s: float = 10.0, fill_timeout_s: float = 10.0, fill_poll_s: float = 0.02):
+        self._slots: dict[str, _Slot] = {name: _Slot(cfg) for name, cfg in accounts.items()}
+        self._prices = prices
+        self._request_timeout_s = request_timeout_s
+        self._fill_timeout_s = fill_timeout_s
+        self._fill_poll_s = fill_poll_s
+
+    # -- the pool ------------------------------------------------------------------------
+
+    def _slot(self, account_id: str, user_id: str) -> _Slot:
+        slot = self._slots.get(account_id)
+        if slot is None or slot.config.owner != user_id:
+            raise AccountNotFound(f"no Alpaca account {account_id!r} for this user")
+        return slot
+
+    def _client(self, slot: _Slot) -> tuple[TradingClient, AccountKind]:
+        """The slot's client and kind; created and detected on first use. Caller holds slot.lock."""
+        if slot.client is not None and slot.kind is not None:
+            return slot.client, slot.kind
+        cfg = slot.config
+        key_id = cfg.api_key_id.get_secret_value()
+        if cfg.paper is not None:
+            hint: AccountKind | None = AccountKind.PAPER if cfg.paper else AccountKind.LIVE
+        else:
+            hint = kind_from_key_id(key_id)
+        # No hint: try the paper endpoint (a probe); with base_url the endpoint proves nothing.
+        paper = hint is not AccountKind.LIVE
+        client = TradingClient(api_key=key_id, secret_key=cfg.api_secret_key.get_secret_value(),
+                               paper=paper, url_override=cfg.base_url)
+        client._session = _TimeoutSession(self._request_timeout_s)
+        raw = self._call(cfg.name, client.get_account)
+        assert isinstance(raw, TradeAccount)
+        probe = AccountKind.PAPER if hint is None and cfg.base_url is None else None
+        detection = detect(account=cfg.name, key_id=key_id, override=cfg.paper,
+                           account_number=raw.account_number, probe=probe)
+        slot.client, slot.kind = client, detection.kind
+        log.info("alpaca account %s is %s (%s)", cfg.name, detection.kind, ", ".join(detection.reasons))
+        return client, detection.kind
+
+    @staticmethod
+    def _call(account: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except requests.RequestException as exc:
+            raise Unavailable(f"Alpaca account {account!r}: {type(exc).__name__}") from exc
+
+    # -- Broker --------------------------------------------------------------------------
+
+    def create_account(self, user_id: str, initial_cash: Money) -> Account:
+        raise NotImplementedError("Alpaca accounts are opened at Alpaca and listed in the accounts file; "
+                                  "connecting them from the API (OAuth, keys) is a later slice of issue 8")
+
+    def fills_between(self, account_id: str, user_id: str, start: datetime, end: datetime) -> list[Fill]:
+        raise NotImplementedError("importing Alpaca fills (account activities of type FILL) is a later "
+                                  "slice of issue 8")
+
+    def get_account(self, account_id: str, user_id: str) -> AlpacaAccount:
+        slot = self._slot(account_id, user_id)
+        with slot.lock:
+            client, kind = self._client(slot)
+            return self._read_account(slot, client, kind)
+
+    def _read_account(self, slot: _Slot, client: TradingClient, kind: AccountKind) -> AlpacaAccount:
+        name = slot.config.name
+        raw = self._call(name, client.get_account)
+        positions = self._call(name, client.get_all_positions)
+        assert isinstance(raw, TradeAccount) and isinstance(positions, list)
+        return AlpacaAccount(
+            account_id=name, user_id=slot.config.owner, broker=self.name, cash=usd(raw.cash),
+            positions=tuple(_position(p) for p in positions if isinstance(p, AlpacaPosition)),
+            created_at=raw.created_at, kind=kind, equity=usd(raw.equity), buying_power=usd(raw.buying_power),
+            account_number=raw.account_number)
+
+    def submit_market_order(self, order: MarketOrder) -> AlpacaOrderResult:
+        received_ns = time.perf_counter_ns()
+        slot = self._slot(order.account_id, order.user_id)
+        cfg = slot.config
+        if not order.client_order_id:
+            raise OrderRejected("client_order_id is required for Alpaca orders (it makes them idempotent)")
+        with slot.lock:
+            if (done := slot.results.get(order.client_order_id)) is not None:
+                return _replayed(done)
+            client, kind = self._client(slot)
+            if cfg.read_only:
+                raise OrderRejected(f"account {cfg.name!r} is read-only: it may import, never place orders")
+            if kind is AccountKind.LIVE and not cfg.allow_live:
+                raise OrderRejected(f"account {cfg.name!r} is a live account; orders need allow_live: true "
+                                    "in the accounts file")
+            account = self._read_account(slot, client, kind)
+            position = account.position(order.symbol)
+            price = self._prices(order.symbol)
+            check_balance(account=cfg.name, side=order.side, quantity=order.quantity, price=price,
+                          equity=account.equity, cash=account.cash, buying_power=account.buying_power,
+                          position_quantity=position.quantity if position else 0,
+                          min_balance=usd(cfg.min_balance_usd))
+            balance_checked_ns = time.perf_counter_ns()
+            request = MarketOrderRequest(symbol=order.symbol, qty=order.quantity,
+                                         side=OrderSide.BUY if order.side is Side.BUY else OrderSide.SELL,
+                                         time_in_force=TimeInForce.DAY, client_order_id=order.client_order_id)
+            sent_ns = time.perf_counter_ns()
+            replayed = False
+            try:
+                placed = client.submit_order(request)
+            except APIError as exc:
+                if exc.status_code != 422:
+                    raise OrderRejected(f"Alpaca refused the order on {cfg.name!r}: {exc.message}") from exc
+                replayed = True  # a duplicate client_order_id: the order exists already
+                placed = self._by_client_order_id(cfg.name, client, order.client_order_id)
+            except requests.RequestException:
+                replayed = True  # timed out or cut off: it may have been placed; look before anything else
+                placed = self._by_client_order_id(cfg.name, client, order.client_order_id)
+            acknowledged_ns = time.perf_counter_ns()
+            assert isinstance(placed, AlpacaOrder)
+            filled = self._await_fill(cfg.name, client, placed)
+            filled_ns = time.perf_counter_ns()
+            after = self._read_account(slot, client, kind)
+            timing = OrderTiming(received_ns, balance_checked_ns, sent_ns, acknowledged_ns, filled_ns)
+            result = AlpacaOrderResult(order=_order(filled, cfg.name), fills=_fills(filled, cfg.name),
+                                       account=after, replayed=replayed, kind=kind, timing=timing)
+            slot.results[order.client_order_id] = result
+        log.info("alpaca order %s", json.dumps({
+            "account": cfg.name, "kind": str(kind), "client_order_id": order.client_order_id,
+            "order_id": result.order.order_id, "symbol": order.symbol, "side": str(order.side),
+            "quantity": order.quantity, "status": str(result.order.status), "replayed": replayed,
+            **{f"{k}_ms": v for k, v in timing.ms().items()}}, sort_keys=True))
+        return result
+
+    def _by_client_order_id(self, account: str, client: TradingClient, client_order_id: str) -> AlpacaOrder:
+        try:
+            found = self._call(account, lambda: client.get_order_by_client_id(client_order_id))
+        except APIError as exc:
+            raise Unavailable(f"Alpaca account {account!r}: order {client_order_id!r} neither placed nor "
+                              f"found ({exc.status_code})") from exc
+        assert isinstance(found, AlpacaOrder)
+        return found
+
+    def _await_fill(self, account: str, client: TradingClient, placed: AlpacaOrder) -> AlpacaOrder:
+        deadline = time.monotonic() + self._fill_timeout_s
+        current = placed
+        while current.status not in _FINAL:
+            if time.monotonic() > deadline:
+                raise Unavailable(f"Alpaca account {account!r}: order {placed.client_order_id!r} is "
+                                  f"{current.status} after {self._fill_timeout_s}s; look it up by client_order_id")
+            time.sleep(self._fill_poll_s)
+            fetched = self._call(account, lambda: client.get_order_by_id(placed.id))
+            assert isinstance(fetched, AlpacaOrder)
+            current = fetched
+        return current
+
+
+_FINAL = {AlpacaOrderStatus.FILLED, AlpacaOrderStatus.REJECTED, AlpacaOrderStatus.CANCELED,
+          AlpacaOrderStatus.EXPIRED}
+
+
+def _replayed(done: AlpacaOrderResult) -> AlpacaOrderResult:
+    return AlpacaOrderResult(order=done.order, fills=done.fills, account=done.account, replayed=True,
+                             kind=done.kind, timing=None)
+
+
+def _position(p: AlpacaPosition) -> Position:
+    return Position(symbol=p.symbol, quantity=int(Decimal(p.qty)), average_price=usd(p.avg_entry_price))
+
+
+def _order(o: AlpacaOrder, account: str) -> Order:
+    filled = o.status is AlpacaOrderStatus.FILLED
+    latency = ((o.filled_at - o.submitted_at).total_seconds() * 1000) if filled and o.filled_at else None
+    return Order(order_id=str(o.id), client_order_id=o.client_order_id, account_id=account,
+                 symbol=o.symbol or "", side=Side.BUY if o.side is OrderSide.BUY else Side.SELL,
+                 quantity=int(Decimal(str(o.qty or 0))),
+                 status=OrderStatus.FILLED if filled else OrderStatus.REJECTED,
+                 submitted_at=o.submitted_at, filled_at=o.filled_at if filled else None,
+                 fill_latency_ms=latency, reject_reason="" if filled else f"Alpaca order {o.status}")
+
+
+def _fills(o: AlpacaOrder, account: str) -> tuple[Fill, ...]:
+    if o.status is not AlpacaOrderStatus.FILLED or o.filled_avg_price is None:
+        return ()
+    # The broker's own trade ids come from account activities (the import slice); until
+    # then an order's fill is keyed by the order id.
+    return (Fill(trade_id=str(o.id), order_id=str(o.id), account_id=account, symbol=o.symbol or "",
+                 side=Side.BUY if o.side is OrderSide.BUY else Side.SELL,
+                 quantity=int(Decimal(str(o.filled_qty or 0))), price=usd(str(o.filled_avg_price)),
+                 fee=usd(0), executed_at=o.filled_at or _now()),)

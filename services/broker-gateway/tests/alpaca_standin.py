@@ -1,0 +1,227 @@
+"""A local stand-in for the subset of Alpaca's Trading API (v2) the adapter uses, served
+over real HTTP on 127.0.0.1. Written for the tests; field names and shapes follow
+Alpaca's documented responses (as alpaca-py's models parse them).
+
+Accounts are keyed by API key id; each request must carry the matching
+``APCA-API-KEY-ID``/``APCA-API-SECRET-KEY``. Market orders are accepted (``new``) and
+filled at once at the configured price. A duplicate ``client_order_id`` answers 422 as
+Alpaca does. ``delay_s`` on an account slows every response of that account only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from bsopt_common.testing.services import ServiceThread, free_port
+
+
+def _ts(t: datetime | None) -> str | None:
+    return t.isoformat().replace("+00:00", "Z") if t else None
+
+
+def _error(status: int, code: int, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+@dataclass
+class StandinAccount:
+    key_id: str
+    secret: str
+    account_number: str
+    cash: Decimal
+    positions: dict[str, tuple[int, Decimal]] = field(default_factory=dict)
+    """symbol -> (quantity, average entry price)."""
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """order id -> order JSON."""
+    delay_s: float = 0.0
+    ack_delay_s: float = 0.0
+    """Delay of an order's acknowledgement, after the order was placed (a lost answer)."""
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per placed order: cash and equity after it."""
+
+
+class AlpacaStandin:
+    def __init__(self, prices: dict[str, Decimal] | None = None):
+        self.accounts: dict[str, StandinAccount] = {}
+        self.prices: dict[str, Decimal] = dict(prices or {"AAPL": Decimal("100.00")})
+        self.lock = threading.Lock()
+        self.requests: list[tuple[str, str, str]] = []
+        """(key id, method, path) of every authenticated request."""
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.app = self._build()
+
+    def add_account(self, key_id: str, secret: str, *, cash: Decimal | int | str,
+                    account_number: str | None = None, delay_s: float = 0.0) -> StandinAccount:
+        number = account_number or ("PA" if key_id.startswith("PK") else "") + uuid.uuid4().hex[:10].upper()
+        acct = StandinAccount(key_id, secret, number, Decimal(cash), delay_s=delay_s)
+        with self.lock:
+            self.accounts[key_id] = acct
+        return acct
+
+    def equity(self, acct: StandinAccount) -> Decimal:
+        return acct.cash + sum((q * self.prices[s] for s, (q, _) in acct.positions.items()), Decimal(0))
+
+    # -- JSON shapes -------------------------------------------------------------------
+
+    def _account_json(self, a: StandinAccount) -> dict[str, Any]:
+        equity = self.equity(a)
+        long_value = equity - a.cash
+        return {
+            "id": a.id, "account_number": a.account_number, "status": "ACTIVE", "crypto_status": "ACTIVE",
+            "currency": "USD", "buying_power": str(a.cash), "regt_buying_power": str(a.cash),
+            "daytrading_buying_power": "0", "non_marginable_buying_power": str(a.cash),
+            "options_buying_power": str(a.cash), "cash": str(a.cash), "accrued_fees": "0",
+            "pending_transfer_in": "0", "pending_transfer_out": "0", "portfolio_value": str(equity),
+            "pattern_day_trader": False, "trading_blocked": False, "transfers_blocked": False,
+            "account_blocked": False, "created_at": _ts(a.created_at), "trade_suspended_by_user": False,
+            "multiplier": "1", "shorting_enabled": False, "equity": str(equity), "last_equity": str(equity),
+            "long_market_value": str(long_value), "short_market_value": "0", "initial_margin": "0",
+            "maintenance_margin": "0", "last_maintenance_margin": "0", "sma": "0", "daytrade_count": 0,
+            "options_approved_level": 0, "options_trading_level": 0,
+        }
+
+    def _position_json(self, symbol: str, qty: int, avg: Decimal) -> dict[str, Any]:
+        price = self.prices[symbol]
+        return {
+            "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, symbol)), "symbol": symbol, "exchange": "NASDAQ",
+            "asset_class": "us_equity", "asset_marginable": True, "avg_entry_price": str(avg), "qty": str(qty),
+            "side": "long", "market_value": str(price * qty), "cost_basis": str(avg * qty),
+            "unrealized_pl": str((price - avg) * qty), "unrealized_plpc": "0", "unrealized_intraday_pl": "0",
+            "unrealized_intraday_plpc": "0", "current_price": str(price), "lastday_price": str(price),
+            "change_today": "0", "qty_available": str(qty),
+        }
+
+    @staticmethod
+    def _order_json(body: dict[str, Any], now: datetime) -> dict[str, Any]:
+        symbol = body["symbol"]
+        return {
+            "id": str(uuid.uuid4()), "client_order_id": body.get("client_order_id") or str(uuid.uuid4()),
+            "created_at": _ts(now), "updated_at": _ts(now), "submitted_at": _ts(now), "filled_at": None,
+            "expired_at": None, "canceled_at": None, "failed_at": None, "replaced_at": None,
+            "replaced_by": None, "replaces": None, "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, symbol)),
+            "symbol": symbol, "asset_class": "us_equity", "notional": None, "qty": str(body["qty"]),
+            "filled_qty": "0", "filled_avg_price": None, "order_class": "", "order_type": "market",
+            "type": "market", "side": body["side"], "position_intent": f"{body['side']}_to_open",
+            "time_in_force": body["time_in_force"], "limit_price": None, "stop_price": None, "status": "new",
+            "extended_hours": False, "legs": None, "trail_percent": None, "trail_price": None, "hwm": None,
+        }
+
+    # -- the app -------------------------------------------------------------------------
+
+    def _build(self) -> FastAPI:
+        app = FastAPI()
+
+        async def auth(request: Request) -> StandinAccount | JSONResponse:
+            key, secret = request.headers.get("APCA-API-KEY-ID"), request.headers.get("APCA-API-SECRET-KEY")
+            acct = self.accounts.get(key or "")
+            if acct is None or acct.secret != secret:
+                return _error(401, 40110000, "request is not authorized")
+            self.requests.append((acct.key_id, request.method, request.url.path))
+            if acct.delay_s:
+                await asyncio.sleep(acct.delay_s)
+            return acct
+
+        @app.get("/v2/account")
+        async def account(request: Request) -> Any:
+            acct = await auth(request)
+            if isinstance(acct, JSONResponse):
+                return acct
+            with self.lock:
+                return self._account_json(acct)
+
+        @app.get("/v2/positions")
+        async def positions(request: Request) -> Any:
+            acct = await auth(request)
+            if isinstance(acct, JSONResponse):
+                return acct
+            with self.lock:
+                return [self._position_json(s, q, avg) for s, (q, avg) in sorted(acct.positions.items())]
+
+        @app.post("/v2/orders")
+        async def submit(request: Request) -> Any:
+            acct = await auth(request)
+            if isinstance(acct, JSONResponse):
+                return acct
+            body = await request.json()
+            if body.get("type") != "market":
+                return _error(422, 40010001, "only market orders are supported by this stand-in")
+            symbol, side = body.get("symbol"), body.get("side")
+            if symbol not in self.prices:
+                return _error(422, 40010001, f"asset \"{symbol}\" not found")
+            qty = int(Decimal(str(body.get("qty"))))
+            now = datetime.now(UTC)
+            with self.lock:
+                cid = body.get("client_order_id")
+                if cid and any(o["client_order_id"] == cid for o in acct.orders.values()):
+                    return _error(422, 40010001, "client_order_id must be unique")
+                price = self.prices[symbol]
+                held, avg = acct.positions.get(symbol, (0, Decimal(0)))
+                if side == "buy" and price * qty > acct.cash:
+                    return _error(403, 40310000, "insufficient buying power")
+                if side == "sell" and qty > held:
+                    return _error(403, 40310000, f"insufficient qty available for order (requested: {qty}, "
+                                                 f"available: {held})")
+                order = self._order_json(body, now)
+                response = dict(order)
+                # Filled at once, after the acknowledgement was composed.
+                if side == "buy":
+                    acct.cash -= price * qty
+                    acct.positions[symbol] = (held + qty, (avg * held + price * qty) / (held + qty))
+                else:
+                    acct.cash += price * qty
+                    if held == qty:
+                        del acct.positions[symbol]
+                    else:
+                        acct.positions[symbol] = (held - qty, avg)
+                order.update(status="filled", filled_qty=str(qty), filled_avg_price=str(price),
+                             filled_at=_ts(datetime.now(UTC)), updated_at=_ts(datetime.now(UTC)))
+                acct.orders[order["id"]] = order
+                acct.history.append({"order_id": order["id"], "side": side, "qty": qty, "cash": acct.cash,
+                                     "equity": self.equity(acct)})
+            if acct.ack_delay_s:
+                await asyncio.sleep(acct.ack_delay_s)
+            return response
+
+        @app.get("/v2/orders:by_client_order_id")
+        async def by_client_order_id(request: Request, client_order_id: str = "") -> Any:
+            acct = await auth(request)
+            if isinstance(acct, JSONResponse):
+                return acct
+            with self.lock:
+                found = next((o for o in acct.orders.values() if o["client_order_id"] == client_order_id), None)
+            return found if found is not None else _error(404, 40410000, "order not found")
+
+        @app.get("/v2/orders/{order_id}")
+        async def get_order(request: Request, order_id: str) -> Any:
+            acct = await auth(request)
+            if isinstance(acct, JSONResponse):
+                return acct
+            with self.lock:
+                found = acct.orders.get(order_id)
+            return found if found is not None else _error(404, 40410000, "order not found")
+
+        return app
+
+    def serving(self) -> ServiceThread:
+        async def serve(stop: asyncio.Event) -> None:
+            server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                   lifespan="off", access_log=False))
+            task = asyncio.create_task(server.serve())
+            await stop.wait()
+            server.should_exit = True
+            await task
+
+        return ServiceThread(serve, port=self.port)
