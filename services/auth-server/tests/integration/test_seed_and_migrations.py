@@ -39,7 +39,8 @@ def test_seeded_clients(session_factory) -> None:
     cli = clients["bsopt-cli"]
     assert cli.client_type == "public" and cli.client_secret_hash is None
     assert cli.redirect_uris == ["http://127.0.0.1/callback"]  # the CLI's loopback callback
-    assert cli.dpop_bound_access_tokens
+    # seeded DPoP-bound (the shared conftest turns the flag off for its code-flow helpers)
+    assert next(c for c in DEV_CLIENTS if c.client_id == "bsopt-cli").dpop_bound_access_tokens
     docs = clients["bsopt-docs"]  # resource-api's Swagger UI (dev origin, default port): bearer tokens
     assert docs.client_type == "public" and not docs.dpop_bound_access_tokens
     assert docs.redirect_uris == ["http://127.0.0.1:8000/docs/oauth2-redirect"]

@@ -46,13 +46,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from bsopt_auth import audit
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.models import Client, RefreshToken, TokenFamily
-from bsopt_auth.oidc import OPENID_SCOPE, issue_id_token
 from bsopt_auth.rfc6749.errors import InvalidGrantError, InvalidRequestError, InvalidScopeError
+from bsopt_auth.rfc6749.response import narrow_resources, user_token_response
 from bsopt_auth.rfc6749.scope import parse_scope, to_scope_string
 from bsopt_auth.rfc7517 import get_active_key
-from bsopt_auth.rfc8707 import InvalidTargetError
-from bsopt_auth.rfc9068 import issue_access_token
-from bsopt_auth.rfc9449 import check_family_binding, token_type
+from bsopt_auth.rfc9449 import check_family_binding
 from bsopt_common.db import session_scope
 
 REFRESH_TOKEN_GRANT_TYPE = "refresh_token"
@@ -149,12 +147,7 @@ def _narrow(params: Mapping[str, str], resources: Sequence[str], family: TokenFa
         if beyond:
             raise InvalidScopeError("scope exceeds the original grant: " + " ".join(beyond))
         scope = requested
-    audiences = list(family.resource)
-    if resources:
-        if any(r not in family.resource for r in resources):
-            raise InvalidTargetError("resource was not part of the original grant")
-        audiences = list(dict.fromkeys(resources))
-    return scope, audiences
+    return scope, narrow_resources(family.resource, resources)
 
 
 def refresh_token_grant(
@@ -217,24 +210,9 @@ def refresh_token_grant(
         raise InvalidGrantError("refresh token already used; its tokens are revoked" if reused
                                 else "invalid, expired or revoked refresh token")
 
-    openid = OPENID_SCOPE in scope
-    if openid:
-        audiences.append(settings.issuer)  # so the UserInfo endpoint accepts the token
-    scope_string = to_scope_string(scope)
-    token = issue_access_token(
-        key, issuer=settings.issuer, subject=subject, audiences=audiences, client_id=client.client_id,
-        scope=scope_string, ttl_seconds=settings.access_token_ttl_seconds, auth_time=auth_time, sid=sid,
-        cnf_jkt=dpop_jkt,
-    )
-    body: dict[str, Any] = {"access_token": token.token, "token_type": token_type(dpop_jkt),
-                            "expires_in": token.expires_in, "scope": scope_string,
-                            "refresh_token": new_refresh}
-    if openid:  # OIDC Core §12.2
-        body["id_token"] = issue_id_token(
-            key, issuer=settings.issuer, subject=subject, client_id=client.client_id, auth_time=auth_time,
-            ttl_seconds=settings.id_token_ttl_seconds, access_token=token.token, now=token.claims["iat"],
-        )
-    return body
+    return user_token_response(key, settings, client, subject=subject, audiences=audiences,
+                               scope=to_scope_string(scope), auth_time=auth_time, sid=sid, dpop_jkt=dpop_jkt,
+                               refresh_token=new_refresh)
 
 
 __all__ = [

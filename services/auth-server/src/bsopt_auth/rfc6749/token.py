@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.models import AuthorizationCode, Client, TokenFamily
-from bsopt_auth.oidc import OPENID_SCOPE, issue_id_token
+from bsopt_auth.oidc import OPENID_SCOPE
 from bsopt_auth.rfc6749.authorization import MULTI_PARAMS, hash_code
 from bsopt_auth.rfc6749.client_auth import authenticate_client
 from bsopt_auth.rfc6749.errors import (
@@ -39,13 +39,14 @@ from bsopt_auth.rfc6749.refresh import (
     refresh_token_grant,
     revoke_family_of_code,
 )
+from bsopt_auth.rfc6749.response import narrow_resources, user_token_response
 from bsopt_auth.rfc6749.scope import parse_scope, resolve_scope, to_scope_string
 from bsopt_auth.rfc7517 import get_active_key
 from bsopt_auth.rfc7523 import AssertionPolicy
 from bsopt_auth.rfc7636 import verify_code_verifier
 from bsopt_auth.rfc8628 import DEVICE_CODE_GRANT_TYPE, device_code_grant
 from bsopt_auth.rfc8693 import TOKEN_EXCHANGE_GRANT_TYPE, token_exchange
-from bsopt_auth.rfc8707 import InvalidTargetError, resolve_resources
+from bsopt_auth.rfc8707 import resolve_resources
 from bsopt_auth.rfc9068 import issue_access_token
 from bsopt_auth.rfc9449 import token_request_jkt, token_type
 from bsopt_common.db import session_scope
@@ -202,48 +203,17 @@ def _authorization_code(
         raise InvalidGrantError("redirect_uri does not match the authorization request")
     verify_code_verifier(code_verifier, grant.code_challenge, grant.code_challenge_method)
 
-    audiences = list(grant.resource)
-    if resources:  # RFC 8707 §2.2: may narrow, never widen, what was authorized
-        if any(r not in grant.resource for r in resources):
-            raise InvalidTargetError("resource was not part of the authorization grant")
-        audiences = list(dict.fromkeys(resources))
-    scope = parse_scope(grant.scope)
-    openid = OPENID_SCOPE in scope
-    if openid:
-        audiences.append(settings.issuer)  # so the UserInfo endpoint accepts the token
-
-    auth_time = int(grant.auth_time.timestamp())
-    subject = str(grant.user_id)
-    extra: dict[str, str] = {}
+    audiences = narrow_resources(grant.resource, resources)
+    refresh_token = None
     with session_scope(session_factory) as session:
         key = get_active_key(session, settings.signing_alg)
-        if may_receive_refresh_token(client, scope):
-            extra["refresh_token"] = add_refresh_token(session, settings, family.id, family.expires_at)
-    token = issue_access_token(
-        key,
-        issuer=settings.issuer,
-        subject=subject,
-        audiences=audiences,
-        client_id=client.client_id,
-        scope=grant.scope,
-        ttl_seconds=settings.access_token_ttl_seconds,
-        auth_time=auth_time,
-        sid=str(family.id),
-        cnf_jkt=jkt,
+        if may_receive_refresh_token(client, parse_scope(grant.scope)):
+            refresh_token = add_refresh_token(session, settings, family.id, family.expires_at)
+    return user_token_response(
+        key, settings, client, subject=str(grant.user_id), audiences=audiences, scope=grant.scope,
+        auth_time=int(grant.auth_time.timestamp()), sid=str(family.id), dpop_jkt=jkt, refresh_token=refresh_token,
+        nonce=grant.nonce,
     )
-    if openid:
-        extra["id_token"] = issue_id_token(
-            key,
-            issuer=settings.issuer,
-            subject=subject,
-            client_id=client.client_id,
-            auth_time=auth_time,
-            ttl_seconds=settings.id_token_ttl_seconds,
-            nonce=grant.nonce,
-            access_token=token.token,
-            now=token.claims["iat"],
-        )
-    return _token_response(token.token, token.expires_in, grant.scope, jkt, **extra)
 
 
 __all__ = ["GRANT_TYPES_SUPPORTED", "handle_token_request"]

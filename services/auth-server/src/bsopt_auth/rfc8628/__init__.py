@@ -37,7 +37,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.models import Client, DeviceAuthorization
-from bsopt_auth.oidc import OPENID_SCOPE, issue_id_token
 from bsopt_auth.rfc6749.client_auth import authenticate_client
 from bsopt_auth.rfc6749.errors import (
     InvalidGrantError,
@@ -47,12 +46,11 @@ from bsopt_auth.rfc6749.errors import (
 )
 from bsopt_auth.rfc6749.parameters import check_parameters
 from bsopt_auth.rfc6749.refresh import add_refresh_token, create_family, may_receive_refresh_token
+from bsopt_auth.rfc6749.response import narrow_resources, user_token_response
 from bsopt_auth.rfc6749.scope import parse_scope, resolve_scope, to_scope_string
 from bsopt_auth.rfc7517 import get_active_key
 from bsopt_auth.rfc7523 import AssertionPolicy
-from bsopt_auth.rfc8707 import InvalidTargetError, resolve_resources
-from bsopt_auth.rfc9068 import issue_access_token
-from bsopt_auth.rfc9449 import token_type
+from bsopt_auth.rfc8707 import resolve_resources
 from bsopt_common.db import session_scope
 
 #: RFC 8628 §3.4 ``grant_type``.
@@ -277,11 +275,7 @@ def device_code_grant(
                 error = AuthorizationPendingError("the user has not completed the authorization yet")
         else:  # approved: redeem once
             granted_resources = list(row.resource)
-            audiences = granted_resources
-            if resources:  # RFC 8707 §2.2: may narrow, never widen
-                if any(r not in granted_resources for r in resources):
-                    raise InvalidTargetError("resource was not part of the authorization grant")
-                audiences = list(dict.fromkeys(resources))
+            audiences = narrow_resources(granted_resources, resources)
             row.consumed_at = now
             assert row.user_id is not None and row.auth_time is not None
             scope_string, scope = row.scope, parse_scope(row.scope)
@@ -298,24 +292,8 @@ def device_code_grant(
     if error is not None:
         raise error
 
-    openid = OPENID_SCOPE in scope
-    if openid:
-        audiences = [*audiences, settings.issuer]  # so the UserInfo endpoint accepts the token
-    token = issue_access_token(
-        key, issuer=settings.issuer, subject=subject, audiences=audiences, client_id=client.client_id,
-        scope=scope_string, ttl_seconds=settings.access_token_ttl_seconds, auth_time=auth_time, sid=sid,
-        cnf_jkt=dpop_jkt,
-    )
-    body: dict[str, Any] = {"access_token": token.token, "token_type": token_type(dpop_jkt),
-                            "expires_in": token.expires_in, "scope": scope_string}
-    if refresh_token is not None:
-        body["refresh_token"] = refresh_token
-    if openid:
-        body["id_token"] = issue_id_token(
-            key, issuer=settings.issuer, subject=subject, client_id=client.client_id, auth_time=auth_time,
-            ttl_seconds=settings.id_token_ttl_seconds, access_token=token.token, now=token.claims["iat"],
-        )
-    return body
+    return user_token_response(key, settings, client, subject=subject, audiences=audiences, scope=scope_string,
+                               auth_time=auth_time, sid=sid, dpop_jkt=dpop_jkt, refresh_token=refresh_token)
 
 
 __all__ = [
