@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from bsopt_cli.dpop import DPoPKey, load_or_create_key, token_post
+from bsopt_cli.dpop import DPoPKey, load_or_create_key, oauth_error, token_post
 from bsopt_cli.login import CLIENT_ID, LoginError, TokenSet, discover
 
 #: Refresh when the access token has less than this left, seconds.
@@ -244,9 +244,9 @@ def refresh(credentials: Credentials, http: httpx.Client, key: DPoPKey | None = 
     resp = token_post(http, meta["token_endpoint"], {
         "grant_type": "refresh_token", "refresh_token": credentials.refresh_token, "client_id": CLIENT_ID,
     }, key)
-    if resp.status_code == 400 and _error(resp) == "invalid_dpop_proof" and credentials.dpop_bound:
+    if resp.status_code == 400 and oauth_error(resp) == "invalid_dpop_proof" and credentials.dpop_bound:
         raise NotLoggedInError("the login is bound to another DPoP key; run `bsopt login` again")
-    if resp.status_code == 400 and _error(resp) == "invalid_grant":
+    if resp.status_code == 400 and oauth_error(resp) == "invalid_grant":
         raise NotLoggedInError("the login expired or was revoked; run `bsopt login` again")
     if resp.status_code != 200:
         raise LoginError(f"token refresh failed: HTTP {resp.status_code} {resp.text[:200]}")
@@ -257,14 +257,6 @@ def refresh(credentials: Credentials, http: httpx.Client, key: DPoPKey | None = 
         refresh_token=body.get("refresh_token", credentials.refresh_token),
         id_token=body.get("id_token", credentials.id_token), token_type=body.get("token_type", "Bearer"),
     )
-
-
-def _error(resp: httpx.Response) -> str | None:
-    try:
-        body = resp.json()
-    except ValueError:
-        return None
-    return body.get("error") if isinstance(body, dict) else None
 
 
 def valid_access_token(store: CredentialStore | None = None, *, http: httpx.Client | None = None,

@@ -92,7 +92,8 @@ class DPoPKey:
         return nonce
 
 
-def _error(resp: httpx.Response) -> str | None:
+def oauth_error(resp: httpx.Response) -> str | None:
+    """The RFC 6749 §5.2 ``error`` code of a response, if its body has one."""
     try:
         body = resp.json()
     except ValueError:
@@ -107,7 +108,7 @@ def token_post(http: httpx.Client, url: str, data: Mapping[str, str], key: DPoPK
         return http.post(url, data=dict(data))
     resp = http.post(url, data=dict(data), headers={"DPoP": key.proof("POST", url)})
     nonce = key.remember_nonce(url, resp.headers)
-    if resp.status_code == 400 and nonce and _error(resp) == "use_dpop_nonce":
+    if resp.status_code == 400 and nonce and oauth_error(resp) == "use_dpop_nonce":
         resp = http.post(url, data=dict(data), headers={"DPoP": key.proof("POST", url, nonce=nonce)})
         key.remember_nonce(url, resp.headers)
     return resp

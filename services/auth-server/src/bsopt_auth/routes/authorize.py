@@ -32,14 +32,12 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from bsopt_auth import audit, csrf, sessions
 from bsopt_auth.consent import FORM_MARKER, ConsentRequiredError, consent_needed, record_consent
-from bsopt_auth.models import User
+from bsopt_auth.login import MAX_CREDENTIAL_LENGTH, check_password
 from bsopt_auth.pages import render
-from bsopt_auth.passwords import hash_secret, needs_rehash, verify_secret
 from bsopt_auth.rfc6749.authorization import (
     AuthorizationRedirectError,
     AuthorizationRequest,
@@ -60,7 +58,6 @@ router = APIRouter()
 
 LOGIN_FAILED = "Invalid username or password."
 FORM_EXPIRED = "This sign-in form expired or did not come from this site. Please sign in again."
-MAX_CREDENTIAL_LENGTH = 1024
 #: Throttle scope of the login form's keys.
 THROTTLE_SCOPE = "login"
 
@@ -268,26 +265,18 @@ def _login(state: AppState, post: LoginPost) -> Response:
             headers={"Retry-After": retry_after},
         )
 
-    oversized = len(username) > MAX_CREDENTIAL_LENGTH or len(password) > MAX_CREDENTIAL_LENGTH
-    with session_scope(state.session_factory) as session:
-        user = None
-        if username and not oversized:
-            user = session.scalars(select(User).where(User.username == username,
-                                                      User.disabled_at.is_(None))).one_or_none()
-        # One argon2 verification whether or not the user exists.
-        ok = verify_secret(user.password_hash if user else None, password[:MAX_CREDENTIAL_LENGTH])
-        code: str | None = None
-        new_session: tuple[str, sessions.SessionInfo] | None = None
-        subject = str(user.id) if user is not None else ""
-        if ok and user is not None:
-            if needs_rehash(user.password_hash):
-                user.password_hash = hash_secret(password)
-            new_session = sessions.start_session(session, state.settings, user.id, post.session_cookie)
+    check = check_password(state.session_factory, username, password)
+    subject = check.subject
+    code: str | None = None
+    new_session: tuple[str, sessions.SessionInfo] | None = None
+    if check.user_id is not None:
+        with session_scope(state.session_factory) as session:
+            new_session = sessions.start_session(session, state.settings, check.user_id, post.session_cookie)
             info = new_session[1]
             forced = "consent" in (req.params.get("prompt") or "").split()
-            if not consent_needed(session, req.client, user.id, req.scope, forced=forced):
+            if not consent_needed(session, req.client, check.user_id, req.scope, forced=forced):
                 code = issue_authorization_code(
-                    session, req, user.id, ttl_seconds=state.settings.authorization_code_ttl_seconds,
+                    session, req, check.user_id, ttl_seconds=state.settings.authorization_code_ttl_seconds,
                     auth_time=info.auth_time, session_id=info.id,
                 )
     if new_session is None:

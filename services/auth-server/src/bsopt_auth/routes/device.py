@@ -26,14 +26,12 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from bsopt_auth import csrf
 from bsopt_auth.config import AuthSettings
-from bsopt_auth.models import User
+from bsopt_auth.login import MAX_CREDENTIAL_LENGTH, check_password
 from bsopt_auth.pages import render
-from bsopt_auth.passwords import hash_secret, needs_rehash, verify_secret
 from bsopt_auth.rfc6749.errors import NO_STORE_HEADERS, InvalidClientError, InvalidRequestError, OAuth2Error
 from bsopt_auth.rfc6749.parameters import check_parameters
 from bsopt_auth.rfc6749.scope import to_scope_string
@@ -45,7 +43,7 @@ from bsopt_auth.rfc8628 import (
     format_user_code,
     normalize_user_code,
 )
-from bsopt_auth.routes.authorize import LOGIN_FAILED, MAX_CREDENTIAL_LENGTH, _origin
+from bsopt_auth.routes.authorize import LOGIN_FAILED, _origin
 from bsopt_auth.routes.authorize import THROTTLE_SCOPE as LOGIN_THROTTLE_SCOPE
 from bsopt_auth.routes.state import AppState
 from bsopt_auth.routes.token import FORM_CONTENT_TYPE, error_response
@@ -214,20 +212,13 @@ def _decide(state: AppState, post: DevicePost) -> Response:
         return _confirm_page(settings, pending, post.csrf_cookie, status_code=429, error=message,
                              username=shown_username, headers=headers)
 
-    oversized = len(username) > MAX_CREDENTIAL_LENGTH or len(password) > MAX_CREDENTIAL_LENGTH
+    check = check_password(state.session_factory, username, password)
+    subject = check.subject
     decided = False
-    with session_scope(state.session_factory) as session:
-        user = None
-        if username and not oversized:
-            user = session.scalars(select(User).where(User.username == username,
-                                                      User.disabled_at.is_(None))).one_or_none()
-        ok = verify_secret(user.password_hash if user else None, password[:MAX_CREDENTIAL_LENGTH])
-        subject = str(user.id) if user is not None else ""
-        if ok and user is not None:
-            if needs_rehash(user.password_hash):
-                user.password_hash = hash_secret(password)
-            decided = decide(session, pending.user_code, approve=True, user_id=user.id)
-    if not ok or user is None:
+    if check.user_id is not None:
+        with session_scope(state.session_factory) as session:
+            decided = decide(session, pending.user_code, approve=True, user_id=check.user_id)
+    if check.user_id is None:
         log.info("device verification: sign-in failed client_id=%s", pending.client_id)
         limiter.record_failure(keys, ip_hash=limiter.ip_hash(post.client_ip), subject=subject)
         return _confirm_page(settings, pending, post.csrf_cookie, status_code=401, error=LOGIN_FAILED,
