@@ -53,6 +53,7 @@ from functools import cache
 from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import TopicPartition
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import propagate, trace
@@ -399,12 +400,31 @@ class EventConsumer:
         await self._consumer.stop()
 
     async def run(self) -> None:
+        """Consume until :meth:`stop`: each record is processed, then its offset committed.
+
+        A rebalance can take a partition away while its batch is being processed. The
+        rest of that batch is then left to the partition's new owner, which starts from
+        the last committed offset; a record processed here whose commit was refused
+        (:class:`~aiokafka.errors.CommitFailedError`, ``IllegalStateError``) comes again
+        and is skipped as a duplicate by the processed-events table. The loop itself
+        never dies of a rebalance.
+        """
         while not self._stopping.is_set():
             batches = await self._consumer.getmany(timeout_ms=200, max_records=50)
             for tp, messages in batches.items():
                 for msg in messages:
+                    if tp not in self._consumer.assignment():
+                        log.info("%s[%d] was reassigned mid-batch; its new owner resumes at its "
+                                 "last committed offset", tp.topic, tp.partition)
+                        break
                     await self._process(msg)
-                    await self._consumer.commit({TopicPartition(tp.topic, tp.partition): msg.offset + 1})
+                    try:
+                        await self._consumer.commit({TopicPartition(tp.topic, tp.partition): msg.offset + 1})
+                    except (CommitFailedError, IllegalStateError) as exc:
+                        log.info("offset %d of %s[%d] not committed (%s: the group rebalanced); "
+                                 "its redelivery will be skipped as a duplicate",
+                                 msg.offset, tp.topic, tp.partition, type(exc).__name__)
+                        break
 
     async def _process(self, msg: KafkaRecord) -> None:
         headers = {k: v.decode(errors="replace") for k, v in (msg.headers or ())}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,7 +180,7 @@ class ServiceRuntime:
             await self.publisher.start()
             if publish:
                 self._relay = OutboxRelay(outbox, session_factory, self.publisher)
-                self._tasks.append(asyncio.create_task(self._relay.run(), name="outbox-relay"))
+                self._background(self._relay.run(), "outbox-relay")
             events_verifier = EventSignatureVerifier(self.settings.resolved_client_jwks_url)
             self._events_verifier = events_verifier
             for spec in consumer_specs:
@@ -194,7 +194,15 @@ class ServiceRuntime:
                 )
                 await consumer.start()
                 self.consumers.append(consumer)
-                self._tasks.append(asyncio.create_task(consumer.run(), name=f"consumer-{spec.group_id}"))
+                self._background(consumer.run(), f"consumer-{spec.group_id}")
+
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``coro`` as a task until :meth:`stop`; one that ends by itself is logged
+        as an error with its exception (an outbox relay or consumer loop must not stop
+        silently while the process stays up)."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(_log_unexpected_end)
+        self._tasks.append(task)
 
     async def stop(self) -> None:
         for consumer in self.consumers:
@@ -222,3 +230,10 @@ class ServiceRuntime:
         if self.engine is not None:
             self.engine.dispose()
 
+
+def _log_unexpected_end(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("background task %s ended: %r", task.get_name(), exc, exc_info=exc)
