@@ -87,8 +87,12 @@ def configure_check_cache(seconds: float) -> None:
 
 
 def _database_of(session_factory: sessionmaker[Session]) -> str:
-    """The engine a factory is bound to, as a cache key (its identity: cheap, per process)."""
-    return str(id(session_factory.kw.get("bind")))
+    """The database a factory's engine points at, as a cache key: its URL without the
+    password. Not the engine's ``id()``, which a later engine may reuse, inheriting the
+    dead engine's "clear" entries; and every engine on one database sees the same
+    counters, so a failure recorded through one drops the entry for all of them."""
+    bind = session_factory.kw.get("bind")
+    return bind.url.render_as_string(hide_password=True) if bind is not None else ""
 
 
 @dataclass(frozen=True)

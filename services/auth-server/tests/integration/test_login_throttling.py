@@ -4,7 +4,9 @@ throttling with exponential backoff and a temporary lock, client-authentication
 throttling at the token endpoint, all shared through Postgres between app instances.
 
 Each test talks from its own client address (ASGI ``client``), so the per-IP counters of
-one test never reach another; small settings keep the waits to seconds."""
+one test never reach another; the per-account and per-client counters (the same ``demo``
+user and ``broker-gateway`` client in several tests) are cleared before each test. Small
+settings keep the waits to seconds."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import pytest
 from bsopt_auth import csrf
 from bsopt_auth.app import create_app
 from bsopt_auth.config import AuthSettings
+from bsopt_auth.models import LoginThrottle
 from bsopt_auth.throttle import ACCOUNT_LOCKED_EVENT, Policy, normalize_ip
 from bsopt_common.db import create_db_engine
 
@@ -37,6 +40,12 @@ FAST = {
     "throttle_base_delay_seconds": 0.2,
     "throttle_max_delay_seconds": 1.0,
 }
+
+
+@pytest.fixture(autouse=True)
+def _no_counters_from_earlier_tests(engine) -> None:
+    with engine.begin() as c:
+        c.execute(LoginThrottle.__table__.delete())
 
 
 @pytest.fixture
