@@ -143,6 +143,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+_VERBOSE = False
+
+
 def _wrk(url: str, script: str, args: list[str], *, duration: int, concurrency: int, threads: int) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
@@ -151,6 +154,8 @@ def _wrk(url: str, script: str, args: list[str], *, duration: int, concurrency: 
         cmd += ["--", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     os.unlink(f.name)
+    if _VERBOSE:
+        print(out, flush=True)
 
     def ms(label: str) -> float:
         m = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -203,7 +208,10 @@ def main() -> None:
     ap.add_argument("--database-url", default=os.environ.get("TEST_DATABASE_URL",
                                                              "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
     ap.add_argument("--only", default="", help="comma-separated scenario names")
+    ap.add_argument("--verbose", action="store_true", help="print wrk's own output (latency distribution)")
     args = ap.parse_args()
+    global _VERBOSE
+    _VERBOSE = args.verbose
     if shutil.which("wrk") is None:
         sys.exit("wrk is required: apt-get install -y wrk")
 

@@ -261,13 +261,22 @@ class Outbox:
         """Stage ``message`` for ``topic`` inside ``session``'s transaction; return its id.
         Key and subject come from the topic's registry entry. TypeError for a payload that
         is not the topic's type (nothing is staged)."""
-        topic.check(message)
-        event_id = event_id or str(uuid.uuid4())
-        session.execute(self.table.insert().values(
-            event_id=event_id, topic=topic.name, key=topic.key(message), subject=topic.subject(message),
-            event_type=message.DESCRIPTOR.full_name, payload=message.SerializeToString(),
-        ))
-        return event_id
+        return self.add_many(session, topic, [(message, event_id)])[0]
+
+    def add_many(self, session: Session, topic: Topic[M], messages: Sequence[tuple[M, str | None]]) -> list[str]:
+        """:meth:`add` for several ``(message, event_id or None)`` in one multi-row INSERT;
+        return their ids in order. TypeError (nothing staged) if any payload is not the
+        topic's type."""
+        rows = []
+        for message, event_id in messages:
+            topic.check(message)
+            rows.append(dict(
+                event_id=event_id or str(uuid.uuid4()), topic=topic.name, key=topic.key(message),
+                subject=topic.subject(message), event_type=message.DESCRIPTOR.full_name,
+                payload=message.SerializeToString()))
+        if rows:
+            session.execute(self.table.insert(), rows)
+        return [str(r["event_id"]) for r in rows]
 
 
 class OutboxRelay:

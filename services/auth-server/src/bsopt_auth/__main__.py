@@ -456,6 +456,7 @@ def serve(
     settings = settings.model_copy(update=overrides)
     if settings.seed_dev_on_start:
         _refuse_outside_dev(settings)
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     run_serve(settings, serve_auth)
 
 

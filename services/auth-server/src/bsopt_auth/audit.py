@@ -32,10 +32,12 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt.auth_server.v1 import events_pb2
@@ -91,13 +93,20 @@ def hash_ip(settings: AuthSettings, address: str | None) -> str | None:
     return _hmac_hex(settings.derived_secret("throttle"), normalize_ip(address))[:16]
 
 
-def record(
-    session: Session, settings: AuthSettings, event_type: str, *, outcome: Outcome,
+@dataclass(frozen=True)
+class _Fact:
+    """One audit fact, checked and hashed: its row's values and its event."""
+
+    id: uuid.UUID
+    row: dict[str, object]
+    event: events_pb2.AuditEvent
+
+
+def _fact(
+    settings: AuthSettings, event_type: str, *, outcome: Outcome, occurred_at: datetime | None = None,
     user_id: uuid.UUID | str | None = None, client_id: str | None = None, ip: str | None = None,
     ip_hash: str | None = None, reason: str | None = None, details: Mapping[str, str] | None = None,
-) -> uuid.UUID:
-    """Add one audit row and its ``auth.audit.v1`` outbox event to ``session``'s
-    transaction; return the row id. ``ip`` is hashed here (or pass ``ip_hash``)."""
+) -> _Fact:
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown audit event type {event_type!r}")
     clean = {str(k): str(v) for k, v in (details or {}).items() if v is not None}
@@ -110,22 +119,40 @@ def record(
             user = user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
         except ValueError:
             user = None
-    row = AuditEvent(
-        id=uuid.uuid4(), event_type=event_type, occurred_at=datetime.now(UTC), user_id=user,
-        client_id=(client_id or None) and client_id[:255], ip_hash=ip_hash or hash_ip(settings, ip),
-        outcome=outcome, reason=(reason or None) and reason[:200], details=clean,
+    fact_id, when = uuid.uuid4(), occurred_at or datetime.now(UTC)
+    client = (client_id or None) and client_id[:255]
+    hashed = ip_hash or hash_ip(settings, ip)
+    why = (reason or None) and reason[:200]
+    row: dict[str, object] = dict(id=fact_id, event_type=event_type, occurred_at=when, user_id=user,
+                                  client_id=client, ip_hash=hashed, outcome=outcome, reason=why, details=clean)
+    event = events_pb2.AuditEvent(
+        audit_id=str(fact_id), event_type=event_type, occurred_at=timestamp(when), user_id=str(user or ""),
+        client_id=client or "", ip_hash=hashed or "", outcome=outcome, reason=why or "", details=clean,
     )
-    session.add(row)
-    session.flush()
-    OUTBOX.add(session, AUTH_AUDIT, events_pb2.AuditEvent(
-        audit_id=str(row.id), event_type=event_type, occurred_at=timestamp(row.occurred_at),
-        user_id=str(user or ""), client_id=row.client_id or "", ip_hash=row.ip_hash or "", outcome=outcome,
-        reason=row.reason or "", details=clean,
-    ), event_id=str(row.id))
     log.info("audit %s outcome=%s user_id=%s client_id=%s ip=%s reason=%s", event_type, outcome, user or "-",
-             row.client_id or "-", row.ip_hash or "-", row.reason or "-",
-             extra={"event": event_type, "outcome": outcome, "audit_id": str(row.id)})
-    return row.id
+             client or "-", hashed or "-", why or "-",
+             extra={"event": event_type, "outcome": outcome, "audit_id": str(fact_id)})
+    return _Fact(fact_id, row, event)
+
+
+def record(
+    session: Session, settings: AuthSettings, event_type: str, *, outcome: Outcome,
+    user_id: uuid.UUID | str | None = None, client_id: str | None = None, ip: str | None = None,
+    ip_hash: str | None = None, reason: str | None = None, details: Mapping[str, str] | None = None,
+) -> uuid.UUID:
+    """Add one audit row and its ``auth.audit.v1`` outbox event to ``session``'s
+    transaction; return the row id. ``ip`` is hashed here (or pass ``ip_hash``).
+    ValueError for an unknown event type or a detail name that could carry a credential."""
+    fact = _fact(settings, event_type, outcome=outcome, user_id=user_id, client_id=client_id, ip=ip,
+                 ip_hash=ip_hash, reason=reason, details=details)
+    _insert(session, [fact])
+    return fact.id
+
+
+def _insert(session: Session, facts: Sequence[_Fact]) -> None:
+    """The facts' rows and outbox events: one multi-row INSERT each, whatever their number."""
+    session.execute(insert(AuditEvent), [f.row for f in facts])
+    OUTBOX.add_many(session, AUTH_AUDIT, [(f.event, str(f.id)) for f in facts])
 
 
 def emit(settings: AuthSettings, session_factory: sessionmaker[Session], event_type: str, *,
@@ -160,15 +187,21 @@ class BatchWriter:
         self._thread.start()
 
     def submit(self, event_type: str, outcome: Outcome, fields: Mapping[str, object]) -> None:
-        self._queue.put((event_type, outcome, dict(fields)))
+        """Queue a fact, timed now (not when the batch is written)."""
+        self._queue.put((event_type, outcome, {**fields, "occurred_at": datetime.now(UTC)}))
 
     def _write(self, batch: list[tuple[str, Outcome, dict[str, object]]]) -> None:
+        facts = []
+        for event_type, outcome, fields in batch:
+            try:
+                facts.append(_fact(self.settings, event_type, outcome=outcome, **fields))  # type: ignore[arg-type]
+            except Exception:
+                log.exception("audit event %s refused", event_type)
         try:
             with session_scope(self.session_factory) as session:
-                for event_type, outcome, fields in batch:
-                    record(session, self.settings, event_type, outcome=outcome, **fields)  # type: ignore[arg-type]
+                _insert(session, facts)
         except Exception:
-            log.exception("%d audit events could not be stored", len(batch))
+            log.exception("%d audit events could not be stored", len(facts))
 
     def _run(self) -> None:
         stopping = False

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import multiprocessing
 import socket
+import sys
 from collections.abc import AsyncIterator
 
 from sqlalchemy import Engine
@@ -161,6 +162,7 @@ def _worker(settings: AuthSettings, sock: socket.socket) -> None:
     from bsopt_common.telemetry import setup_logging
 
     setup_logging(settings.service_name)
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)  # see AuthSettings
     configure_keys(settings)
     configure_client_cache(settings.client_cache_seconds)
     configure_check_cache(settings.throttle_check_cache_seconds)

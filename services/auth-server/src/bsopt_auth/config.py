@@ -71,6 +71,11 @@ class AuthSettings(ServiceSettings):
     #: While serving: token responses' and refused logins' audit rows are written in
     #: batches every this many seconds (``bsopt_auth.audit``); 0 writes each at once.
     audit_batch_seconds: float = Field(0.1, ge=0, le=10)
+    #: A serving process's ``sys.setswitchinterval``: how long a thread may hold the GIL
+    #: while another waits. 1 ms instead of Python's 5 ms trims the token endpoint's
+    #: latency tail (p99 20-27 ms against 29-47 ms, ~3% fewer grants/s; BENCHMARKS.md).
+    #: Set by ``serve`` (the command and each worker), never by the app factory.
+    gil_switch_interval_ms: float = Field(1.0, gt=0, le=100)
     #: argon2id parameters of new user password hashes (client secrets are SHA-256 digests
     #: of server-generated secrets). Defaults: RFC 9106 "low memory" (t=3, 64 MiB, p=4).
     password_time_cost: int = Field(3, ge=1, le=20)

@@ -5,7 +5,9 @@ at once when recorded here), and audit facts of token responses are written in b
 
 from __future__ import annotations
 
+import asyncio
 import time
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -15,6 +17,7 @@ from bsopt_auth import audit
 from bsopt_auth.app import create_app
 from bsopt_auth.models import AuditEvent
 from bsopt_auth.throttle import ClientAuthGuard, TooManyAttemptsError, configure_check_cache
+from bsopt_common.topics import AUTH_AUDIT
 
 
 @pytest.fixture
@@ -74,5 +77,31 @@ async def test_token_responses_are_audited_in_batches_and_flushed_on_stop(settin
             assert last.status_code == 200
         # the lifespan ended: the writer flushed everything queued
         assert count() - before == 6
+    finally:
+        audit.configure_batching(0)
+
+
+async def test_batched_facts_keep_the_time_they_happened_and_each_has_its_outbox_event(
+        settings, engine, session_factory) -> None:
+    audit.configure_batching(1.0)  # a long interval: the write comes well after the responses
+    try:
+        app = create_app(settings, engine)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url=settings.issuer) as http:
+            started = datetime.now(UTC)
+            for _ in range(3):
+                resp = await http.post("/oauth2/token", auth=("bsopt-admin", "dev-bsopt-admin-secret"),
+                                       data={"grant_type": "client_credentials", "resource": "urn:bsopt:auth-server"})
+                assert resp.status_code == 200, resp.text
+            answered = datetime.now(UTC)
+            await asyncio.sleep(1.5)  # the writer's next batch
+        with session_factory() as s:
+            rows = s.execute(select(AuditEvent.id, AuditEvent.occurred_at).where(
+                AuditEvent.event_type == audit.TOKEN_ISSUED, AuditEvent.occurred_at >= started)).all()
+            staged = set(s.scalars(select(audit.OUTBOX.table.c.event_id).where(
+                audit.OUTBOX.table.c.topic == AUTH_AUDIT.name)))
+        assert len(rows) == 3
+        assert all(started <= when <= answered for _, when in rows), (started, answered, rows)
+        assert {str(row_id) for row_id, _ in rows} <= staged
     finally:
         audit.configure_batching(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -63,6 +64,26 @@ def _respond(state: AppState, request: Request, items: list[tuple[str, str]],
     return body, error
 
 
+def _lane(request: Request, items: list[tuple[str, str]]) -> anyio.CapacityLimiter | None:
+    """The worker-thread limit a token request runs under.
+
+    A ``client_credentials`` grant authenticated by a client secret, without DPoP, needs
+    no database round trip while the caches are warm: pure CPU (secret digest, signature).
+    Those share **one** worker thread per process: run on many threads at once they
+    only fight over the GIL, and that fight, not the work, made the latency tail (p99
+    400-600 ms at 16 connections on 2 cores against 23 ms with one thread; BENCHMARKS.md).
+    Every other grant writes to the database and keeps the default thread pool (``None``).
+    """
+    if request.headers.get("dpop") is not None:
+        return None
+    if any(k == "client_assertion" for k, _ in items) or ("grant_type", "client_credentials") not in items:
+        return None
+    lane: anyio.CapacityLimiter | None = getattr(request.app.state, "token_secret_lane", None)
+    if lane is None:
+        lane = request.app.state.token_secret_lane = anyio.CapacityLimiter(1)
+    return lane
+
+
 @router.post("/oauth2/token")
 async def token(request: Request) -> JSONResponse:
     state = AppState.of(request)
@@ -75,7 +96,8 @@ async def token(request: Request) -> JSONResponse:
     else:
         form = await request.form()
         items = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-        body, error = await run_in_threadpool(_respond, state, request, items, request.headers.getlist("dpop"))
+        body, error = await anyio.to_thread.run_sync(_respond, state, request, items, request.headers.getlist("dpop"),
+                                                     limiter=_lane(request, items))
     if error is not None:
         # Never log the request: it carries secrets, codes and verifiers.
         log.info("token request refused: %s", error.error)
