@@ -9,6 +9,13 @@ Every order: ``received`` → balance checked → sent → acknowledged → fill
 ``time.perf_counter_ns()`` reading, stored on the result (:class:`OrderTiming`) and written
 as one structured log line. ``client_order_id`` goes to Alpaca; a duplicate (422) or a
 timeout is answered by looking the order up by ``client_order_id``, never by trading twice.
+``order_timing=False`` turns the readings and the line off (the benchmark compares both).
+
+Every request goes through one retry policy (429/5xx/connection errors, ``Retry-After``
+honoured, exponential backoff with jitter, bounded in tries and time; alpaca-py's own loop
+is turned off) and the account's circuit breaker (open after consecutive failures: calls
+answer ``Unavailable`` at once, without a request; see :mod:`.resilience`). Read-only
+accounts are refused before any request.
 
 Blocking: call from a worker thread. Not yet wired into ``serve()`` (issue 8, first slice).
 """
@@ -38,6 +45,16 @@ from alpaca.trading.requests import MarketOrderRequest
 from bsopt_broker.adapters.alpaca.accounts import AlpacaAccountConfig
 from bsopt_broker.adapters.alpaca.detection import AccountKind, detect, kind_from_key_id
 from bsopt_broker.adapters.alpaca.guard import check_balance, usd
+from bsopt_broker.adapters.alpaca.resilience import (
+    BreakerState,
+    CircuitBreaker,
+    CircuitOpen,
+    RetryPolicy,
+    disable_builtin_retries,
+    retry_after_s,
+    status_of,
+    unavailability,
+)
 from bsopt_broker.domain.balance_guard import OrderRejected
 from bsopt_broker.domain.records import Account, Fill, MarketOrder, Order, OrderResult, OrderStatus, Position
 from bsopt_broker.domain.venue import AccountNotFound
@@ -118,12 +135,36 @@ class AlpacaBroker:
     name = "alpaca"
 
     def __init__(self, accounts: Mapping[str, AlpacaAccountConfig], prices: PriceSource, *,
-                 request_timeout_s: float = 10.0, fill_timeout_s: float = 10.0, fill_poll_s: float = 0.02):
+                 request_timeout_s: float = 10.0, fill_timeout_s: float = 10.0, fill_poll_s: float = 0.02,
+                 retry_attempts: int = 4, retry_total_s: float = 15.0, retry_initial_wait_s: float = 0.2,
+                 retry_max_wait_s: float = 5.0, breaker_failures: int = 5, breaker_cooldown_s: float = 30.0,
+                 order_timing: bool = True):
+        """``request_timeout_s``: each HTTP request's timeout (seconds). ``fill_timeout_s``,
+        ``fill_poll_s``: how long and how often an order is polled until final (seconds).
+
+        Retries (of every request): ``retry_attempts`` tries in all (1 = none); no retry starts
+        ``retry_total_s`` seconds or later after the first try; backoff starts at
+        ``retry_initial_wait_s`` and is capped at ``retry_max_wait_s`` (seconds, full jitter),
+        unless Alpaca's ``Retry-After`` says how long. Circuit breaker (per account): opens after
+        ``breaker_failures`` consecutive failed calls, half-opens after ``breaker_cooldown_s``.
+        ``order_timing``: the per-order perf_counter_ns readings and their log line.
+
+        Raises :class:`ValueError` for a retry or breaker setting out of range.
+        """
         self._slots: dict[str, _Slot] = {name: _Slot(cfg) for name, cfg in accounts.items()}
         self._prices = prices
         self._request_timeout_s = request_timeout_s
         self._fill_timeout_s = fill_timeout_s
         self._fill_poll_s = fill_poll_s
+        self._retry = RetryPolicy(attempts=retry_attempts, total_s=retry_total_s,
+                                  initial_wait_s=retry_initial_wait_s, max_wait_s=retry_max_wait_s)
+        self._breakers: dict[str, CircuitBreaker] = {
+            name: CircuitBreaker(name, failures=breaker_failures, cooldown_s=breaker_cooldown_s) for name in accounts}
+        self._order_timing = order_timing
+
+    def breaker_state(self, account_id: str) -> BreakerState:
+        """The circuit breaker state of an account of the accounts file. Raises ``KeyError`` for another name."""
+        return self._breakers[account_id].state
 
     # -- the pool ------------------------------------------------------------------------
 
@@ -148,6 +189,7 @@ class AlpacaBroker:
         client = TradingClient(api_key=key_id, secret_key=cfg.api_secret_key.get_secret_value(),
                                paper=paper, url_override=cfg.base_url)
         client._session = _TimeoutSession(self._request_timeout_s)
+        disable_builtin_retries(client)  # one retry policy: ours (in _call)
         raw = self._call(cfg.name, client.get_account)
         assert isinstance(raw, TradeAccount)
         probe = AccountKind.PAPER if hint is None and cfg.base_url is None else None
@@ -157,12 +199,35 @@ class AlpacaBroker:
         log.info("alpaca account %s is %s (%s)", cfg.name, detection.kind, ", ".join(detection.reasons))
         return client, detection.kind
 
-    @staticmethod
-    def _call(account: str, fn: Callable[[], Any]) -> Any:
+    def _call(self, account: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``, one alpaca-py call for ``account`` (its name), under the account's circuit
+        breaker and the retry policy.
+
+        Raises :class:`CircuitOpen` (an ``Unavailable``) at once, without a request, while the
+        breaker is open; ``Unavailable`` when 429/5xx/connection errors outlast the retries or a
+        request times out (each such call counts toward opening the breaker); alpaca-py's
+        ``APIError`` for any other error answer (4xx: the caller's to interpret).
+        """
+        breaker = self._breakers[account]
+        breaker.before()
+        failed = False
         try:
-            return fn()
-        except requests.RequestException as exc:
-            raise Unavailable(f"Alpaca account {account!r}: {type(exc).__name__}") from exc
+            return self._retry.call(fn)
+        except (APIError, requests.RequestException) as exc:
+            if not unavailability(exc):
+                raise
+            failed = True
+            status = status_of(exc)
+            what = f"HTTP {status}" if status is not None else type(exc).__name__
+            wait = retry_after_s(exc)
+            hint = f"; Alpaca asks to retry after {wait:.0f}s" if wait is not None else ""
+            raise Unavailable(f"Alpaca account {account!r} is unavailable: {what} (up to "
+                              f"{self._retry.attempts} tries within {self._retry.total_s:g}s){hint}") from exc
+        finally:
+            if failed:
+                breaker.failure()
+            else:
+                breaker.success()
 
     # -- Broker --------------------------------------------------------------------------
 
@@ -192,17 +257,32 @@ class AlpacaBroker:
             account_number=raw.account_number)
 
     def submit_market_order(self, order: MarketOrder) -> AlpacaOrderResult:
-        received_ns = time.perf_counter_ns()
+        """Place a market order on an Alpaca account after the balance check, and wait until it is final.
+
+        Idempotent by ``order.client_order_id`` (required): a second call with the same id, here
+        or from another process, returns the first order (``replayed``), never a second one. With
+        ``order_timing`` on, ``timing`` holds the ``perf_counter_ns`` readings (nanoseconds) and
+        one log line gives them in milliseconds; with it off, ``timing`` is None and no line.
+
+        Raises :class:`AccountNotFound`; :class:`OrderRejected` (``FAILED_PRECONDITION``) for a
+        missing ``client_order_id``, a read-only account (before any request to Alpaca), a live
+        account without ``allow_live``, a failed balance check, or Alpaca's refusal (a 4xx);
+        ``Unavailable`` when Alpaca cannot be reached (breaker open, 429/5xx after the retries,
+        a timeout, the fill not final within ``fill_timeout_s``): the same call may be repeated
+        with the same ``client_order_id`` safely.
+        """
+        timed = self._order_timing
+        received_ns = time.perf_counter_ns() if timed else 0
         slot = self._slot(order.account_id, order.user_id)
         cfg = slot.config
         if not order.client_order_id:
             raise OrderRejected("client_order_id is required for Alpaca orders (it makes them idempotent)")
+        if cfg.read_only:
+            raise OrderRejected(f"account {cfg.name!r} is read-only: it may import, never place orders")
         with slot.lock:
             if (done := slot.results.get(order.client_order_id)) is not None:
                 return _replayed(done)
             client, kind = self._client(slot)
-            if cfg.read_only:
-                raise OrderRejected(f"account {cfg.name!r} is read-only: it may import, never place orders")
             if kind is AccountKind.LIVE and not cfg.allow_live:
                 raise OrderRejected(f"account {cfg.name!r} is a live account; orders need allow_live: true "
                                     "in the accounts file")
@@ -213,44 +293,55 @@ class AlpacaBroker:
                           equity=account.equity, cash=account.cash, buying_power=account.buying_power,
                           position_quantity=position.quantity if position else 0,
                           min_balance=usd(cfg.min_balance_usd))
-            balance_checked_ns = time.perf_counter_ns()
+            balance_checked_ns = time.perf_counter_ns() if timed else 0
             request = MarketOrderRequest(symbol=order.symbol, qty=order.quantity,
                                          side=OrderSide.BUY if order.side is Side.BUY else OrderSide.SELL,
                                          time_in_force=TimeInForce.DAY, client_order_id=order.client_order_id)
-            sent_ns = time.perf_counter_ns()
+            sent_ns = time.perf_counter_ns() if timed else 0
             replayed = False
             try:
-                placed = client.submit_order(request)
+                # Retried on 429/5xx/connection errors: safe only because client_order_id makes the
+                # POST idempotent (a retry of an order already placed answers 422, looked up below).
+                placed = self._call(cfg.name, lambda: client.submit_order(request))
+            except CircuitOpen:
+                raise  # refused before any request: nothing was sent
             except APIError as exc:
                 if exc.status_code != 422:
-                    raise OrderRejected(f"Alpaca refused the order on {cfg.name!r}: {exc.message}") from exc
-                replayed = True  # a duplicate client_order_id: the order exists already
+                    raise OrderRejected(f"Alpaca refused the order on {cfg.name!r}: {_api_message(exc)}") from exc
+                replayed = True  # a duplicate client_order_id: the order exists already (if not, why)
+                placed = self._by_client_order_id(cfg.name, client, order.client_order_id, refused=exc)
+            except Unavailable:
+                replayed = True  # timed out, cut off, 5xx: it may have been placed; look before anything else
                 placed = self._by_client_order_id(cfg.name, client, order.client_order_id)
-            except requests.RequestException:
-                replayed = True  # timed out or cut off: it may have been placed; look before anything else
-                placed = self._by_client_order_id(cfg.name, client, order.client_order_id)
-            acknowledged_ns = time.perf_counter_ns()
+            acknowledged_ns = time.perf_counter_ns() if timed else 0
             assert isinstance(placed, AlpacaOrder)
             filled = self._await_fill(cfg.name, client, placed)
-            filled_ns = time.perf_counter_ns()
+            filled_ns = time.perf_counter_ns() if timed else 0
             after = self._read_account(slot, client, kind)
-            timing = OrderTiming(received_ns, balance_checked_ns, sent_ns, acknowledged_ns, filled_ns)
+            timing = (OrderTiming(received_ns, balance_checked_ns, sent_ns, acknowledged_ns, filled_ns)
+                      if timed else None)
             result = AlpacaOrderResult(order=_order(filled, cfg.name), fills=_fills(filled, cfg.name),
                                        account=after, replayed=replayed, kind=kind, timing=timing)
             slot.results[order.client_order_id] = result
-        log.info("alpaca order %s", json.dumps({
-            "account": cfg.name, "kind": str(kind), "client_order_id": order.client_order_id,
-            "order_id": result.order.order_id, "symbol": order.symbol, "side": str(order.side),
-            "quantity": order.quantity, "status": str(result.order.status), "replayed": replayed,
-            **{f"{k}_ms": v for k, v in timing.ms().items()}}, sort_keys=True))
+        if timing is not None:
+            _log_order(result, order, timing)
         return result
 
-    def _by_client_order_id(self, account: str, client: TradingClient, client_order_id: str) -> AlpacaOrder:
+    def _by_client_order_id(self, account: str, client: TradingClient, client_order_id: str, *,
+                            refused: APIError | None = None) -> AlpacaOrder:
+        """The order of ``client_order_id``, after a 422 (``refused``) or a lost answer. Raises
+        ``OrderRejected`` when a 422 was not a duplicate (no such order: Alpaca's reason), and
+        ``Unavailable`` when a lost order cannot be found or looked up (repeating is safe)."""
         try:
             found = self._call(account, lambda: client.get_order_by_client_id(client_order_id))
         except APIError as exc:
+            if refused is not None and exc.status_code == 404:
+                raise OrderRejected(f"Alpaca refused the order on {account!r}: {_api_message(refused)}") from refused
             raise Unavailable(f"Alpaca account {account!r}: order {client_order_id!r} neither placed nor "
-                              f"found ({exc.status_code})") from exc
+                              f"found ({exc.status_code}); repeat it with the same client_order_id") from exc
+        except Unavailable as exc:
+            raise Unavailable(f"Alpaca account {account!r}: order {client_order_id!r} may have been placed and "
+                              f"cannot be looked up now ({exc}); repeat it with the same client_order_id") from exc
         assert isinstance(found, AlpacaOrder)
         return found
 
@@ -270,6 +361,26 @@ class AlpacaBroker:
 
 _FINAL = {AlpacaOrderStatus.FILLED, AlpacaOrderStatus.REJECTED, AlpacaOrderStatus.CANCELED,
           AlpacaOrderStatus.EXPIRED}
+
+
+def _api_message(exc: APIError) -> str:
+    """Alpaca's ``message`` of an error answer; the status alone when the body is not Alpaca's JSON."""
+    try:
+        message = exc.message
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {exc.status_code}"
+    return str(message)
+
+
+def _log_order(result: AlpacaOrderResult, order: MarketOrder, timing: OrderTiming) -> None:
+    """The one log line of a timed order (no secret in it): ids, order, outcome, step times in ms."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    log.info("alpaca order %s", json.dumps({
+        "account": result.order.account_id, "kind": str(result.kind), "client_order_id": order.client_order_id,
+        "order_id": result.order.order_id, "symbol": order.symbol, "side": str(order.side),
+        "quantity": order.quantity, "status": str(result.order.status), "replayed": result.replayed,
+        **{f"{k}_ms": v for k, v in timing.ms().items()}}, sort_keys=True))
 
 
 def _replayed(done: AlpacaOrderResult) -> AlpacaOrderResult:
