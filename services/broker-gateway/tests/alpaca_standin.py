@@ -50,6 +50,8 @@ class StandinAccount:
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     history: list[dict[str, Any]] = field(default_factory=list)
     """One entry per placed order: cash and equity after it."""
+    activities: list[dict[str, Any]] = field(default_factory=list)
+    """FILL account activities (Alpaca's JSON), placed orders' and seeded ones."""
 
 
 class AlpacaStandin:
@@ -70,6 +72,40 @@ class AlpacaStandin:
         with self.lock:
             self.accounts[key_id] = acct
         return acct
+
+    # -- account activities (FILL) --------------------------------------------------------
+
+    @staticmethod
+    def fill_activity(order_id: str, symbol: str, side: str, qty: int, price: Decimal, at: datetime, *,
+                      cum_qty: int, order_qty: int) -> dict[str, Any]:
+        """One FILL activity in Alpaca's shape (id = ``YYYYMMDDHHMMSSmmm::uuid``, as Alpaca's)."""
+        leaves = order_qty - cum_qty
+        return {"id": f"{at.astimezone(UTC):%Y%m%d%H%M%S}{at.microsecond // 1000:03d}::{uuid.uuid4()}",
+                "activity_type": "FILL", "transaction_time": _ts(at.replace(microsecond=at.microsecond // 1000 * 1000)),
+                "type": "fill" if leaves == 0 else "partial_fill", "price": str(price), "qty": str(qty),
+                "side": side, "symbol": symbol, "leaves_qty": str(leaves), "order_id": order_id,
+                "cum_qty": str(cum_qty), "order_status": "filled" if leaves == 0 else "partially_filled"}
+
+    def seed_fills(self, key_id: str, count: int, start: datetime, end: datetime, *, fills_per_order: int = 1,
+                   symbol: str = "AAPL", side: str = "buy", qty: int = 2,
+                   price: Decimal | str = "100.00") -> list[dict[str, Any]]:
+        """Add ``count`` historical FILL activities to an account, evenly spread over
+        ``[start, end)`` (millisecond times), ``fills_per_order`` consecutive fills per
+        order (all but the last of an order ``partial_fill``). Returns them, oldest first."""
+        step = (end - start) / count
+        made: list[dict[str, Any]] = []
+        order_id = ""
+        for i in range(count):
+            nth = i % fills_per_order
+            if nth == 0:
+                order_id = str(uuid.uuid4())
+                in_order = min(fills_per_order, count - i)
+            at = start + step * i
+            made.append(self.fill_activity(order_id, symbol, side, qty, Decimal(price), at.replace(
+                microsecond=at.microsecond // 1000 * 1000), cum_qty=qty * (nth + 1), order_qty=qty * in_order))
+        with self.lock:
+            self.accounts[key_id].activities.extend(made)
+        return made
 
     def equity(self, acct: StandinAccount) -> Decimal:
         return acct.cash + sum((q * self.prices[s] for s, (q, _) in acct.positions.items()), Decimal(0))
@@ -189,6 +225,8 @@ class AlpacaStandin:
                 order.update(status="filled", filled_qty=str(qty), filled_avg_price=str(price),
                              filled_at=_ts(datetime.now(UTC)), updated_at=_ts(datetime.now(UTC)))
                 acct.orders[order["id"]] = order
+                acct.activities.append(self.fill_activity(order["id"], symbol, side, qty, price, datetime.now(UTC),
+                                                          cum_qty=qty, order_qty=qty))
                 acct.history.append({"order_id": order["id"], "side": side, "qty": qty, "cash": acct.cash,
                                      "equity": self.equity(acct)})
             if acct.ack_delay_s:
@@ -212,6 +250,43 @@ class AlpacaStandin:
             with self.lock:
                 found = acct.orders.get(order_id)
             return found if found is not None else _error(404, 40410000, "order not found")
+
+        async def activities(request: Request, types: str) -> Any:
+            """Alpaca's ``GET /v2/account/activities[/{type}]``: newest first unless
+            ``direction=asc``; ``page_token`` = id of the previous page's last activity."""
+            acct = await auth(request)
+            if isinstance(acct, JSONResponse):
+                return acct
+            q = request.query_params
+            try:
+                page_size = int(q.get("page_size", "100"))
+                after, until = (datetime.fromisoformat(q[k]) if k in q else None for k in ("after", "until"))
+            except ValueError as exc:
+                return _error(422, 40010001, f"invalid query: {exc}")
+            direction = q.get("direction", "desc")
+            if not 1 <= page_size <= 100 or direction not in ("asc", "desc"):
+                return _error(422, 40010001, "page_size must be 1..100 and direction asc or desc")
+            if types and "FILL" not in types.split(","):
+                return []
+            with self.lock:
+                found = sorted(acct.activities, key=lambda a: a["id"], reverse=direction == "desc")
+            token = q.get("page_token")
+
+            def keep(a: dict[str, Any]) -> bool:
+                t = datetime.fromisoformat(a["transaction_time"])
+                return ((after is None or t > (after if after.tzinfo else after.replace(tzinfo=UTC)))
+                        and (until is None or t < (until if until.tzinfo else until.replace(tzinfo=UTC)))
+                        and (token is None or (a["id"] < token if direction == "desc" else a["id"] > token)))
+
+            return [a for a in found if keep(a)][:page_size]
+
+        @app.get("/v2/account/activities/{activity_type}")
+        async def activities_of_type(request: Request, activity_type: str) -> Any:
+            return await activities(request, activity_type)
+
+        @app.get("/v2/account/activities")
+        async def activities_of_types(request: Request) -> Any:
+            return await activities(request, request.query_params.get("activity_types", ""))
 
         return app
 

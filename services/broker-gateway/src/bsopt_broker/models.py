@@ -82,13 +82,14 @@ imports = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
-# One row per broker trade id ever imported: the dedupe key.
+# One row per (user, broker, broker trade id) ever imported: the dedupe key (0003; the
+# user is part of it since then, so two users sharing one venue account each import it).
 imported_trades = Table(
     "imported_trades", metadata,
+    Column("user_id", String(64), primary_key=True),
     Column("broker", String(16), primary_key=True),
     Column("trade_id", String(64), primary_key=True),
     Column("account_id", String(36), nullable=False),
-    Column("user_id", String(64), nullable=False),
     Column("import_id", String(36), nullable=False),
     Column("imported_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

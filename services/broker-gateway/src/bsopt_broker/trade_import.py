@@ -4,13 +4,20 @@ imported before, and publish each new one as ``trades.imported.v1``.
 The dedupe rows, the import record and the outgoing events are written in one
 transaction (transactional outbox), so an import is either wholly recorded and
 published, or not at all; importing the same window again skips every trade.
+
+Idempotent jobs: the import id is a UUIDv5 of (user, broker, account, window), so a
+retried ImportTrades for the same window answers the same import id (and imports
+nothing twice: trades are deduplicated by (user, broker, venue trade id)). The
+``imports`` row records the run that first used the id; a later run of the same window
+reports its own counts (0 imported, every trade a duplicate) but does not rewrite it.
+Events get deterministic ids too (UUIDv5 of user, broker and trade id).
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,6 +44,30 @@ def trade_imported(fill: Fill, user_id: str, broker: str, import_id: str) -> eve
     return codec.to_message(fill, events_pb2.TradeImported, user_id=user_id, broker=broker, import_id=import_id)
 
 
+#: Namespace of import ids and event ids (a fixed random UUID; never change it).
+IMPORT_NAMESPACE = uuid.UUID("6f1d7c1e-2b0a-4d55-9a57-0c3e8f2b9d41")
+_CHUNK = 1000
+
+
+def _utc(t: datetime, name: str) -> datetime:
+    if t.tzinfo is None:
+        raise InvalidArgument(f"import window {name} must carry a time zone")
+    return t.astimezone(UTC)
+
+
+def import_id_of(user_id: str, broker: str, account_id: str, start: datetime, end: datetime) -> str:
+    """The deterministic import id of a window: UUIDv5 over user, broker, account and the
+    window's UTC instants (microseconds), so equal instants in other zones give the same id."""
+    window = f"{_utc(start, 'start').isoformat(timespec='microseconds')}/" \
+             f"{_utc(end, 'end').isoformat(timespec='microseconds')}"
+    return str(uuid.uuid5(IMPORT_NAMESPACE, "\x1f".join(("import", user_id, broker, account_id, window))))
+
+
+def event_id_of(user_id: str, broker: str, trade_id: str) -> str:
+    """The ``trades.imported.v1`` event id of one trade (UUIDv5): a trade is published once."""
+    return str(uuid.uuid5(IMPORT_NAMESPACE, "\x1f".join(("trade", user_id, broker, trade_id))))
+
+
 class TradeImporter:
     def __init__(self, session_factory: sessionmaker[Session], broker: Broker, outbox: Outbox):
         self.session_factory = session_factory
@@ -44,24 +75,33 @@ class TradeImporter:
         self.outbox = outbox
 
     def import_trades(self, account_id: str, user_id: str, start: datetime, end: datetime) -> ImportResult:
-        """Raises InvalidArgument for an empty or reversed window, AccountNotFound."""
+        """Import the account's fills executed in ``[start, end)`` (aware datetimes).
+
+        Returns the import id (the same for every run of the same window) and how many
+        trades were new (stored and published) or already imported (skipped, including a
+        trade id the venue listed twice). Raises InvalidArgument for a naive, empty or
+        reversed window, AccountNotFound, and whatever the venue raises (Unavailable)."""
         if not end > start:
             raise InvalidArgument(f"import window end ({end.isoformat()}) must be after start ({start.isoformat()})")
+        import_id = import_id_of(user_id, self.broker.name, account_id, start, end)
         fills = self.broker.fills_between(account_id, user_id, start, end)
-        import_id = str(uuid.uuid4())
-        imported = 0
+        unique = list({f.trade_id: f for f in reversed(fills)}.values())[::-1]  # first of each trade id
+        t = models.imported_trades
         with session_scope(self.session_factory) as s:
-            for fill in fills:
-                new = s.execute(pg_insert(models.imported_trades).values(
-                    broker=self.broker.name, trade_id=fill.trade_id, account_id=account_id, user_id=user_id,
-                    import_id=import_id,
-                ).on_conflict_do_nothing().returning(models.imported_trades.c.trade_id)).first()
-                if new is None:
-                    continue
-                imported += 1
-                self.outbox.add(s, topics.TRADES_IMPORTED, trade_imported(fill, user_id, self.broker.name, import_id))
-            result = ImportResult(import_id, imported, len(fills) - imported)
-            s.execute(models.imports.insert().values(
+            new_ids: set[str] = set()
+            for i in range(0, len(unique), _CHUNK):
+                rows = [dict(user_id=user_id, broker=self.broker.name, trade_id=f.trade_id, account_id=account_id,
+                             import_id=import_id) for f in unique[i:i + _CHUNK]]
+                new_ids.update(s.execute(pg_insert(t).values(rows).on_conflict_do_nothing()
+                                         .returning(t.c.trade_id)).scalars())
+            new = [f for f in unique if f.trade_id in new_ids]
+            for i in range(0, len(new), _CHUNK):
+                self.outbox.add_many(s, topics.TRADES_IMPORTED, [
+                    (trade_imported(f, user_id, self.broker.name, import_id),
+                     event_id_of(user_id, self.broker.name, f.trade_id)) for f in new[i:i + _CHUNK]])
+            result = ImportResult(import_id, len(new), len(fills) - len(new))
+            s.execute(pg_insert(models.imports).values(
                 import_id=import_id, account_id=account_id, user_id=user_id, window_start=start, window_end=end,
-                trades_imported=result.trades_imported, duplicates_skipped=result.duplicates_skipped))
+                trades_imported=result.trades_imported, duplicates_skipped=result.duplicates_skipped,
+            ).on_conflict_do_nothing())
         return result

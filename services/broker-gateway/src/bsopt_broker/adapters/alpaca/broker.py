@@ -43,6 +43,7 @@ from alpaca.trading.models import TradeAccount
 from alpaca.trading.requests import MarketOrderRequest
 
 from bsopt_broker.adapters.alpaca.accounts import AlpacaAccountConfig
+from bsopt_broker.adapters.alpaca.activities import alpaca_fills
 from bsopt_broker.adapters.alpaca.detection import AccountKind, detect, kind_from_key_id
 from bsopt_broker.adapters.alpaca.guard import check_balance, usd
 from bsopt_broker.adapters.alpaca.resilience import (
@@ -236,8 +237,18 @@ class AlpacaBroker:
                                   "connecting them from the API (OAuth, keys) is a later slice of issue 8")
 
     def fills_between(self, account_id: str, user_id: str, start: datetime, end: datetime) -> list[Fill]:
-        raise NotImplementedError("importing Alpaca fills (account activities of type FILL) is a later "
-                                  "slice of issue 8")
+        """The account's executions in ``[start, end)``, oldest first: its ``FILL`` account
+        activities, every page (:func:`~bsopt_broker.adapters.alpaca.activities.alpaca_fills`;
+        Alpaca: ``GET /v2/account/activities/FILL``). Read-only: allowed on ``read_only``
+        accounts. The account's lock is held only to create the client, so orders on the
+        account are not held up by a long import; each page goes through ``_call`` (retries,
+        circuit breaker). Raises AccountNotFound, Unavailable, UnsupportedFill (a fractional
+        quantity)."""
+        slot = self._slot(account_id, user_id)
+        with slot.lock:
+            client, _ = self._client(slot)
+        name = slot.config.name
+        return alpaca_fills(client, name, start, end, call=lambda fn: self._call(name, fn))
 
     def get_account(self, account_id: str, user_id: str) -> AlpacaAccount:
         slot = self._slot(account_id, user_id)
