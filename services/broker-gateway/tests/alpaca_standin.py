@@ -11,6 +11,7 @@ Alpaca does. ``delay_s`` on an account slows every response of that account only
 from __future__ import annotations
 
 import asyncio
+import http
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -31,6 +32,28 @@ def _ts(t: datetime | None) -> str | None:
 
 def _error(status: int, code: int, message: str) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+@dataclass
+class InjectedFailure:
+    """An error answer :meth:`AlpacaStandin.fail_next` queued for an account's next requests."""
+
+    status: int
+    times: int
+    retry_after: str | None
+    method: str | None
+    path: str | None
+    after_placing: bool
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.method in (None, method) and self.path in (None, path)
+
+    def response(self) -> JSONResponse:
+        phrase = http.HTTPStatus(self.status).phrase.lower()
+        headers = {"Retry-After": self.retry_after} if self.retry_after is not None else None
+        # Alpaca's error body: {"code": <status><5 digits>, "message": ...} (e.g. 42910000).
+        return JSONResponse({"code": int(f"{self.status}10000"), "message": phrase}, status_code=self.status,
+                            headers=headers)
 
 
 @dataclass
@@ -61,6 +84,8 @@ class AlpacaStandin:
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str, str]] = []
         """(key id, method, path) of every authenticated request."""
+        self.failures: dict[str, list[InjectedFailure]] = {}
+        """key id -> error answers queued by :meth:`fail_next`, in order."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.app = self._build()
@@ -106,6 +131,40 @@ class AlpacaStandin:
         with self.lock:
             self.accounts[key_id].activities.extend(made)
         return made
+
+    # -- error injection ---------------------------------------------------------------
+
+    def fail_next(self, key_id: str, status: int, times: int = 1, retry_after: float | str | None = None, *,
+                  method: str | None = None, path: str | None = None, after_placing: bool = False) -> None:
+        """Answer the account's next ``times`` requests (those of ``method``/``path`` when given,
+        e.g. ``"POST"``, ``"/v2/orders"``) with HTTP ``status`` and Alpaca's error body, with a
+        ``Retry-After`` header (seconds) when ``retry_after`` is given. ``after_placing``: only
+        ``POST /v2/orders``, answered with the error *after* the order was placed (a lost
+        answer). Queued failures apply in order, after the ones already queued."""
+        if after_placing:
+            method, path = method or "POST", path or "/v2/orders"
+        queued = InjectedFailure(status, times, None if retry_after is None else str(retry_after), method, path,
+                                 after_placing)
+        with self.lock:
+            self.failures.setdefault(key_id, []).append(queued)
+
+    def clear_failures(self, key_id: str) -> None:
+        """Drop the account's queued error answers."""
+        with self.lock:
+            self.failures.pop(key_id, None)
+
+    def _injected(self, key_id: str, request: Request, *, after_placing: bool) -> JSONResponse | None:
+        with self.lock:
+            queue = self.failures.get(key_id, [])
+            # The first failure queued for this request decides, in queue order: an answer
+            # queued after placing is not jumped by a later one queued before placing.
+            due = next((f for f in queue if f.times > 0 and f.matches(request.method, request.url.path)), None)
+            if due is None or due.after_placing is not after_placing:
+                return None
+            due.times -= 1
+            if due.times <= 0:
+                queue.remove(due)
+        return due.response()
 
     def equity(self, acct: StandinAccount) -> Decimal:
         return acct.cash + sum((q * self.prices[s] for s, (q, _) in acct.positions.items()), Decimal(0))
@@ -166,6 +225,8 @@ class AlpacaStandin:
             if acct is None or acct.secret != secret:
                 return _error(401, 40110000, "request is not authorized")
             self.requests.append((acct.key_id, request.method, request.url.path))
+            if (injected := self._injected(acct.key_id, request, after_placing=False)) is not None:
+                return injected
             if acct.delay_s:
                 await asyncio.sleep(acct.delay_s)
             return acct
@@ -229,6 +290,8 @@ class AlpacaStandin:
                                                           cum_qty=qty, order_qty=qty))
                 acct.history.append({"order_id": order["id"], "side": side, "qty": qty, "cash": acct.cash,
                                      "equity": self.equity(acct)})
+            if (injected := self._injected(acct.key_id, request, after_placing=True)) is not None:
+                return injected  # the order stands; its answer is an error
             if acct.ack_delay_s:
                 await asyncio.sleep(acct.ack_delay_s)
             return response
