@@ -10,12 +10,14 @@ The token's scopes were checked by the token interceptor (see ``METHOD_SCOPES``)
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 from grpc import aio
 
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as pb
 from bsopt.broker_gateway.v1 import broker_gateway_pb2_grpc as pb_grpc
-from bsopt_broker.domain.records import MarketOrder, OrderStatus
+from bsopt_broker.adapters.router import ACCOUNTS_FILE_ENV, ALPACA, VenueRouter
+from bsopt_broker.domain.records import AccountKind, MarketOrder, OrderStatus
 from bsopt_broker.domain.venue import Broker
 from bsopt_broker.trade_import import TradeImporter
 from bsopt_common import codec
@@ -31,15 +33,32 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "ImportTrades": ("broker:import",),
 }
 ORDER_STATUS = codec.EnumCodec(pb.OrderStatus, OrderStatus, "ORDER_STATUS_")
+ACCOUNT_KIND = codec.EnumCodec(pb.AccountKind, AccountKind, "ACCOUNT_KIND_")
 
 
 class BrokerGatewayServicer(pb_grpc.BrokerGatewayServiceServicer):
-    def __init__(self, broker: Broker, importer: TradeImporter, outbox: Outbox):
+    def __init__(self, broker: Broker, importer: TradeImporter, outbox: Outbox, *,
+                 alpaca_importer: TradeImporter | None = None):
+        """``alpaca_importer`` imports the Alpaca accounts of a :class:`VenueRouter` broker
+        (recorded as broker ``"alpaca"``); ``importer`` every other account."""
         self.broker = broker
         self.importer = importer
+        self.alpaca_importer = alpaca_importer
         self.outbox = outbox
 
+    def _importer_for(self, account_id: str) -> TradeImporter:
+        if (self.alpaca_importer is not None and isinstance(self.broker, VenueRouter)
+                and self.broker.is_alpaca(account_id)):
+            return self.alpaca_importer
+        return self.importer
+
     async def CreateAccount(self, request: pb.CreateAccountRequest, context: aio.ServicerContext) -> pb.Account:
+        """A new paper account. INVALID_ARGUMENT for broker "alpaca" (Alpaca accounts come
+        from the accounts file) or any other broker than "paper"/empty."""
+        if request.broker == ALPACA:
+            raise InvalidArgument(f"Alpaca accounts cannot be created through the API: they are listed in the "
+                                  f"accounts file ({ACCOUNTS_FILE_ENV}) and used by their name; CreateAccount "
+                                  f"opens {self.broker.name!r} accounts only")
         if request.broker not in ("", self.broker.name):
             raise InvalidArgument(f"broker {request.broker!r} is not available; use {self.broker.name!r}")
         initial_cash = codec.money_from_pb(request, "initial_cash")
@@ -51,10 +70,17 @@ class BrokerGatewayServicer(pb_grpc.BrokerGatewayServiceServicer):
         return codec.to_message(account, pb.Account)
 
     async def PlaceOrder(self, request: pb.PlaceOrderRequest, context: aio.ServicerContext) -> pb.PlaceOrderResponse:
+        """``as_of`` is required for paper accounts, optional (ignored) for Alpaca ones."""
+        live_venue = isinstance(self.broker, VenueRouter) and self.broker.is_alpaca(request.account_id)
+        as_of = codec.from_timestamp(request, "as_of")
+        if as_of is None:
+            if not live_venue:
+                raise InvalidArgument("as_of is required")
+            as_of = datetime.now(UTC)
         order = MarketOrder(
             account_id=request.account_id, user_id=acting_user(), client_order_id=request.client_order_id,
             symbol=request.symbol, side=codec.SIDE.from_pb(request.side, "side"), quantity=request.quantity,
-            as_of=codec.required_timestamp(request, "as_of"),
+            as_of=as_of,
         )
         result = await asyncio.to_thread(self.broker.submit_market_order, order)
         return pb.PlaceOrderResponse(order=codec.to_message(result.order, pb.Order),
@@ -64,7 +90,7 @@ class BrokerGatewayServicer(pb_grpc.BrokerGatewayServiceServicer):
     async def ImportTrades(self, request: pb.ImportTradesRequest,
                            context: aio.ServicerContext) -> pb.ImportTradesResponse:
         result = await asyncio.to_thread(
-            self.importer.import_trades, request.account_id, acting_user(),
+            self._importer_for(request.account_id).import_trades, request.account_id, acting_user(),
             codec.required_timestamp(request, "start"), codec.required_timestamp(request, "end"))
         self.outbox.notify()
         return codec.to_message(result, pb.ImportTradesResponse)

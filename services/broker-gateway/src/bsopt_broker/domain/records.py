@@ -16,6 +16,16 @@ from bsopt_common.money import Money
 from bsopt_common.vocabulary import Side
 
 
+class AccountKind(StrEnum):
+    """Paper (simulated money) or live (real money) (``bsopt.broker_gateway.v1.AccountKind``).
+
+    The built-in paper venue is always ``PAPER``; an Alpaca account is what detection
+    decided (:mod:`bsopt_broker.adapters.alpaca.detection`, same values)."""
+
+    PAPER = "paper"
+    LIVE = "live"
+
+
 class OrderStatus(StrEnum):
     """Final state of a market order (``bsopt.broker_gateway.v1.OrderStatus``)."""
 
@@ -47,6 +57,8 @@ class Account:
     positions: tuple[Position, ...] = ()
     """Open positions, by symbol."""
     created_at: datetime | None = None
+    account_kind: AccountKind = AccountKind.PAPER
+    """Paper or live; the paper venue's accounts are always paper."""
 
     @property
     def currency(self) -> str:
@@ -73,6 +85,8 @@ class Order:
     fill_latency_ms: float | None = None
     """``filled_at - submitted_at``, milliseconds."""
     reject_reason: str = ""
+    account_kind: AccountKind = AccountKind.PAPER
+    """The kind of the account the order was placed on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +105,8 @@ class Fill:
     """Commission charged for this execution."""
     executed_at: datetime
     """Market time of the execution."""
+    account_kind: AccountKind = AccountKind.PAPER
+    """The kind of the account the fill belongs to."""
 
 
 @dataclass(frozen=True, slots=True)

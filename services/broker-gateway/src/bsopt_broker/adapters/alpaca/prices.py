@@ -1,0 +1,84 @@
+"""The latest price of a symbol from Alpaca's Market Data API (alpaca-py's
+``StockHistoricalDataClient.get_stock_latest_trade``): the :data:`PriceSource` the
+balance check of :class:`~bsopt_broker.adapters.alpaca.broker.AlpacaBroker` estimates an
+order's cost with.
+
+Market data is not per account: one set of credentials (any account of the accounts
+file) reads it. With ``base_url`` set on that account (a proxy or the local stand-in) the
+data client goes there too (``url_override``); otherwise to ``data.alpaca.markets``.
+
+Blocking: call from a worker thread. Thread-safe: one client (one HTTP session) per thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+from alpaca.common.exceptions import APIError
+from alpaca.data.historical.stock import StockHistoricalDataClient
+from alpaca.data.models import Trade
+from alpaca.data.requests import StockLatestTradeRequest
+
+from bsopt_broker.adapters.alpaca.accounts import AlpacaAccountConfig
+from bsopt_common.errors import InvalidArgument, Unavailable
+from bsopt_common.money import Money, price_decimal
+
+
+class _TimeoutSession(requests.Session):
+    """alpaca-py sends without a timeout; every request of the data client gets one."""
+
+    def __init__(self, timeout_s: float):
+        super().__init__()
+        self._timeout_s = timeout_s
+
+    def request(self, method: str | bytes, url: str | bytes,
+                *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self._timeout_s)
+        return super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]
+
+
+class LatestTradePrices:
+    """``prices(symbol) -> Money`` (USD per share): the price of the symbol's latest trade.
+
+    Raises InvalidArgument when Alpaca knows no trade of ``symbol`` (an unknown symbol),
+    Unavailable when the Market Data API cannot be reached or refuses the request.
+    """
+
+    def __init__(self, config: AlpacaAccountConfig, *, request_timeout_s: float = 10.0):
+        self._config = config
+        self._timeout_s = request_timeout_s
+        self._local = threading.local()
+
+    @classmethod
+    def from_accounts(cls, accounts: Mapping[str, AlpacaAccountConfig], **kw: Any) -> LatestTradePrices | None:
+        """Read market data with the first account's credentials; None for no accounts."""
+        first = next(iter(accounts.values()), None)
+        return None if first is None else cls(first, **kw)
+
+    def _client(self) -> StockHistoricalDataClient:
+        client: StockHistoricalDataClient | None = getattr(self._local, "client", None)
+        if client is None:
+            cfg = self._config
+            client = StockHistoricalDataClient(api_key=cfg.api_key_id.get_secret_value(),
+                                               secret_key=cfg.api_secret_key.get_secret_value(),
+                                               url_override=cfg.base_url)
+            client._session = _TimeoutSession(self._timeout_s)
+            self._local.client = client
+        return client
+
+    def __call__(self, symbol: str) -> Money:
+        if not symbol:
+            raise InvalidArgument("symbol is required")
+        try:
+            latest = self._client().get_stock_latest_trade(StockLatestTradeRequest(symbol_or_symbols=symbol))
+        except requests.RequestException as exc:
+            raise Unavailable(f"Alpaca market data: latest trade of {symbol!r}: {type(exc).__name__}") from exc
+        except APIError as exc:
+            raise Unavailable(f"Alpaca market data: latest trade of {symbol!r}: HTTP {exc.status_code}") from exc
+        trade = latest.get(symbol) if isinstance(latest, dict) else None
+        if not isinstance(trade, Trade) or trade.price <= 0:
+            raise InvalidArgument(f"no latest trade of symbol {symbol!r} at Alpaca (unknown symbol?)")
+        return Money(price_decimal(trade.price), "USD")
