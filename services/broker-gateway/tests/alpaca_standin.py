@@ -247,6 +247,34 @@ class AlpacaStandin:
             with self.lock:
                 return [self._position_json(s, q, avg) for s, (q, avg) in sorted(acct.positions.items())]
 
+        # Market Data API v2 (alpaca-py's StockHistoricalDataClient with url_override):
+        # the latest trade of each symbol, at the configured price. Unknown symbols are
+        # left out, as Alpaca does.
+        def latest_trade_json(symbol: str) -> dict[str, Any]:
+            return {"t": _ts(datetime.now(UTC)), "x": "V", "p": float(self.prices[symbol]), "s": 100,
+                    "c": ["@"], "i": 1, "z": "C"}
+
+        @app.get("/v2/stocks/trades/latest")
+        async def latest_trades(request: Request, symbols: str = "") -> Any:
+            acct = await auth(request)
+            if isinstance(acct, JSONResponse):
+                return acct
+            wanted = [s for s in symbols.split(",") if s]
+            if not wanted:
+                return _error(400, 40010001, "symbols is required")
+            with self.lock:
+                return {"trades": {s: latest_trade_json(s) for s in wanted if s in self.prices}}
+
+        @app.get("/v2/stocks/{symbol}/trades/latest")
+        async def latest_trade(request: Request, symbol: str) -> Any:
+            acct = await auth(request)
+            if isinstance(acct, JSONResponse):
+                return acct
+            with self.lock:
+                if symbol not in self.prices:
+                    return _error(404, 40410000, f"no trade found for {symbol}")
+                return {"symbol": symbol, "trade": latest_trade_json(symbol)}
+
         @app.post("/v2/orders")
         async def submit(request: Request) -> Any:
             acct = await auth(request)
