@@ -110,6 +110,9 @@ class AuthSettings(ServiceSettings):
     signing_key_rotation_days: float = Field(0, ge=0)
     #: How often the server retires expired previous keys and checks the rotation age.
     key_maintenance_interval_seconds: float = Field(300, gt=0)
+    #: Expired codes, device authorizations, token families and sessions are deleted this
+    #: long after they expired (``bsopt_auth.retention``; at least the access-token TTL).
+    retention_grace_seconds: float = Field(86400, ge=0)
     #: Browser origins (``scheme://host[:port]``) allowed to call the token endpoint, and
     #: only it, cross-origin (CORS: preflight + POST, no credentials): a page that runs a
     #: public client's code flow, e.g. resource-api's Swagger UI. Comma- or space-
