@@ -87,11 +87,14 @@ class TradeImporter:
         fills = self.broker.fills_between(account_id, user_id, start, end)
         unique = list({f.trade_id: f for f in reversed(fills)}.values())[::-1]  # first of each trade id
         t = models.imported_trades
+        # Inserted in trade id order: concurrent imports of overlapping windows lock the
+        # dedupe keys in one order (they wait for each other, never deadlock).
+        by_trade_id = sorted(f.trade_id for f in unique)
         with session_scope(self.session_factory) as s:
             new_ids: set[str] = set()
-            for i in range(0, len(unique), _CHUNK):
-                rows = [dict(user_id=user_id, broker=self.broker.name, trade_id=f.trade_id, account_id=account_id,
-                             import_id=import_id) for f in unique[i:i + _CHUNK]]
+            for i in range(0, len(by_trade_id), _CHUNK):
+                rows = [dict(user_id=user_id, broker=self.broker.name, trade_id=trade_id, account_id=account_id,
+                             import_id=import_id) for trade_id in by_trade_id[i:i + _CHUNK]]
                 new_ids.update(s.execute(pg_insert(t).values(rows).on_conflict_do_nothing()
                                          .returning(t.c.trade_id)).scalars())
             new = [f for f in unique if f.trade_id in new_ids]

@@ -4,6 +4,7 @@ account activities) -> TradeImporter -> real Postgres (dedupe rows, import recor
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -27,7 +28,7 @@ from bsopt_broker.domain.venue import AccountNotFound
 from bsopt_broker.trade_import import TradeImporter, event_id_of, import_id_of
 from bsopt_common import codec, migrations
 from bsopt_common.db import create_db_engine, make_session_factory
-from bsopt_common.errors import InvalidArgument
+from bsopt_common.errors import InvalidArgument, Unavailable
 from bsopt_common.events import Outbox
 from bsopt_common.money import Money
 from bsopt_common.vocabulary import Side
@@ -45,12 +46,12 @@ def session_factory(service_database_urls):
     engine.dispose()
 
 
-def alpaca(standin, name, *, read_only=True, cash=10_000):
+def alpaca(standin, name, *, read_only=True, cash=10_000, **kw):
     key = f"PK{name.upper()}"
     standin.add_account(key, f"secret-{name}", cash=cash)
     accounts = parse_accounts([{"broker": "alpaca", "base_url": standin.base_url, "name": name, "owner": f"u-{name}",
                                 "api_key_id": key, "api_secret_key": f"secret-{name}", "read_only": read_only}])
-    return key, AlpacaBroker(accounts, lambda symbol: Money(standin.prices[symbol], "USD"))
+    return key, AlpacaBroker(accounts, lambda symbol: Money(standin.prices[symbol], "USD"), **kw)
 
 
 def seed_month(standin, key):
@@ -115,6 +116,38 @@ def test_month_of_fills_imported_once_across_pages(alpaca_standin, session_facto
         dedupe = s.execute(text("SELECT count(*) FROM broker.imported_trades WHERE import_id = :i"),
                            {"i": first.import_id}).scalar_one()
     assert imports == [(250, 0)] and dedupe == 250  # the record of the run that imported
+
+
+def test_concurrent_retries_of_one_window_import_each_trade_once(alpaca_standin, session_factory):
+    key, broker = alpaca(alpaca_standin, "twice")
+    seed_month(alpaca_standin, key)
+    importer = TradeImporter(session_factory, broker, Outbox(models.SCHEMA))
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: importer.import_trades("twice", "u-twice", START, END), range(3)))
+    assert len({r.import_id for r in results}) == 1
+    assert sorted(r.trades_imported for r in results)[-1] == 250 and sum(r.trades_imported for r in results) == 250
+    assert all(r.trades_imported + r.duplicates_skipped == 250 for r in results)
+    assert len(outbox_events(session_factory, results[0].import_id)) == 250
+
+
+def test_a_failed_page_is_retried_alone_and_a_lasting_outage_imports_nothing(alpaca_standin, session_factory):
+    key, broker = alpaca(alpaca_standin, "flaky", retry_attempts=3, retry_initial_wait_s=0.01,
+                         retry_max_wait_s=0.05, breaker_failures=100)
+    seed_month(alpaca_standin, key)
+    broker.get_account("flaky", "u-flaky")
+    alpaca_standin.fail_next(key, 503, times=1, path=FILL_PATH)
+    assert len(broker.fills_between("flaky", "u-flaky", START, END)) == 250
+    assert sum(1 for r in alpaca_standin.requests if r[2] == FILL_PATH) == 4  # 3 pages, the first one twice
+
+    alpaca_standin.fail_next(key, 500, times=3, path=FILL_PATH)
+    window = (START - timedelta(days=1), END)
+    with pytest.raises(Unavailable):
+        TradeImporter(session_factory, broker, Outbox(models.SCHEMA)).import_trades("flaky", "u-flaky", *window)
+    lost = import_id_of("u-flaky", "alpaca", "flaky", *window)
+    with session_factory() as s:
+        rows = s.execute(text("SELECT count(*) FROM broker.imports WHERE import_id = :i"), {"i": lost}).scalar_one()
+    assert rows == 0
+    assert outbox_events(session_factory, lost) == []
 
 
 def test_partial_fills_are_separate_fills_of_one_order_oldest_first(alpaca_standin):
