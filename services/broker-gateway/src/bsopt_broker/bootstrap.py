@@ -83,8 +83,9 @@ class BrokerGateway:
         return True
 
     def _on_sighup(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.run_in_executor(None, self.reload_accounts)
+        log.info("SIGHUP: reloading the accounts file")
+        future = asyncio.get_running_loop().run_in_executor(None, self.reload_accounts)
+        future.add_done_callback(_log_failure)
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -111,6 +112,11 @@ class BrokerGateway:
             finally:
                 if on_signal:
                     loop.remove_signal_handler(signal.SIGHUP)
+
+
+def _log_failure(future: asyncio.Future[bool]) -> None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.error("accounts reload failed, the accounts in use stay: %s: %s", type(exc).__name__, exc)
 
 
 async def serve(settings: BrokerSettings, stop: asyncio.Event, market_data: MarketDataProvider | None = None) -> None:

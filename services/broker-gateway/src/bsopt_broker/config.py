@@ -20,4 +20,6 @@ class BrokerSettings(ServiceSettings):
     #: Paper broker commission, basis points of traded notional.
     paper_commission_bps: Decimal = Decimal(10)
     #: Alpaca accounts file (YAML, see ``bsopt_broker.adapters.alpaca.accounts``); optional.
+    #: Read at start-up (a malformed file stops it, naming entry and field) and again on
+    #: SIGHUP (an invalid file is logged and the accounts in use stay).
     accounts_file: Path | None = None

@@ -313,3 +313,43 @@ async def test_sighup_reloads_the_accounts_file(tmp_path, standin, service_datab
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_swap_lets_an_order_in_flight_finish_and_serialises_the_next(standin, accounts_file):
+    """The router's pool swap: an order in flight finishes on the old pool, the next order
+    of the same account (on the new pool) waits for it, nothing is placed twice."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bsopt_broker.adapters.alpaca.accounts import load_accounts
+    from bsopt_broker.adapters.router import VenueRouter
+    from bsopt_broker.bootstrap import alpaca_venue
+    from bsopt_broker.domain.records import MarketOrder
+
+    class NoPaper:
+        name = "paper"
+
+    standin.add_account("PKSWAP", "wiring-secret", cash=50_000)
+    path = accounts_file.with_name("swap.yaml")
+    write_accounts(path, [entry(standin, "swap", "trader-s", "PKSWAP")])
+    accounts = load_accounts(path)
+    router = VenueRouter(NoPaper(), alpaca_venue(accounts), accounts)  # type: ignore[arg-type]
+    router.get_account("swap", "trader-s")  # detected and connected before the race
+
+    def order(cid: str) -> Any:
+        return router.submit_market_order(MarketOrder(account_id="swap", user_id="trader-s", client_order_id=cid,
+                                                      symbol="AAPL", side=Side.BUY, quantity=1,
+                                                      as_of=datetime.now(UTC)))
+
+    standin.accounts["PKSWAP"].delay_s = 0.4
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(order, "swap-1")
+        time.sleep(0.2)  # swap-1 in flight on the old pool
+        new = load_accounts(path)
+        router.replace_alpaca(alpaca_venue(new), new)
+        second = pool.submit(order, "swap-2")
+        a, b = first.result(timeout=30), second.result(timeout=30)
+    assert a.order.status == b.order.status == "FILLED" and a.order.order_id != b.order.order_id
+    history = standin.accounts["PKSWAP"].history
+    assert [h["order_id"] for h in history] == [a.order.order_id, b.order.order_id]
+    assert b.timing.received_ns >= a.timing.filled_ns  # the second started only once the first was done
+    assert a.account.account_kind is b.order.account_kind is AccountKind.PAPER
