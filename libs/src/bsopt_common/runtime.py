@@ -54,6 +54,6 @@ def run_serve(settings: S, serve: Callable[[S, asyncio.Event], Awaitable[None]])
     command that adjusted its settings first, e.g. ``--port``)."""
     from bsopt_common.telemetry import setup_logging, setup_telemetry
 
-    setup_logging(settings.service_name)
+    setup_logging(settings.service_name, environment=settings.environment)
     setup_telemetry(settings.service_name)
     run_until_signalled(lambda stop: serve(settings, stop))

@@ -4,7 +4,6 @@ propagate through ``traceparent`` headers) but go nowhere."""
 
 from __future__ import annotations
 
-import logging
 import os
 
 from opentelemetry import trace
@@ -29,11 +28,10 @@ def setup_telemetry(service_name: str) -> None:
     _configured = True
 
 
-def setup_logging(service_name: str, level: str | None = None) -> None:
-    """One log format for every service: time, service, level, logger, message."""
-    logging.basicConfig(
-        level=(level or os.environ.get("BSOPT_LOG_LEVEL", "INFO")).upper(),
-        format=f"%(asctime)s {service_name} %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def setup_logging(service_name: str, level: str | None = None, *, environment: str | None = None) -> None:
+    """The one logging setup of every service (:mod:`bsopt_common.logging_setup`): JSON
+    lines outside dev/test (``BSOPT_LOG_FORMAT`` overrides), the active span's trace and
+    span ids on every line, secrets redacted, uvicorn's loggers included."""
+    from bsopt_common.logging_setup import setup_logging as install
+
+    install(service_name, level, environment=environment)

@@ -501,7 +501,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    from bsopt_common.logging_setup import setup_logging
+
+    setup_logging("embedded-kafka", environment="dev")
 
     kafka = EmbeddedKafka(args.port, log_path=args.log_file)
     try:

@@ -35,7 +35,7 @@ cli = typer.Typer(add_completion=False, no_args_is_help=True, help="bsopt author
 
 def _settings() -> AuthSettings:
     settings = load_settings(AuthSettings)
-    setup_logging(settings.service_name)
+    setup_logging(settings.service_name, environment=settings.environment)
     return settings
 
 

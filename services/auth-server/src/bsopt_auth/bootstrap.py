@@ -161,7 +161,7 @@ def _worker(settings: AuthSettings, sock: socket.socket) -> None:
 
     from bsopt_common.telemetry import setup_logging
 
-    setup_logging(settings.service_name)
+    setup_logging(settings.service_name, environment=settings.environment)
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)  # see AuthSettings
     configure_keys(settings)
     configure_client_cache(settings.client_cache_seconds)
