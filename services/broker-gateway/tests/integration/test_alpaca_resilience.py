@@ -43,12 +43,16 @@ def requests_of(standin, key, method=None, path=None):
     return [r for r in standin.requests if r[0] == key and method in (None, r[1]) and path in (None, r[2])]
 
 
-def test_429s_with_retry_after_are_waited_out_and_the_order_placed_once(alpaca_standin):
+def test_429s_with_retry_after_are_waited_out_and_the_order_placed_once(alpaca_standin, caplog):
     broker = make_broker(alpaca_standin, [paper_account(alpaca_standin, "alice")], retry_attempts=4, **FAST)
     alpaca_standin.fail_next("PKALICE", 429, times=2, retry_after=1, method="POST", path="/v2/orders")
     started = time.monotonic()
-    result = broker.submit_market_order(buy("alice", 3, "rl-1"))
+    with caplog.at_level(logging.WARNING, logger="bsopt_broker.alpaca"):
+        result = broker.submit_market_order(buy("alice", 3, "rl-1"))
     elapsed = time.monotonic() - started
+    retries = [r.getMessage() for r in caplog.records if "again in" in r.getMessage()]
+    assert [m.split(" again")[0] for m in retries] == ["alpaca alice: HTTP 429, try 2 of 4",
+                                                       "alpaca alice: HTTP 429, try 3 of 4"]
     assert result.order.status is OrderStatus.FILLED and not result.replayed
     assert len(alpaca_standin.accounts["PKALICE"].orders) == 1
     assert len(requests_of(alpaca_standin, "PKALICE", "POST", "/v2/orders")) == 3

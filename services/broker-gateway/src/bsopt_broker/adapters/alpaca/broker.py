@@ -53,6 +53,7 @@ from bsopt_broker.adapters.alpaca.resilience import (
     RetryPolicy,
     disable_builtin_retries,
     retry_after_s,
+    retryable,
     status_of,
     unavailability,
 )
@@ -213,17 +214,18 @@ class AlpacaBroker:
         breaker.before()
         failed = False
         try:
-            return self._retry.call(fn)
+            return self._retry.call(fn, account)
         except (APIError, requests.RequestException) as exc:
             if not unavailability(exc):
                 raise
             failed = True
             status = status_of(exc)
             what = f"HTTP {status}" if status is not None else type(exc).__name__
+            if retryable(exc):
+                what += f" (up to {self._retry.attempts} tries within {self._retry.total_s:g}s)"
             wait = retry_after_s(exc)
             hint = f"; Alpaca asks to retry after {wait:.0f}s" if wait is not None else ""
-            raise Unavailable(f"Alpaca account {account!r} is unavailable: {what} (up to "
-                              f"{self._retry.attempts} tries within {self._retry.total_s:g}s){hint}") from exc
+            raise Unavailable(f"Alpaca account {account!r} is unavailable: {what}{hint}") from exc
         finally:
             if failed:
                 breaker.failure()

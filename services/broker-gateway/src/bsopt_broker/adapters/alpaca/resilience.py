@@ -22,6 +22,7 @@ breaker, its failure opens it for another cooldown.
 from __future__ import annotations
 
 import enum
+import logging
 import random
 import threading
 import time
@@ -38,6 +39,8 @@ from tenacity.wait import wait_base, wait_random_exponential
 from bsopt_common.errors import Unavailable
 
 T = TypeVar("T")
+
+log = logging.getLogger("bsopt_broker.alpaca")
 
 
 def status_of(exc: BaseException) -> int | None:
@@ -116,11 +119,23 @@ class RetryPolicy:
             retry=retry_if_exception(retryable),
             wait=_RetryAfterOrBackoff(initial_wait_s, max_wait_s),
             stop=stop_after_attempt(attempts) | stop_before_delay(total_s),
-            sleep=sleep, reraise=True)
+            sleep=sleep, reraise=True, before_sleep=self._log_retry)
 
-    def call(self, fn: Callable[[], T]) -> T:
-        """``fn()``, retried; the last exception is re-raised once the policy gives up."""
-        return self._retrying(fn)
+    def call(self, fn: Callable[[], T], label: str = "") -> T:
+        """``fn()``, retried; the last exception is re-raised once the policy gives up.
+        ``label`` names the call in the warning logged before each retry (no secret in it)."""
+        return self._retrying(_invoke, label, fn)
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        status = status_of(exc) if exc is not None else None
+        what = f"HTTP {status}" if status is not None else type(exc).__name__
+        log.warning("alpaca %s: %s, try %d of %d again in %.2fs", state.args[0], what, state.attempt_number + 1,
+                    self.attempts, state.upcoming_sleep)
+
+
+def _invoke(label: str, fn: Callable[[], T]) -> T:
+    return fn()
 
 
 def disable_builtin_retries(client: object) -> None:
@@ -183,6 +198,8 @@ class CircuitBreaker:
     def success(self) -> None:
         """Alpaca answered (any answer but 429/5xx): close the breaker."""
         with self._lock:
+            if self._state is not BreakerState.CLOSED:
+                log.info("alpaca account %s: circuit breaker closed", self.name)
             self._state, self._failures = BreakerState.CLOSED, 0
 
     def failure(self) -> None:
@@ -190,4 +207,7 @@ class CircuitBreaker:
         with self._lock:
             self._failures += 1
             if self._state is BreakerState.HALF_OPEN or self._failures >= self._threshold:
+                if self._state is not BreakerState.OPEN:
+                    log.warning("alpaca account %s: circuit breaker open for %gs after %d failed calls",
+                                self.name, self._cooldown_s, self._failures)
                 self._state, self._opened_at = BreakerState.OPEN, self._clock()
