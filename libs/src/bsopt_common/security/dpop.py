@@ -26,10 +26,10 @@ to show; it never contains the proof).
 Nonces (:class:`NonceIssuer`) are stateless: base64url of HMAC-SHA256(secret, time slot),
 accepted for the current and the previous slot, so every replica sharing the secret
 accepts them and nothing is stored. Seen ``jti`` s: :class:`MemoryJtiStore` is a bounded
-per-process cache (enough for one replica of a resource server; with replicas behind a
-load balancer a proof replayed to another replica within ``max_age_seconds`` is not
-caught, which is what the server nonce narrows); the authorization server stores them in
-Postgres (every worker and replica shares them).
+per-process cache (enough for one replica; a proof replayed to another replica within
+``max_age_seconds`` would pass); :class:`~bsopt_common.security.dpop_store.DatabaseJtiStore`
+keeps them in Postgres, shared by every replica (resource-api uses it while serving);
+the authorization server stores its own in Postgres too.
 """
 
 from __future__ import annotations
@@ -132,6 +132,9 @@ def normalize_htu(url: str) -> str:
 
 
 class JtiStore(Protocol):
+    #: True when :meth:`use` does I/O (run it off the event loop).
+    blocking: bool
+
     def use(self, key: str, remember_until: float) -> bool:
         """Record ``key`` until ``remember_until`` (epoch seconds); False when already there."""
         ...
@@ -141,6 +144,8 @@ class MemoryJtiStore:
     """Seen proof ``jti`` s of one process: a bounded, thread-safe, time-ordered cache.
     When full the oldest entries go first (a proof older than ``max_age_seconds`` is
     refused by its ``iat`` anyway, so size it for the proofs of one max-age window)."""
+
+    blocking = False
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._max = max_entries

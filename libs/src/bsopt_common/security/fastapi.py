@@ -33,6 +33,7 @@ gets 401 / close 1008 with a fixed message, never a 500 quoting the exception.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -170,7 +171,11 @@ async def _authenticate(conn: HTTPConnection, method: str, scheme: str | None, t
             if proof is None:
                 raise InvalidDPoPProofError("missing DPoP proof (DPoP header)")
             url = str(conn.url.replace(query="", fragment=""))
-            checked = policy.check(proof, htm=method, htu=policy.htu(url, conn.url.path), access_token=token)
+            htu = policy.htu(url, conn.url.path)
+            if policy.jti_store.blocking:  # a shared store in the database: off the event loop
+                checked = await asyncio.to_thread(policy.check, proof, htm=method, htu=htu, access_token=token)
+            else:
+                checked = policy.check(proof, htm=method, htu=htu, access_token=token)
         except UseDPoPNonceError as exc:
             raise dpop_refusal("use_dpop_nonce", str(exc), {"DPoP-Nonce": exc.nonce}) from None
         except InvalidDPoPProofError as exc:

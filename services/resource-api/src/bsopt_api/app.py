@@ -21,6 +21,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
+from bsopt_api import models
 from bsopt_api.api.deps import safe_path_params
 from bsopt_api.api.routes import ROUTERS
 from bsopt_api.config import ApiSettings
@@ -29,6 +30,7 @@ from bsopt_api.problems import install_problem_handlers
 from bsopt_api.runtime import ApiRuntime, bootstrap
 from bsopt_common.http_security import hsts_for, install_security_headers, install_swagger_ui
 from bsopt_common.security.dpop import NonceIssuer, ResourceServerDPoP
+from bsopt_common.security.dpop_store import DatabaseJtiStore
 
 #: OAuth client Swagger UI authorizes as: a public client of its own (code flow + PKCE,
 #: bearer tokens: the CLI's client requires DPoP proofs, which Swagger UI cannot sign).
@@ -37,7 +39,8 @@ DOCS_CLIENT_ID = "bsopt-docs"
 
 def dpop_policy_for(settings: ApiSettings) -> ResourceServerDPoP:
     """RFC 9449 checks at this API: ``htu`` from ``public_url`` (behind the proxy; else the
-    request's own URL), the optional server nonce, a per-process replay cache (one replica)."""
+    request's own URL), the optional server nonce; the replay store is a per-process cache
+    until the app starts, then ``api.dpop_proof_jtis`` (shared by every replica)."""
     nonces = None
     if settings.dpop_nonce_required:
         secret = settings.dpop_nonce_secret.get_secret_value().encode() if settings.dpop_nonce_secret else None
@@ -55,6 +58,8 @@ def create_app(settings: ApiSettings, *, runtime: ApiRuntime | None = None) -> F
         await runtime.start()
         app.state.token_verifier = runtime.verifier
         app.state.session_factory = runtime.session_factory
+        # DPoP replays are caught across replicas: seen jtis in the service's database
+        app.state.dpop.jti_store = DatabaseJtiStore(runtime.session_factory, models.dpop_proof_jtis)
         app.state.backends = runtime.backends
         app.state.ready = True
         try:

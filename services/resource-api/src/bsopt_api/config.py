@@ -38,7 +38,7 @@ class ApiSettings(ServiceSettings):
     dpop_nonce_secret: SecretStr | None = Field(default=None, repr=False)
     dpop_nonce_lifetime_seconds: int = Field(300, ge=10, le=3600)
     #: How old (``iat``) a DPoP proof may be, seconds; its ``jti`` is remembered that long
-    #: in a per-process cache (one replica; see ``bsopt_common.security.dpop``).
+    #: in ``api.dpop_proof_jtis``, shared by every replica (``bsopt_common.security.dpop_store``).
     dpop_proof_max_age_seconds: int = Field(60, ge=5, le=600)
     #: OAuth client of this service (client credentials grant towards the backends).
     client_id: str | None = "resource-api"

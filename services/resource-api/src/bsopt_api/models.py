@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from bsopt_api.config import SCHEMA
 from bsopt_common.db import amount_type
+from bsopt_common.security.dpop_store import dpop_jti_table
 
 metadata = MetaData(schema=SCHEMA)
 
@@ -62,3 +63,6 @@ digests = Table(
     Column("updated_at", DateTime(timezone=True), nullable=True),
     Index("digests_user_period_idx", "user_id", "period_start"),
 )
+
+#: Seen DPoP proof jtis, shared by every replica (bsopt_common.security.dpop_store; revision 0003).
+dpop_proof_jtis = dpop_jti_table(metadata)

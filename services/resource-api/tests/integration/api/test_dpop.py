@@ -201,3 +201,35 @@ def _verifier(test_issuer):
     from bsopt_common.security.jwt import AccessTokenVerifier, JWKSCache
 
     return AccessTokenVerifier(test_issuer.issuer, RESOURCE_API_AUDIENCE, JWKSCache(test_issuer.jwks_url))
+
+
+async def test_a_proof_replayed_to_another_replica_is_refused(settings_for, token_provider, test_issuer, holder):
+    """Two replicas behind one public URL, one database: a proof used at the first is a
+    replay at the second (the seen jtis live in ``api.dpop_proof_jtis``, not in a process)."""
+    import contextlib
+
+    import httpx
+
+    from bsopt_api.app import create_app
+    from bsopt_api.runtime import bootstrap
+
+    settings = settings_for(public_url="https://api.example.test", consume_events=False)
+    token = test_issuer.token(aud=RESOURCE_API_AUDIENCE, scope="trades:read", sub="u-replicas", client_id="bsopt-cli",
+                              cnf={"jkt": holder.jkt})
+    url = "https://api.example.test/v1/me"
+    async with contextlib.AsyncExitStack() as stack:
+        clients = []
+        for _ in range(2):
+            app = create_app(settings, runtime=bootstrap(settings, token_provider=token_provider("resource-api")))
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            clients.append(await stack.enter_async_context(
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica")))
+        first, second = clients
+        proof = holder.proof("GET", url, token)
+        assert (await first.get("/v1/me", headers=dpop_headers(token, proof))).status_code == 200
+        replayed = await second.get("/v1/me", headers=dpop_headers(token, proof))
+        assert replayed.status_code == 401, replayed.text
+        assert 'error="invalid_dpop_proof"' in replayed.headers["www-authenticate"]
+        # a fresh proof still works on either replica
+        assert (await second.get("/v1/me", headers=dpop_headers(token, holder.proof("GET", url, token)))
+                ).status_code == 200
