@@ -28,6 +28,7 @@ from bsopt_auth.audit import AUTH_SERVER_CLIENT_ID, OUTBOX
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.db import migrate
 from bsopt_auth.passwords import PasswordParams, configure_password_hashing
+from bsopt_auth.retention import purge_expired
 from bsopt_auth.rfc6749.client_auth import configure_client_cache
 from bsopt_auth.rfc7517 import (
     KeyDecryptionError,
@@ -78,9 +79,12 @@ def check_active_key(settings: AuthSettings, factory: sessionmaker[Session]) -> 
 
 
 def maintain(settings: AuthSettings, factory: sessionmaker[Session]) -> str | None:
-    """One pass of key maintenance (also makes sure an active key exists)."""
-    return maintain_keys(factory, alg=settings.signing_alg, rotation_days=settings.signing_key_rotation_days,
-                         window_seconds=settings.verification_window_seconds)
+    """One pass of key maintenance (also makes sure an active key exists), then of
+    retention (:func:`bsopt_auth.retention.purge_expired`)."""
+    kid = maintain_keys(factory, alg=settings.signing_alg, rotation_days=settings.signing_key_rotation_days,
+                        window_seconds=settings.verification_window_seconds)
+    purge_expired(factory, grace_seconds=max(settings.retention_grace_seconds, settings.access_token_ttl_seconds))
+    return kid
 
 
 def prepare(settings: AuthSettings, *, seed: bool) -> Engine:

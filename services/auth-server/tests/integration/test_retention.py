@@ -100,3 +100,14 @@ def test_a_second_pass_finds_nothing_and_batches_cover_a_backlog(session_factory
 def test_a_negative_grace_is_refused(session_factory) -> None:
     with pytest.raises(ValueError, match="grace_seconds"):
         purge_expired(session_factory, grace_seconds=-1)
+
+
+def test_key_maintenance_runs_the_sweep(settings, session_factory) -> None:
+    """``serve`` calls ``maintain`` at start-up and every key_maintenance_interval_seconds."""
+    from bsopt_auth.bootstrap import maintain
+
+    with session_factory.begin() as s:
+        s.add(m.DPoPProofJti(jti_hash="via-maintain", expires_at=datetime.now(UTC) - timedelta(minutes=5)))
+    maintain(settings, session_factory)
+    with session_factory() as s:
+        assert s.get(m.DPoPProofJti, "via-maintain") is None
