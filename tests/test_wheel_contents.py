@@ -118,3 +118,12 @@ def test_images_install_no_test_tooling() -> None:
                               cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
         reqs = {re.split(r"[\s\[<>=!~;]", line, maxsplit=1)[0].lower() for line in proc.stdout.splitlines() if line}
         assert reqs and not reqs & test_tools, f"{name} installs {reqs & test_tools}"
+
+
+def test_docker_build_context_leaves_every_tests_folder_out() -> None:
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert "**/tests/" in ignored
+    for name in SERVICES:
+        copies = [line for line in (REPO / "services" / name / "Dockerfile").read_text().splitlines()
+                  if line.startswith("COPY")]
+        assert not [c for c in copies if "tests" in c or "bench" in c], name
