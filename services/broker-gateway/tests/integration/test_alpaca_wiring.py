@@ -258,13 +258,22 @@ async def test_reload_adds_accounts_and_an_invalid_file_keeps_them(gateway, test
 
 
 def test_malformed_accounts_file_stops_start_up(tmp_path, standin, service_database_urls, kafka_bootstrap,
-                                                 test_issuer):
+                                                 test_issuer, monkeypatch):
+    monkeypatch.setenv("ALPACA_WIRING_TEST_SECRET", "wiring-secret")
     path = tmp_path / "accounts.yaml"
     write_accounts(path, [entry(standin, "alice-paper", "trader-a", "PKALICE"),
                           {"name": "nokey", "broker": "alpaca", "owner": "x", "api_secret_key": "s"}])
     settings = settings_for(service_database_urls, kafka_bootstrap, test_issuer, path, free_port())
     with pytest.raises(AccountsFileError, match=r"entry #2 \('nokey'\): field 'api_key_id' is missing"):
         BrokerGateway(settings)
+    write_accounts(path, [entry(standin, "alice-paper", "trader-a", "PKALICE",
+                                api_secret_key_env="ALPACA_WIRING_UNSET_SECRET")])
+    os.environ.pop("ALPACA_WIRING_UNSET_SECRET", None)
+    with pytest.raises(AccountsFileError, match=r"entry #1 \('alice-paper'\): field 'api_secret_key_env': "
+                                                r"environment variable 'ALPACA_WIRING_UNSET_SECRET' is not set"):
+        BrokerGateway(settings)
+    write_accounts(path, [entry(standin, "alice-paper", "trader-a", "PKALICE"),
+                          {"name": "nokey", "broker": "alpaca", "owner": "x", "api_secret_key": "s"}])
 
     env = {**os.environ, "BSOPT_BROKER_ACCOUNTS_FILE": str(path), "ALPACA_WIRING_TEST_SECRET": "wiring-secret",
            "DATABASE_URL": service_database_urls["broker-gateway"], "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -278,7 +287,8 @@ def test_malformed_accounts_file_stops_start_up(tmp_path, standin, service_datab
 
 
 async def test_sighup_reloads_the_accounts_file(tmp_path, standin, service_database_urls, kafka_bootstrap,
-                                                test_issuer):
+                                                test_issuer, monkeypatch):
+    monkeypatch.setenv("ALPACA_WIRING_TEST_SECRET", "wiring-secret")
     path = tmp_path / "accounts.yaml"
     write_accounts(path, [entry(standin, "alice-paper", "trader-a", "PKALICE")])
     port = free_port()
