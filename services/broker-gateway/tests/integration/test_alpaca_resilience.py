@@ -18,6 +18,7 @@ from bsopt_broker.domain.records import MarketOrder, OrderStatus
 from bsopt_common.errors import FailedPrecondition, Unavailable
 from bsopt_common.grpc_server import status_for
 from bsopt_common.money import Money
+from bsopt_common.testing.services import free_port
 from bsopt_common.vocabulary import Side
 
 FAST = {"retry_initial_wait_s": 0.01, "retry_max_wait_s": 0.05}
@@ -193,3 +194,21 @@ def test_retry_policy_settings_are_checked():
         RetryPolicy(attempts=0, total_s=1, initial_wait_s=0.1, max_wait_s=1)
     with pytest.raises(ValueError, match="max_wait_s"):
         RetryPolicy(attempts=2, total_s=1, initial_wait_s=1, max_wait_s=0.1)
+
+
+def test_timeouts_and_connection_errors_count_toward_the_breaker(alpaca_standin):
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+    broker = make_broker(alpaca_standin, [paper_account(alpaca_standin, "slow"),
+                                          {**paper_account(alpaca_standin, "gone"), "base_url": closed}],
+                         request_timeout_s=0.2, retry_attempts=2, breaker_failures=2, breaker_cooldown_s=30, **FAST)
+    alpaca_standin.accounts["PKSLOW"].delay_s = 0.5
+    for _ in range(2):
+        with pytest.raises(Unavailable, match="ReadTimeout"):
+            broker.get_account("slow", "u-slow")
+        with pytest.raises(Unavailable, match=r"ConnectionError \(up to 2 tries"):
+            broker.get_account("gone", "u-gone")
+    assert len(requests_of(alpaca_standin, "PKSLOW")) == 2  # a timeout is not retried
+    assert broker.breaker_state("slow") is broker.breaker_state("gone") is BreakerState.OPEN
+    with pytest.raises(CircuitOpen):
+        broker.submit_market_order(buy("slow", 1, "s-1"))
+    assert len(requests_of(alpaca_standin, "PKSLOW")) == 2
