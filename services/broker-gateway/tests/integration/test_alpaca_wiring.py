@@ -137,6 +137,21 @@ async def test_alpaca_account_and_order_through_grpc(gateway, test_issuer, stand
     assert len(standin.accounts["PKALICE"].orders) == 1
 
 
+@pytest.mark.parametrize("symbol, quantity, reason", [
+    ("ZZZZ", 1, "no latest trade of symbol 'ZZZZ'"),
+    ("", 1, "symbol is required"),
+    ("AAPL", 0, "quantity must be a positive whole number"),
+])
+async def test_bad_alpaca_orders_are_invalid_argument(gateway, test_issuer, standin, symbol, quantity, reason):
+    target, _ = gateway
+    before = len(standin.accounts["PKALICE"].orders)
+    err = await refused(target, "PlaceOrder", pb.PlaceOrderRequest(
+        account_id="alice-paper", client_order_id=f"bad-{symbol}-{quantity}", symbol=symbol, side=pb.SIDE_BUY,
+        quantity=quantity), token(test_issuer, "trader-a"))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and reason in err.details()
+    assert len(standin.accounts["PKALICE"].orders) == before
+
+
 async def test_paper_accounts_say_paper(gateway, test_issuer):
     target, _ = gateway
     tok = token(test_issuer, "trader-a")
