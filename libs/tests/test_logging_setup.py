@@ -225,3 +225,35 @@ def test_a_service_command_logs_console_lines_in_dev(postgres_url: str) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines and all(re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z auth-server (INFO|WARNING) ", line) for line in lines)
+
+
+_RUN_SERVICE = """
+import logging
+from bsopt_common.runtime import run_service
+from bsopt_digest.config import DigestSettings
+
+async def serve(settings, stop):
+    logging.getLogger("bsopt_digest.probe").info("started; client_secret=%s", "abc123def456", extra={"port": 8})
+
+run_service(DigestSettings, serve)
+"""
+
+
+@pytest.mark.parametrize(("environment", "fmt"), [("prod", "json"), ("dev", "console")])
+def test_run_service_picks_the_format_from_the_service_environment(environment: str, fmt: str) -> None:
+    """The entry-point body of every service but auth-server (``run_service``) with
+    digest-worker's own settings: JSON by default in prod, console lines in dev."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BSOPT_LOG_FORMAT")}
+    env.update({"BSOPT_DIGEST_ENVIRONMENT": environment, "DATABASE_URL": "postgresql://u@127.0.0.1:1/x",
+                "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "BSOPT_ISSUER": "https://issuer.example"})
+    proc = subprocess.run([sys.executable, "-c", _RUN_SERVICE], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "abc123def456" not in proc.stderr
+    if fmt == "json":
+        [line] = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
+        assert (line["service"], line["logger"], line["port"]) == ("digest-worker", "bsopt_digest.probe", 8)
+        assert line["message"] == f"started; client_secret={REDACTED}"
+    else:
+        assert re.fullmatch(r"\S+Z digest-worker INFO +bsopt_digest\.probe: started; "
+                            rf"client_secret={re.escape(REDACTED)} port=8\n", proc.stderr), proc.stderr
