@@ -257,3 +257,22 @@ def test_run_service_picks_the_format_from_the_service_environment(environment: 
     else:
         assert re.fullmatch(r"\S+Z digest-worker INFO +bsopt_digest\.probe: started; "
                             rf"client_secret={re.escape(REDACTED)} port=8\n", proc.stderr), proc.stderr
+
+
+def test_no_process_configures_logging_but_the_shared_setup() -> None:
+    """No production source (libs, services, CLI) configures logging itself: no
+    basicConfig/dictConfig/fileConfig, no structlog.configure, no root handler of its own,
+    and every uvicorn it starts keeps uvicorn's logging config out (``log_config=None``)."""
+    sources = [p for root in ("libs/src/bsopt_common", "services", "clients/cli/src")
+               for p in (REPO / root).rglob("*.py") if "tests" not in p.relative_to(REPO).parts]
+    assert len(sources) > 50
+    own = REPO / "libs/src/bsopt_common/logging_setup.py"
+    configuring = re.compile(r"basicConfig\(|dictConfig\(|fileConfig\(|structlog\.configure|"
+                             r"getLogger\(\)\.(addHandler|setLevel)\(")
+    offenders = [f"{p.relative_to(REPO)}:{n}" for p in sources if p != own
+                 for n, line in enumerate(p.read_text().splitlines(), 1) if configuring.search(line)]
+    assert offenders == []
+    calls = [(p, call.group(0)) for p in sources
+             for call in re.finditer(r"uvicorn\.(?:Config|run)\((?:[^()]|\([^()]*\))*\)", p.read_text())]
+    assert len(calls) >= 2  # auth-server's workers, the shared serve_asgi
+    assert [f"{p.relative_to(REPO)}: {call[:80]}" for p, call in calls if "log_config=None" not in call] == []
