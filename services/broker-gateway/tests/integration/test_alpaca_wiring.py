@@ -152,6 +152,26 @@ async def test_bad_alpaca_orders_are_invalid_argument(gateway, test_issuer, stan
     assert len(standin.accounts["PKALICE"].orders) == before
 
 
+async def test_market_data_failures(gateway, test_issuer, standin):
+    """The price source retries a passing 503 and answers UNAVAILABLE when it lasts."""
+    target, _ = gateway
+    tok = token(test_issuer, "trader-a")
+    path = "/v2/stocks/trades/latest"
+    standin.fail_next("PKALICE", 503, times=1, method="GET", path=path)
+    resp = await call(target, "PlaceOrder", pb.PlaceOrderRequest(
+        account_id="alice-paper", client_order_id="md-1", symbol="AAPL", side=pb.SIDE_BUY, quantity=1), tok)
+    assert resp.order.status == pb.ORDER_STATUS_FILLED
+    before = len(standin.accounts["PKALICE"].orders)
+    standin.fail_next("PKALICE", 503, times=10, method="GET", path=path)
+    try:
+        err = await refused(target, "PlaceOrder", pb.PlaceOrderRequest(
+            account_id="alice-paper", client_order_id="md-2", symbol="AAPL", side=pb.SIDE_BUY, quantity=1), tok)
+    finally:
+        standin.clear_failures("PKALICE")
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and "market data" in err.details()
+    assert len(standin.accounts["PKALICE"].orders) == before
+
+
 async def test_paper_accounts_say_paper(gateway, test_issuer):
     target, _ = gateway
     tok = token(test_issuer, "trader-a")

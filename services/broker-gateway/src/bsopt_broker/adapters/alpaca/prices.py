@@ -7,6 +7,9 @@ Market data is not per account: one set of credentials (any account of the accou
 file) reads it. With ``base_url`` set on that account (a proxy or the local stand-in) the
 data client goes there too (``url_override``); otherwise to ``data.alpaca.markets``.
 
+Each request has a timeout and goes through a :class:`~.resilience.RetryPolicy` (429,
+5xx and connection errors retried with backoff; alpaca-py's own retry loop is off).
+
 Blocking: call from a worker thread. Thread-safe: one client (one HTTP session) per thread.
 """
 
@@ -23,6 +26,7 @@ from alpaca.data.models import Trade
 from alpaca.data.requests import StockLatestTradeRequest
 
 from bsopt_broker.adapters.alpaca.accounts import AlpacaAccountConfig
+from bsopt_broker.adapters.alpaca.resilience import RetryPolicy, disable_builtin_retries
 from bsopt_common.errors import InvalidArgument, Unavailable
 from bsopt_common.money import Money, price_decimal
 
@@ -47,9 +51,13 @@ class LatestTradePrices:
     Unavailable when the Market Data API cannot be reached or refuses the request.
     """
 
-    def __init__(self, config: AlpacaAccountConfig, *, request_timeout_s: float = 10.0):
+    def __init__(self, config: AlpacaAccountConfig, *, request_timeout_s: float = 10.0,
+                 retry: RetryPolicy | None = None):
+        """``request_timeout_s``: each request's timeout, seconds. ``retry``: default 3 tries
+        within 5 s (backoff 0.2 s to 2 s)."""
         self._config = config
         self._timeout_s = request_timeout_s
+        self._retry = retry or RetryPolicy(attempts=3, total_s=5.0, initial_wait_s=0.2, max_wait_s=2.0)
         self._local = threading.local()
 
     @classmethod
@@ -66,6 +74,7 @@ class LatestTradePrices:
                                                secret_key=cfg.api_secret_key.get_secret_value(),
                                                url_override=cfg.base_url)
             client._session = _TimeoutSession(self._timeout_s)
+            disable_builtin_retries(client)
             self._local.client = client
         return client
 
@@ -73,7 +82,10 @@ class LatestTradePrices:
         if not symbol:
             raise InvalidArgument("symbol is required")
         try:
-            latest = self._client().get_stock_latest_trade(StockLatestTradeRequest(symbol_or_symbols=symbol))
+            client = self._client()
+            request = StockLatestTradeRequest(symbol_or_symbols=symbol)
+            latest = self._retry.call(lambda: client.get_stock_latest_trade(request),
+                                      f"market data {self._config.name}: latest trade")
         except requests.RequestException as exc:
             raise Unavailable(f"Alpaca market data: latest trade of {symbol!r}: {type(exc).__name__}") from exc
         except APIError as exc:
