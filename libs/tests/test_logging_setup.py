@@ -259,6 +259,16 @@ def test_run_service_picks_the_format_from_the_service_environment(environment: 
                             rf"client_secret={re.escape(REDACTED)} port=8\n", proc.stderr), proc.stderr
 
 
+def _call_text(text: str, start: int) -> str:
+    """The arguments of the call whose ``(`` ends just before ``start``."""
+    depth = 1
+    for i in range(start, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i]
+    raise AssertionError("unbalanced call")
+
+
 def test_no_process_configures_logging_but_the_shared_setup() -> None:
     """No production source (libs, services, CLI) configures logging itself: no
     basicConfig/dictConfig/fileConfig, no structlog.configure, no root handler of its own,
@@ -272,7 +282,7 @@ def test_no_process_configures_logging_but_the_shared_setup() -> None:
     offenders = [f"{p.relative_to(REPO)}:{n}" for p in sources if p != own
                  for n, line in enumerate(p.read_text().splitlines(), 1) if configuring.search(line)]
     assert offenders == []
-    calls = [(p, call.group(0)) for p in sources
-             for call in re.finditer(r"uvicorn\.(?:Config|run)\((?:[^()]|\([^()]*\))*\)", p.read_text())]
+    calls = [(p, _call_text(text, m.end())) for p in sources
+             for text in [p.read_text()] for m in re.finditer(r"uvicorn\.(?:Config|run)\(", text)]
     assert len(calls) >= 2  # auth-server's workers, the shared serve_asgi
     assert [f"{p.relative_to(REPO)}: {call[:80]}" for p, call in calls if "log_config=None" not in call] == []
