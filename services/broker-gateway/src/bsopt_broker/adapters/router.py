@@ -133,10 +133,7 @@ class VenueRouter:
         except NotImplementedError as exc:
             raise FailedPrecondition(f"importing trades of Alpaca account {account_id!r} is not available "
                                      f"yet: {exc}") from None
-        if not fills:
-            return []
-        kind = _kind(alpaca.get_account(account_id, user_id).kind)
-        return [_with_kind(f, kind) for f in fills]
+        return fills  # the Alpaca venue marks them with the account's detected kind
 
 
 class VenueView:

@@ -22,6 +22,7 @@ Blocking: call from a worker thread. Not yet wired into ``serve()`` (issue 8, fi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -59,6 +60,7 @@ from bsopt_broker.adapters.alpaca.resilience import (
 )
 from bsopt_broker.domain.balance_guard import OrderRejected
 from bsopt_broker.domain.records import Account, Fill, MarketOrder, Order, OrderResult, OrderStatus, Position
+from bsopt_broker.domain.records import AccountKind as RecordKind
 from bsopt_broker.domain.venue import AccountNotFound
 from bsopt_common.errors import Unavailable
 from bsopt_common.money import Money
@@ -248,9 +250,10 @@ class AlpacaBroker:
         quantity)."""
         slot = self._slot(account_id, user_id)
         with slot.lock:
-            client, _ = self._client(slot)
+            client, kind = self._client(slot)
         name = slot.config.name
-        return alpaca_fills(client, name, start, end, call=lambda fn: self._call(name, fn))
+        fills = alpaca_fills(client, name, start, end, call=lambda fn: self._call(name, fn))
+        return [dataclasses.replace(f, account_kind=RecordKind(kind.value)) for f in fills]
 
     def get_account(self, account_id: str, user_id: str) -> AlpacaAccount:
         slot = self._slot(account_id, user_id)
@@ -267,7 +270,7 @@ class AlpacaBroker:
             account_id=name, user_id=slot.config.owner, broker=self.name, cash=usd(raw.cash),
             positions=tuple(_position(p) for p in positions if isinstance(p, AlpacaPosition)),
             created_at=raw.created_at, kind=kind, equity=usd(raw.equity), buying_power=usd(raw.buying_power),
-            account_number=raw.account_number)
+            account_number=raw.account_number, account_kind=RecordKind(kind.value))
 
     def submit_market_order(self, order: MarketOrder) -> AlpacaOrderResult:
         """Place a market order on an Alpaca account after the balance check, and wait until it is final.
@@ -333,7 +336,7 @@ class AlpacaBroker:
             after = self._read_account(slot, client, kind)
             timing = (OrderTiming(received_ns, balance_checked_ns, sent_ns, acknowledged_ns, filled_ns)
                       if timed else None)
-            result = AlpacaOrderResult(order=_order(filled, cfg.name), fills=_fills(filled, cfg.name),
+            result = AlpacaOrderResult(order=_order(filled, cfg.name, kind), fills=_fills(filled, cfg.name, kind),
                                        account=after, replayed=replayed, kind=kind, timing=timing)
             slot.results[order.client_order_id] = result
         if timing is not None:
@@ -405,7 +408,7 @@ def _position(p: AlpacaPosition) -> Position:
     return Position(symbol=p.symbol, quantity=int(Decimal(p.qty)), average_price=usd(p.avg_entry_price))
 
 
-def _order(o: AlpacaOrder, account: str) -> Order:
+def _order(o: AlpacaOrder, account: str, kind: AccountKind) -> Order:
     filled = o.status is AlpacaOrderStatus.FILLED
     latency = ((o.filled_at - o.submitted_at).total_seconds() * 1000) if filled and o.filled_at else None
     return Order(order_id=str(o.id), client_order_id=o.client_order_id, account_id=account,
@@ -413,10 +416,11 @@ def _order(o: AlpacaOrder, account: str) -> Order:
                  quantity=int(Decimal(str(o.qty or 0))),
                  status=OrderStatus.FILLED if filled else OrderStatus.REJECTED,
                  submitted_at=o.submitted_at, filled_at=o.filled_at if filled else None,
-                 fill_latency_ms=latency, reject_reason="" if filled else f"Alpaca order {o.status}")
+                 fill_latency_ms=latency, reject_reason="" if filled else f"Alpaca order {o.status}",
+                 account_kind=RecordKind(kind.value))
 
 
-def _fills(o: AlpacaOrder, account: str) -> tuple[Fill, ...]:
+def _fills(o: AlpacaOrder, account: str, kind: AccountKind) -> tuple[Fill, ...]:
     if o.status is not AlpacaOrderStatus.FILLED or o.filled_avg_price is None:
         return ()
     # The broker's own trade ids come from account activities (the import slice); until
@@ -424,4 +428,4 @@ def _fills(o: AlpacaOrder, account: str) -> tuple[Fill, ...]:
     return (Fill(trade_id=str(o.id), order_id=str(o.id), account_id=account, symbol=o.symbol or "",
                  side=Side.BUY if o.side is OrderSide.BUY else Side.SELL,
                  quantity=int(Decimal(str(o.filled_qty or 0))), price=usd(str(o.filled_avg_price)),
-                 fee=usd(0), executed_at=o.filled_at or _now()),)
+                 fee=usd(0), executed_at=o.filled_at or _now(), account_kind=RecordKind(kind.value)),)
