@@ -91,10 +91,22 @@ def paper_trading(resp: trainer_pb.RunPaperTradingResponse) -> dict[str, Any]:
 # --- broker-gateway --------------------------------------------------------------------
 
 
+def account_kind(value: int) -> str | None:
+    """``ACCOUNT_KIND_PAPER`` -> ``"paper"``, ``ACCOUNT_KIND_LIVE`` -> ``"live"`` (real money);
+    unspecified (a broker-gateway that does not say) -> null."""
+    if value == broker_pb.ACCOUNT_KIND_UNSPECIFIED:
+        return None
+    try:
+        return str(broker_pb.AccountKind.Name(value)).removeprefix("ACCOUNT_KIND_").lower()
+    except ValueError:
+        return str(value)
+
+
 def account(a: broker_pb.Account) -> dict[str, Any]:
     return {
         "account_id": a.account_id,
         "broker": a.broker,
+        "account_kind": account_kind(a.account_kind),
         "cash": money_field(a, "cash"),
         "positions": [{"symbol": p.symbol, "quantity": p.quantity,
                        "average_price": money_field(p, "average_price")} for p in a.positions],

@@ -85,3 +85,19 @@ def test_scored_trade_json():
         "rsi_14", "atr_14", "bollinger_position", "change_1d", "change_5d", "close_usd",
     }
     assert "user_id" not in out
+
+
+@pytest.mark.parametrize(("value", "name"), [
+    (broker_pb.ACCOUNT_KIND_PAPER, "paper"), (broker_pb.ACCOUNT_KIND_LIVE, "live"),
+    (broker_pb.ACCOUNT_KIND_UNSPECIFIED, None), (99, "99"),
+])
+def test_account_kind_names(value, name):
+    assert encoding.account_kind(value) == name
+
+
+def test_account_carries_its_kind():
+    a = broker_pb.Account(account_id="demo-alpaca", broker="alpaca", account_kind=broker_pb.ACCOUNT_KIND_PAPER,
+                          cash=codec.money_pb(Money.of("100000", "USD")))
+    out = encoding.account(a)
+    assert out["account_kind"] == "paper"
+    assert out["broker"] == "alpaca" and out["cash"] == {"amount": "100000", "currency": "USD"}

@@ -200,6 +200,9 @@ class Position(BaseModel):
 class Account(BaseModel):
     account_id: str
     broker: str
+    #: ``"paper"`` (simulated money) or ``"live"`` (real money): the built-in paper broker is
+    #: always paper; an Alpaca account is what broker-gateway detected. Null if not reported.
+    account_kind: str | None
     #: Free cash; its currency is the account's currency.
     cash: Money
     positions: list[Position]
