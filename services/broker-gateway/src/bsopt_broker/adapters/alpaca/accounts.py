@@ -11,6 +11,7 @@
         min_balance_usd: 5000        # optional, default 5000
         read_only: false             # optional: may import, never place orders
         allow_live: false            # optional: live accounts refuse orders without it
+        on_balance_unavailable: refuse   # optional: or allow (the order goes, with a warning)
 
 A top-level list of entries is accepted too. Each credential is given exactly one way:
 inline, ``*_env`` (an environment variable's name) or ``*_file`` (a path, relative to the
@@ -55,6 +56,10 @@ class AlpacaAccountConfig(BaseModel):
     min_balance_usd: Decimal = Field(default=DEFAULT_MIN_BALANCE_USD, ge=0)
     read_only: bool = False
     allow_live: bool = False
+    #: When the balance cannot be read before an order (Alpaca unreachable within the
+    #: request timeout and retries): ``refuse`` the order (UNAVAILABLE), or ``allow`` it
+    #: unchecked with a warning (a log line and ``balance_unchecked`` on the result).
+    on_balance_unavailable: Literal["refuse", "allow"] = "refuse"
 
     @field_validator("base_url")
     @classmethod

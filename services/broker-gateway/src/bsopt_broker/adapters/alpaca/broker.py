@@ -103,6 +103,9 @@ class AlpacaOrderResult(OrderResult):
     kind: AccountKind
     timing: OrderTiming | None
     """None for a replayed result (the order was placed by an earlier call)."""
+    balance_unchecked: bool = False
+    """True when the balance could not be read and the account's ``on_balance_unavailable:
+    allow`` let the order go unchecked (logged as a warning)."""
 
 
 class _TimeoutSession(requests.Session):
@@ -272,6 +275,34 @@ class AlpacaBroker:
             created_at=raw.created_at, kind=kind, equity=usd(raw.equity), buying_power=usd(raw.buying_power),
             account_number=raw.account_number, account_kind=RecordKind(kind.value))
 
+    def _check_balance(self, slot: _Slot, client: TradingClient, kind: AccountKind, order: MarketOrder) -> bool:
+        """The balance check before an order (caller holds the slot's lock): True when it
+        passed; False when the balance or price could not be read and the account allows
+        unchecked orders (``on_balance_unavailable: allow``, a warning is logged). Raises
+        OrderRejected (the check failed, with the numbers), Unavailable (could not read,
+        ``refuse``), InvalidArgument (unknown symbol)."""
+        cfg = slot.config
+        try:
+            account = self._read_account(slot, client, kind)
+            price = self._prices(order.symbol)
+        except CircuitOpen:
+            raise  # Alpaca is down for this account: the order could not go either
+        except Unavailable as exc:
+            if cfg.on_balance_unavailable != "allow":
+                raise Unavailable(f"the balance of Alpaca account {cfg.name!r} could not be read, so the order "
+                                  f"was refused (on_balance_unavailable: refuse): {exc}") from exc
+            log.warning("alpaca order on %s sent WITHOUT a balance check: the balance could not be read (%s); "
+                        "the account allows it (on_balance_unavailable: allow)", cfg.name, exc,
+                        extra={"event": "alpaca.balance_check_skipped", "account": cfg.name,
+                               "client_order_id": order.client_order_id, "account_kind": kind.value})
+            return False
+        position = account.position(order.symbol)
+        check_balance(account=cfg.name, side=order.side, quantity=order.quantity, price=price,
+                      equity=account.equity, cash=account.cash, buying_power=account.buying_power,
+                      position_quantity=position.quantity if position else 0,
+                      min_balance=usd(cfg.min_balance_usd))
+        return True
+
     def submit_market_order(self, order: MarketOrder) -> AlpacaOrderResult:
         """Place a market order on an Alpaca account after the balance check, and wait until it is final.
 
@@ -302,13 +333,7 @@ class AlpacaBroker:
             if kind is AccountKind.LIVE and not cfg.allow_live:
                 raise OrderRejected(f"account {cfg.name!r} is a live account; orders need allow_live: true "
                                     "in the accounts file")
-            account = self._read_account(slot, client, kind)
-            position = account.position(order.symbol)
-            price = self._prices(order.symbol)
-            check_balance(account=cfg.name, side=order.side, quantity=order.quantity, price=price,
-                          equity=account.equity, cash=account.cash, buying_power=account.buying_power,
-                          position_quantity=position.quantity if position else 0,
-                          min_balance=usd(cfg.min_balance_usd))
+            unchecked = not self._check_balance(slot, client, kind, order)
             balance_checked_ns = time.perf_counter_ns() if timed else 0
             request = MarketOrderRequest(symbol=order.symbol, qty=order.quantity,
                                          side=OrderSide.BUY if order.side is Side.BUY else OrderSide.SELL,
@@ -337,7 +362,8 @@ class AlpacaBroker:
             timing = (OrderTiming(received_ns, balance_checked_ns, sent_ns, acknowledged_ns, filled_ns)
                       if timed else None)
             result = AlpacaOrderResult(order=_order(filled, cfg.name, kind), fills=_fills(filled, cfg.name, kind),
-                                       account=after, replayed=replayed, kind=kind, timing=timing)
+                                       account=after, replayed=replayed, kind=kind, timing=timing,
+                                       balance_unchecked=unchecked)
             slot.results[order.client_order_id] = result
         if timing is not None:
             _log_order(result, order, timing)
