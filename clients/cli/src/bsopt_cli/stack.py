@@ -8,9 +8,17 @@
    (Tansu, in-memory: topics and offsets start empty on every start) as a child process
    on a free port, logging to ``<state_dir>/logs/kafka.log``;
 3. each service's key pair under ``<state_dir>/keys`` (created once), auth-server migrations
-   and dev seed (clients with those public keys, demo user), then the six services as
-   child processes; each service runs its own migrations on start;
-4. waits until every service answers (HTTP metadata, gRPC health).
+   and dev seed (clients with those public keys, demo user);
+4. Alpaca: the accounts file ``<state_dir>/alpaca/accounts.yaml`` with one account,
+   :data:`ALPACA_ACCOUNT`, owned by the demo user. With ``BSOPT_ALPACA_API_KEY_ID`` and
+   ``BSOPT_ALPACA_API_SECRET_KEY`` in the environment it is the real Alpaca account of
+   those keys (read by broker-gateway from its environment, never written to disk; no
+   ``base_url``); without them, a local stand-in of Alpaca's API
+   (:mod:`bsopt_cli.alpaca_dev`) runs as a child process on ``ports.alpaca`` with a paper
+   account (``PK...`` key id, random secret in ``<state_dir>/alpaca/standin-secret``);
+5. the six services as child processes (broker-gateway with ``BSOPT_BROKER_ACCOUNTS_FILE``);
+   each service runs its own migrations on start;
+6. waits until every service answers (HTTP metadata, gRPC health).
 
 ``Stack.stop()`` sends SIGTERM to every child in reverse start order, waits for them to
 drain, and kills what is left; children also get SIGTERM if this process dies
@@ -21,7 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -33,9 +43,18 @@ import grpc
 import httpx
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 DEMO_USER = ("demo", "demo-password")
+#: The Alpaca account of the dev stack's accounts file (its account id in the API).
+ALPACA_ACCOUNT = "demo-alpaca"
+#: A real Alpaca account's keys, when given (both or neither).
+ALPACA_KEY_ID_ENV = "BSOPT_ALPACA_API_KEY_ID"
+ALPACA_SECRET_ENV = "BSOPT_ALPACA_API_SECRET_KEY"
+#: The stand-in's key id: ``PK`` (paper) and 20 characters, as Alpaca's paper key ids.
+STANDIN_KEY_ID = "PKDEVSTANDIN00000001"
+STANDIN_CASH = "100000"
 #: Confidential clients seeded by ``bsopt_auth seed-dev`` (dev secrets only).
 SERVICE_CLIENTS = ("resource-api", "broker-gateway", "rl-trainer", "ml-scorer", "digest-worker", "auth-server")
 
@@ -52,6 +71,8 @@ class Ports:
     scorer: int = 50052
     trainer: int = 50053
     digest: int = 50054
+    alpaca: int = 8090
+    """The local Alpaca stand-in (HTTP), when no Alpaca keys are given."""
 
 
 @dataclass
@@ -75,6 +96,8 @@ class Stack:
     kafka_bootstrap: str | None = None
     log_level: str = "INFO"
     children: list[Child] = field(default_factory=list)
+    alpaca_standin: bool = False
+    """True once :meth:`start` runs the local Alpaca stand-in (no Alpaca keys given)."""
     _pg: object | None = None
     _embedded_kafka: bool = False
 
@@ -89,6 +112,16 @@ class Stack:
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def alpaca_url(self) -> str:
+        """The local Alpaca stand-in's base URL."""
+        return f"http://127.0.0.1:{self.ports.alpaca}"
+
+    @property
+    def accounts_file(self) -> Path:
+        """broker-gateway's Alpaca accounts file (``BSOPT_BROKER_ACCOUNTS_FILE``)."""
+        return self.state_dir / "alpaca" / "accounts.yaml"
 
     # --- infrastructure --------------------------------------------------------------
     def _start_postgres(self) -> str:
@@ -120,6 +153,75 @@ class Stack:
         self.children.append(Child("kafka", kafka.process, log_path))
         self._embedded_kafka = True
         return bootstrap
+
+    # --- Alpaca ------------------------------------------------------------------------
+    @staticmethod
+    def alpaca_keys_given() -> bool:
+        """True when a real Alpaca account's keys are in the environment (both of them)."""
+        given = [name for name in (ALPACA_KEY_ID_ENV, ALPACA_SECRET_ENV) if os.environ.get(name)]
+        if len(given) == 1:
+            missing = ALPACA_SECRET_ENV if given[0] == ALPACA_KEY_ID_ENV else ALPACA_KEY_ID_ENV
+            raise StackError(f"{given[0]} is set but {missing} is not: give both keys of the Alpaca account, "
+                             "or neither to use the local stand-in")
+        return len(given) == 2
+
+    @staticmethod
+    def demo_user_id(auth_database_url: str) -> str:
+        """The seeded demo user's id: the ``sub`` of its tokens, which an accounts file's
+        ``owner`` must name."""
+        from bsopt_common.db import create_db_engine
+
+        engine = create_db_engine(auth_database_url, pool_size=1, max_overflow=0)
+        try:
+            with engine.connect() as conn:
+                user_id = conn.execute(text("SELECT id::text FROM auth.users WHERE username = :name"),
+                                       {"name": DEMO_USER[0]}).scalar_one_or_none()
+        finally:
+            engine.dispose()
+        if user_id is None:
+            raise StackError(f"the demo user {DEMO_USER[0]!r} is not in auth.users after seed-dev")
+        return str(user_id)
+
+    def write_alpaca_accounts(self, owner: str, *, standin: bool) -> Path:
+        """Write :attr:`accounts_file` (YAML; mode 0600) with the one account
+        :data:`ALPACA_ACCOUNT` owned by ``owner``: the local stand-in's (``standin``), or
+        the real one whose keys broker-gateway reads from the environment."""
+        folder = self.accounts_file.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+        entry: dict[str, object] = {"name": ALPACA_ACCOUNT, "broker": "alpaca", "owner": owner}
+        if standin:
+            secret_file = folder / "standin-secret"
+            secret_file.touch(mode=0o600)
+            secret_file.chmod(0o600)
+            secret_file.write_text(secrets.token_urlsafe(32) + "\n")
+            entry |= {"api_key_id": STANDIN_KEY_ID, "api_secret_key_file": secret_file.name,
+                      "base_url": self.alpaca_url}
+            origin = f"the local Alpaca stand-in ({self.alpaca_url})"
+        else:
+            entry |= {"api_key_id_env": ALPACA_KEY_ID_ENV, "api_secret_key_env": ALPACA_SECRET_ENV}
+            origin = f"the Alpaca account of {ALPACA_KEY_ID_ENV} / {ALPACA_SECRET_ENV}"
+        # JSON scalars are YAML scalars: no YAML writer needed
+        lines = [f"# Written by the bsopt dev stack on every start: {origin}.", "accounts:"]
+        lines += [f"  {'-' if i == 0 else ' '} {key}: {json.dumps(value)}"
+                  for i, (key, value) in enumerate(entry.items())]
+        self.accounts_file.touch(mode=0o600)
+        self.accounts_file.write_text("\n".join(lines) + "\n")
+        return self.accounts_file
+
+    def _start_alpaca(self, auth_database_url: str, timeout_seconds: float) -> None:
+        standin = not self.alpaca_keys_given()
+        self.write_alpaca_accounts(self.demo_user_id(auth_database_url), standin=standin)
+        if not standin:
+            return
+        secret = (self.accounts_file.parent / "standin-secret").read_text().strip()
+        self._spawn("alpaca-standin", [sys.executable, "-m", "bsopt_cli.alpaca_dev", "--port", str(self.ports.alpaca),
+                                       "--cash", STANDIN_CASH],
+                    {"BSOPT_ALPACA_STANDIN_KEY_ID": STANDIN_KEY_ID, "BSOPT_ALPACA_STANDIN_SECRET": secret,
+                     "BSOPT_LOG_LEVEL": self.log_level})
+        self.alpaca_standin = True
+        self._wait_http(self.alpaca_url + "/v2/account", "alpaca-standin", timeout_seconds,
+                        headers={"APCA-API-KEY-ID": STANDIN_KEY_ID, "APCA-API-SECRET-KEY": secret})
 
     # --- services ----------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
@@ -187,6 +289,7 @@ class Stack:
                             # signs auth.audit.v1 (registered as client auth-server at start)
                             "BSOPT_AUTH_SIGNING_KEY_FILE": keys["auth-server"]},
             "broker-gateway": {**common, "BSOPT_BROKER_PORT": str(p.broker),
+                               "BSOPT_BROKER_ACCOUNTS_FILE": str(self.accounts_file.resolve()),
                                "BSOPT_BROKER_SIGNING_KEY_FILE": keys["broker-gateway"]},
             "ml-scorer": {**common, "BSOPT_SCORER_PORT": str(p.scorer),
                           "BSOPT_SCORER_SIGNING_KEY_FILE": keys["ml-scorer"]},
@@ -216,6 +319,7 @@ class Stack:
             py = sys.executable
             self._run_once("auth-server-migrate", [py, "-m", "bsopt_auth", "migrate"], envs["auth-server"])
             self._run_once("auth-server-seed", [py, "-m", "bsopt_auth", "seed-dev"], envs["auth-server"])
+            self._start_alpaca(envs["auth-server"]["DATABASE_URL"], timeout_seconds)
             self._spawn("auth-server", [py, "-m", "bsopt_auth", "serve"], envs["auth-server"])
             self._wait_http(self.issuer + "/.well-known/openid-configuration", "auth-server", timeout_seconds)
             modules = {"broker-gateway": "bsopt_broker", "ml-scorer": "bsopt_scorer", "rl-trainer": "bsopt_trainer",
@@ -234,6 +338,8 @@ class Stack:
         import socket
 
         for name, port in vars(self.ports).items():
+            if name == "alpaca" and self.alpaca_keys_given():
+                continue  # no stand-in
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     raise StackError(f"port {port} ({name}) is already in use on 127.0.0.1; is another stack running?")
@@ -247,12 +353,13 @@ class Stack:
             tail = child.log_path.read_text(errors="replace")[-2000:]
             raise StackError(f"{name} exited with code {child.proc.returncode}; log {child.log_path}:\n{tail}")
 
-    def _wait_http(self, url: str, name: str, timeout_seconds: float) -> None:
+    def _wait_http(self, url: str, name: str, timeout_seconds: float,
+                   headers: dict[str, str] | None = None) -> None:
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
             self._check_alive(name)
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url, timeout=1.0).status_code == 200:
+                if httpx.get(url, headers=headers, timeout=1.0).status_code == 200:
                     return
             time.sleep(0.2)
         raise StackError(f"{name} did not answer {url} within {timeout_seconds:.0f}s")
@@ -281,6 +388,7 @@ class Stack:
                 child.proc.kill()
                 child.proc.wait()
         self.children.clear()
+        self.alpaca_standin = False
         if self._pg is not None:
             self._pg.stop()
             self._pg = None
