@@ -111,6 +111,27 @@ async def test_second_authorization_in_the_session_needs_no_password(oauth, auth
     assert (await oauth.decode(token["access_token"])).claims["sub"] == first_claims["sub"]
 
 
+async def test_id_tokens_carry_the_sessions_sid_and_a_refresh_keeps_it(oauth, authlib_cli) -> None:
+    """OIDC Front-/Back-Channel Logout ``sid``: the same for every ID token of one browser
+    session (also after a refresh), the SHA-256 of the session cookie, never the cookie."""
+    import hashlib
+
+    first = await _signed_in(oauth, scope=OFFLINE)
+    cookie = next(v for k, v in oauth.client.cookies.items() if k.endswith("bsopt_session"))
+    sid = (await oauth.decode(first["id_token"])).claims["sid"]
+    assert sid == hashlib.sha256(cookie.encode()).hexdigest() and cookie not in first["id_token"]
+    verifier = oauth.new_verifier()
+    again = _query(await oauth.authorize_page(verifier=verifier, state="again", scope=OFFLINE))
+    second = await _exchange(authlib_cli, again["code"], verifier, oauth.loopback())
+    assert (await oauth.decode(second["id_token"])).claims["sid"] == sid
+    refreshed = await oauth.client.post("/oauth2/token", data={
+        "grant_type": "refresh_token", "refresh_token": first["refresh_token"], "client_id": CLI_CLIENT_ID})
+    assert refreshed.status_code == 200, refreshed.text
+    assert (await oauth.decode(refreshed.json()["id_token"])).claims["sid"] == sid
+    # the access token's sid is the token family (what revocation and introspection check)
+    assert (await oauth.decode(first["access_token"])).claims["sid"] != sid
+
+
 async def test_prompt_login_asks_for_the_password_again(oauth) -> None:
     await _signed_in(oauth)
     page = await oauth.authorize_page(prompt="login")

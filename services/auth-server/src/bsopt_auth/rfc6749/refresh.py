@@ -205,14 +205,14 @@ def refresh_token_grant(
             new_refresh = add_refresh_token(session, settings, family.id, family.expires_at)
             key = get_active_key(session, settings.signing_alg)
             subject, auth_time = str(family.user_id), int(family.auth_time.timestamp())
-            sid = str(family.id)
+            sid, session_id = str(family.id), family.session_id
     if family_id is None:
         raise InvalidGrantError("refresh token already used; its tokens are revoked" if reused
                                 else "invalid, expired or revoked refresh token")
 
     return user_token_response(key, settings, client, subject=subject, audiences=audiences,
                                scope=to_scope_string(scope), auth_time=auth_time, sid=sid, dpop_jkt=dpop_jkt,
-                               refresh_token=new_refresh)
+                               refresh_token=new_refresh, session_id=session_id)
 
 
 __all__ = [

@@ -34,11 +34,15 @@ def narrow_resources(granted: Sequence[str], requested: Sequence[str]) -> list[s
 def user_token_response(
     key: LoadedKey, settings: AuthSettings, client: Client, *, subject: str, audiences: Sequence[str],
     scope: str, auth_time: int, sid: str, dpop_jkt: str | None, refresh_token: str | None = None,
-    nonce: str | None = None,
+    nonce: str | None = None, session_id: str | None = None,
 ) -> dict[str, Any]:
     """The §5.1 body for ``subject`` with ``scope`` (a scope string). With ``openid`` the
     issuer joins the audiences (so the UserInfo endpoint accepts the token) and an ID
-    token (with ``nonce`` if the authorization request had one) is added."""
+    token (with ``nonce`` if the authorization request had one) is added; its ``sid``
+    (OpenID Connect Front-Channel Logout 1.0 §3, Back-Channel Logout 1.0 §2.4) is
+    ``session_id``, the authorization server's browser session the grant came from (the
+    SHA-256 of the session cookie, never the cookie), absent without one (device flow).
+    The access token's ``sid`` stays the token family id (what revocation checks)."""
     assert settings.issuer is not None
     openid = OPENID_SCOPE in parse_scope(scope)
     token = issue_access_token(
@@ -55,7 +59,7 @@ def user_token_response(
         body["id_token"] = issue_id_token(
             key, issuer=settings.issuer, subject=subject, client_id=client.client_id, auth_time=auth_time,
             ttl_seconds=settings.id_token_ttl_seconds, nonce=nonce, access_token=token.token,
-            now=token.claims["iat"],
+            now=token.claims["iat"], extra_claims={"sid": session_id} if session_id else None,
         )
     return body
 

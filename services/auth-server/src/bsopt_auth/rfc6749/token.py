@@ -212,7 +212,7 @@ def _authorization_code(
     return user_token_response(
         key, settings, client, subject=str(grant.user_id), audiences=audiences, scope=grant.scope,
         auth_time=int(grant.auth_time.timestamp()), sid=str(family.id), dpop_jkt=jkt, refresh_token=refresh_token,
-        nonce=grant.nonce,
+        nonce=grant.nonce, session_id=family.session_id,
     )
 
 
