@@ -86,6 +86,11 @@ TRADES_SCORED = _topic(
 DIGESTS_READY = _topic(
     "digests.ready.v1", digest_events.DigestReady,
     lambda m: m.user_id, lambda m: f"digests/{m.digest_id}", "digest-worker")
+#: broker-gateway's sell module: one event per position it decided to sell (stop-loss,
+#: take-profit, close-all) and the outcome; keyed by the account, so its decisions stay ordered.
+SELLS_DECIDED = _topic(
+    "sells.decided.v1", broker_events.SellDecision,
+    lambda m: m.account_id, lambda m: f"sell-decisions/{m.decision_id}", "broker-gateway")
 #: The authorization server's audit trail (``auth.audit_events``); keyed by the user, else
 #: the client, else the event, so one subject's facts stay ordered.
 AUTH_AUDIT = _topic(
@@ -96,7 +101,7 @@ AUTH_AUDIT = _topic(
 TOPICS: Mapping[str, Topic[Any]] = {
     t.name: t for t in (
         TRAINING_REQUESTED, TRAINING_PROGRESS, TRAINING_COMPLETED, TRADES_IMPORTED, TRADES_SCORED, DIGESTS_READY,
-        AUTH_AUDIT,
+        AUTH_AUDIT, SELLS_DECIDED,
     )
 }
 

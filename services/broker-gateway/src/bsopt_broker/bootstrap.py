@@ -26,6 +26,7 @@ from bsopt_broker.adapters.alpaca.prices import LatestTradePrices
 from bsopt_broker.adapters.paper import PaperBroker
 from bsopt_broker.adapters.router import ALPACA, VenueRouter, VenueView
 from bsopt_broker.config import BrokerSettings
+from bsopt_broker.sell import SellModule
 from bsopt_broker.servicer import BrokerGatewayServicer, grpc_service
 from bsopt_broker.trade_import import TradeImporter
 from bsopt_common.grpc_server import serve_grpc
@@ -56,6 +57,7 @@ class BrokerGateway:
         accounts = load_accounts(settings.accounts_file) if settings.accounts_file else {}
         self._alpaca = (alpaca_venue(accounts), accounts)
         self.router: VenueRouter | None = None
+        self.sells: SellModule | None = None
         if accounts:
             log.info("accounts file %s: %d Alpaca account(s): %s", settings.accounts_file, len(accounts),
                      ", ".join(sorted(accounts)))
@@ -79,6 +81,8 @@ class BrokerGateway:
             self._alpaca = (venue, accounts)
             if self.router is not None:
                 self.router.replace_alpaca(venue, accounts)
+            if self.sells is not None:  # the sell workers restart over the new pool
+                self.sells.replace(accounts, LatestTradePrices.from_accounts(accounts))
         log.info("accounts reload: %s: %d Alpaca account(s): %s", path, len(accounts), ", ".join(sorted(accounts)))
         return True
 
@@ -101,9 +105,16 @@ class BrokerGateway:
             with self._reload_lock:
                 alpaca, accounts = self._alpaca
                 self.router = router = VenueRouter(paper, alpaca, accounts)
+                # The sell workers (one thread per Alpaca account with rules) sell through the
+                # router, like PlaceOrder: same per-account lock, balance guard and timing.
+                self.sells = sells = SellModule(
+                    router, accounts, LatestTradePrices.from_accounts(accounts), runtime.session_factory,
+                    runtime.outbox, notify=lambda: loop.call_soon_threadsafe(runtime.outbox.notify))
             servicer = BrokerGatewayServicer(
                 router, TradeImporter(runtime.session_factory, router, runtime.outbox), runtime.outbox,
-                alpaca_importer=TradeImporter(runtime.session_factory, VenueView(router, ALPACA), runtime.outbox))
+                alpaca_importer=TradeImporter(runtime.session_factory, VenueView(router, ALPACA), runtime.outbox),
+                sells=sells)
+            await asyncio.to_thread(sells.start)
             if on_signal:
                 loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
             try:
@@ -112,6 +123,8 @@ class BrokerGateway:
             finally:
                 if on_signal:
                     loop.remove_signal_handler(signal.SIGHUP)
+                await asyncio.to_thread(sells.stop)
+                self.sells = None
 
 
 def _log_failure(future: asyncio.Future[bool]) -> None:

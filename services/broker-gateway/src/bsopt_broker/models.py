@@ -93,3 +93,15 @@ imported_trades = Table(
     Column("import_id", String(36), nullable=False),
     Column("imported_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# Stop-loss / take-profit rules a user set through the API for an Alpaca account
+# (0005_sell_rules): percent from a position's average entry price; NULL = no such rule.
+# They take precedence over the account's ``sell_rules`` of the accounts file.
+sell_rules = Table(
+    "sell_rules", metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("account_id", String(64), primary_key=True),
+    Column("stop_loss_pct", Float),
+    Column("take_profit_pct", Float),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -10,7 +10,9 @@ The token's scopes were checked by the token interceptor (see ``METHOD_SCOPES``)
 from __future__ import annotations
 
 import asyncio
+import math
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from grpc import aio
 
@@ -18,10 +20,12 @@ from bsopt.broker_gateway.v1 import broker_gateway_pb2 as pb
 from bsopt.broker_gateway.v1 import broker_gateway_pb2_grpc as pb_grpc
 from bsopt_broker.adapters.router import ACCOUNTS_FILE_ENV, ALPACA, VenueRouter
 from bsopt_broker.domain.records import AccountKind, MarketOrder, OrderStatus
+from bsopt_broker.domain.sell_rules import SellRules
 from bsopt_broker.domain.venue import Broker
+from bsopt_broker.sell import SellModule
 from bsopt_broker.trade_import import TradeImporter
 from bsopt_common import codec
-from bsopt_common.errors import InvalidArgument
+from bsopt_common.errors import FailedPrecondition, InvalidArgument
 from bsopt_common.events import Outbox
 from bsopt_common.grpc_server import GrpcService
 from bsopt_common.security.grpc import acting_user
@@ -31,6 +35,8 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "GetAccount": ("broker:accounts",),
     "PlaceOrder": ("broker:orders",),
     "ImportTrades": ("broker:import",),
+    "SetSellRules": ("broker:orders",),
+    "CloseAllPositions": ("broker:orders",),
 }
 ORDER_STATUS = codec.EnumCodec(pb.OrderStatus, OrderStatus, "ORDER_STATUS_")
 ACCOUNT_KIND = codec.EnumCodec(pb.AccountKind, AccountKind, "ACCOUNT_KIND_")
@@ -38,13 +44,14 @@ ACCOUNT_KIND = codec.EnumCodec(pb.AccountKind, AccountKind, "ACCOUNT_KIND_")
 
 class BrokerGatewayServicer(pb_grpc.BrokerGatewayServiceServicer):
     def __init__(self, broker: Broker, importer: TradeImporter, outbox: Outbox, *,
-                 alpaca_importer: TradeImporter | None = None):
+                 alpaca_importer: TradeImporter | None = None, sells: SellModule | None = None):
         """``alpaca_importer`` imports the Alpaca accounts of a :class:`VenueRouter` broker
         (recorded as broker ``"alpaca"``); ``importer`` every other account."""
         self.broker = broker
         self.importer = importer
         self.alpaca_importer = alpaca_importer
         self.outbox = outbox
+        self.sells = sells
 
     def _importer_for(self, account_id: str) -> TradeImporter:
         if (self.alpaca_importer is not None and isinstance(self.broker, VenueRouter)
@@ -94,6 +101,45 @@ class BrokerGatewayServicer(pb_grpc.BrokerGatewayServiceServicer):
             codec.required_timestamp(request, "start"), codec.required_timestamp(request, "end"))
         self.outbox.notify()
         return codec.to_message(result, pb.ImportTradesResponse)
+
+    def _sell_module(self) -> SellModule:
+        if self.sells is None:
+            raise FailedPrecondition("the sell module is not running in this broker-gateway")
+        return self.sells
+
+    async def SetSellRules(self, request: pb.SetSellRulesRequest, context: aio.ServicerContext) -> pb.SellRules:
+        """Store the caller's stop-loss / take-profit (percent from the average entry price;
+        unset: none) of an Alpaca account and return; the account's sell worker applies them.
+        NOT_FOUND (not an Alpaca account of the caller), INVALID_ARGUMENT (out of range)."""
+        sl = _pct(request, "stop_loss_pct")
+        tp = _pct(request, "take_profit_pct")
+        rules = await asyncio.to_thread(self._sell_module().set_rules, request.account_id, acting_user(), sl, tp)
+        return _rules_pb(request.account_id, rules)
+
+    async def CloseAllPositions(self, request: pb.CloseAllPositionsRequest,
+                                context: aio.ServicerContext) -> pb.CloseAllPositionsResponse:
+        """Queue the sale of every position of an Alpaca account; returns at once with the
+        request id (no venue call here). NOT_FOUND, FAILED_PRECONDITION (read-only)."""
+        request_id = self._sell_module().close_all(request.account_id, acting_user())
+        return pb.CloseAllPositionsResponse(request_id=request_id)
+
+
+def _pct(request: pb.SetSellRulesRequest, field: str) -> Decimal | None:
+    if not request.HasField(field):
+        return None
+    value = getattr(request, field)
+    if not math.isfinite(value):
+        raise InvalidArgument(f"{field} must be a finite number of percent, got {value}")
+    return Decimal(str(value))
+
+
+def _rules_pb(account_id: str, rules: SellRules) -> pb.SellRules:
+    message = pb.SellRules(account_id=account_id, check_interval_s=rules.check_interval_s)
+    if rules.stop_loss_pct is not None:
+        message.stop_loss_pct = float(rules.stop_loss_pct)
+    if rules.take_profit_pct is not None:
+        message.take_profit_pct = float(rules.take_profit_pct)
+    return message
 
 
 def grpc_service(servicer: BrokerGatewayServicer) -> GrpcService:

@@ -11,6 +11,10 @@
         min_balance_usd: 5000        # optional, default 5000
         read_only: false             # optional: may import, never place orders
         allow_live: false            # optional: live accounts refuse orders without it
+        sell_rules:                  # optional: the account's sell worker (bsopt_broker.sell)
+          stop_loss_pct: 5           #   sell a position 5 % below its average entry price
+          take_profit_pct: 10        #   sell a position 10 % above it
+          check_interval_s: 5        #   seconds between two evaluations (default 5)
         on_balance_unavailable: refuse   # optional: or allow (the order goes, with a warning)
 
 A top-level list of entries is accepted too. Each credential is given exactly one way:
@@ -41,6 +45,18 @@ class AccountsFileError(InvalidArgument):
     """The accounts file is malformed or names a secret that cannot be read."""
 
 
+class SellRulesConfig(BaseModel):
+    """``sell_rules`` of an entry: thresholds in percent from a position's average entry
+    price (``stop_loss_pct`` in (0, 100), ``take_profit_pct`` > 0; either may be left out)
+    and ``check_interval_s``, seconds between two evaluations (> 0, default 5)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stop_loss_pct: Decimal | None = Field(default=None, gt=0, lt=100)
+    take_profit_pct: Decimal | None = Field(default=None, gt=0)
+    check_interval_s: float = Field(default=5.0, gt=0, le=3600)
+
+
 class AlpacaAccountConfig(BaseModel):
     """One resolved entry of the accounts file."""
 
@@ -56,6 +72,7 @@ class AlpacaAccountConfig(BaseModel):
     min_balance_usd: Decimal = Field(default=DEFAULT_MIN_BALANCE_USD, ge=0)
     read_only: bool = False
     allow_live: bool = False
+    sell_rules: SellRulesConfig | None = None
     #: When the balance cannot be read before an order (Alpaca unreachable within the
     #: request timeout and retries): ``refuse`` the order (UNAVAILABLE), or ``allow`` it
     #: unchecked with a warning (a log line and ``balance_unchecked`` on the result).
