@@ -11,7 +11,10 @@ Alpaca does. ``delay_s`` on an account slows every response of that account only
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import http
+import secrets
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -21,7 +24,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from bsopt_common.testing.services import ServiceThread, free_port
 
@@ -77,6 +80,34 @@ class StandinAccount:
     """FILL account activities (Alpaca's JSON), placed orders' and seeded ones."""
 
 
+@dataclass
+class StandinOAuth:
+    """Alpaca's OAuth 2.0 endpoints (https://docs.alpaca.markets/docs/using-oauth2-and-trading-api),
+    as the stand-in serves them: ``GET /oauth/authorize`` and ``POST /oauth/token``.
+
+    Authorize: with ``approve_as`` set (or ``?approve_as=<key id>`` on the request), the
+    user "approves" at once for that account: 302 to ``redirect_uri?code=..&state=..``;
+    ``deny`` answers ``error=access_denied``; neither: a small approve page. Token:
+    ``grant_type=authorization_code``, client id/secret (form body or Basic), the
+    ``redirect_uri`` of the authorization, a single-use code younger than 10 minutes, and
+    the PKCE verifier when a ``code_challenge`` (S256) was sent. The access token then
+    works as ``Authorization: Bearer`` on the Trading and Market Data APIs for the
+    approved account."""
+
+    clients: dict[str, tuple[str, set[str]]] = field(default_factory=dict)
+    """client id -> (secret, registered redirect URIs)."""
+    approve_as: str | None = None
+    deny: bool = False
+    codes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    """access token -> key id of the approved account."""
+    token_requests: list[dict[str, str]] = field(default_factory=list)
+    """The form of every token request (secrets included: tests only)."""
+
+    def add_client(self, client_id: str, secret: str, redirect_uri: str) -> None:
+        self.clients.setdefault(client_id, (secret, set()))[1].add(redirect_uri)
+
+
 class AlpacaStandin:
     def __init__(self, prices: dict[str, Decimal] | None = None):
         self.accounts: dict[str, StandinAccount] = {}
@@ -85,6 +116,7 @@ class AlpacaStandin:
         self.requests: list[tuple[str, str, str]] = []
         """(key id, method, path) of every authenticated request."""
         self.failures: dict[str, list[InjectedFailure]] = {}
+        self.oauth = StandinOAuth()
         """key id -> error answers queued by :meth:`fail_next`, in order."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -221,6 +253,10 @@ class AlpacaStandin:
 
         async def auth(request: Request) -> StandinAccount | JSONResponse:
             key, secret = request.headers.get("APCA-API-KEY-ID"), request.headers.get("APCA-API-SECRET-KEY")
+            authorization = request.headers.get("Authorization", "")
+            if authorization[:7].lower() == "bearer ":  # an OAuth access token: its approved account
+                key = self.oauth.tokens.get(authorization[7:].strip())
+                secret = self.accounts[key].secret if key in self.accounts else None
             acct = self.accounts.get(key or "")
             if acct is None or acct.secret != secret:
                 return _error(401, 40110000, "request is not authorized")
@@ -378,6 +414,70 @@ class AlpacaStandin:
         @app.get("/v2/account/activities")
         async def activities_of_types(request: Request) -> Any:
             return await activities(request, request.query_params.get("activity_types", ""))
+
+        def oauth_error(status: int, error: str, description: str) -> JSONResponse:
+            return JSONResponse({"error": error, "error_description": description}, status_code=status)
+
+        @app.get("/oauth/authorize")
+        async def oauth_authorize(request: Request) -> Any:
+            q = request.query_params
+            client = self.oauth.clients.get(q.get("client_id", ""))
+            redirect_uri = q.get("redirect_uri", "")
+            if client is None or redirect_uri not in client[1]:
+                return oauth_error(400, "invalid_request", "unknown client_id or unregistered redirect_uri")
+            if q.get("response_type") != "code":
+                return oauth_error(400, "unsupported_response_type", "response_type must be code")
+            state = q.get("state", "")
+            approve_as = q.get("approve_as") or self.oauth.approve_as
+            sep = "&" if "?" in redirect_uri else "?"
+            if self.oauth.deny:
+                return RedirectResponse(f"{redirect_uri}{sep}error=access_denied&state={state}", status_code=302)
+            if not approve_as:
+                return HTMLResponse("<form method=get><p>Allow this app to access your Alpaca account?</p>"
+                                    "<input name=approve_as placeholder='account key id'></form>")
+            if approve_as not in self.accounts:
+                return oauth_error(400, "invalid_request", "approve_as names no account")
+            code = secrets.token_urlsafe(24)
+            with self.lock:
+                self.oauth.codes[code] = {
+                    "client_id": q["client_id"], "redirect_uri": redirect_uri, "key_id": approve_as,
+                    "scope": q.get("scope", ""), "challenge": q.get("code_challenge"),
+                    "challenge_method": q.get("code_challenge_method", "plain"), "issued": datetime.now(UTC)}
+            return RedirectResponse(f"{redirect_uri}{sep}code={code}&state={state}", status_code=302)
+
+        @app.post("/oauth/token")
+        async def oauth_token(request: Request) -> Any:
+            form = {k: str(v) for k, v in (await request.form()).items()}
+            self.oauth.token_requests.append(form)
+            client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
+            basic = request.headers.get("Authorization", "")
+            if basic[:6].lower() == "basic ":
+                client_id, _, secret = base64.b64decode(basic[6:]).decode().partition(":")
+            client = self.oauth.clients.get(client_id)
+            if client is None or not secrets.compare_digest(client[0], secret):
+                return oauth_error(401, "invalid_client", "client authentication failed")
+            if form.get("grant_type") != "authorization_code":
+                return oauth_error(400, "unsupported_grant_type", "grant_type must be authorization_code")
+            with self.lock:
+                issued = self.oauth.codes.pop(form.get("code", ""), None)  # single use, even when refused below
+            if (issued is None or issued["client_id"] != client_id
+                    or (datetime.now(UTC) - issued["issued"]).total_seconds() > 600):
+                return oauth_error(400, "invalid_grant", "unknown, used or expired code")
+            if form.get("redirect_uri") != issued["redirect_uri"]:
+                return oauth_error(400, "invalid_grant", "redirect_uri differs from the authorization request")
+            if issued["challenge"] is not None:
+                verifier = form.get("code_verifier", "")
+                if issued["challenge_method"] == "S256":
+                    digest = hashlib.sha256(verifier.encode()).digest()
+                    computed = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+                else:
+                    computed = verifier
+                if not verifier or not secrets.compare_digest(computed, issued["challenge"]):
+                    return oauth_error(400, "invalid_grant", "PKCE verification failed")
+            token = secrets.token_urlsafe(32)
+            with self.lock:
+                self.oauth.tokens[token] = issued["key_id"]
+            return {"access_token": token, "token_type": "bearer", "scope": issued["scope"]}
 
         return app
 

@@ -26,6 +26,8 @@ from bsopt_broker.adapters.alpaca.prices import LatestTradePrices
 from bsopt_broker.adapters.paper import PaperBroker
 from bsopt_broker.adapters.router import ALPACA, VenueRouter, VenueView
 from bsopt_broker.config import BrokerSettings
+from bsopt_broker.connections.service import ConnectedAccounts, ConnectionService
+from bsopt_broker.connections.store import ConnectionStore
 from bsopt_broker.sell import SellModule
 from bsopt_broker.servicer import BrokerGatewayServicer, grpc_service
 from bsopt_broker.trade_import import TradeImporter
@@ -54,6 +56,8 @@ class BrokerGateway:
         self.settings = settings
         self.market_data = market_data
         self._reload_lock = threading.Lock()
+        # The key of the stored broker credentials: a bad or dev-only key stops start-up here.
+        self._cipher = settings.credentials_cipher()
         accounts = load_accounts(settings.accounts_file) if settings.accounts_file else {}
         self._alpaca = (alpaca_venue(accounts), accounts)
         self.router: VenueRouter | None = None
@@ -104,7 +108,9 @@ class BrokerGateway:
                                 settings.paper_commission_bps)
             with self._reload_lock:
                 alpaca, accounts = self._alpaca
-                self.router = router = VenueRouter(paper, alpaca, accounts)
+                store = ConnectionStore(runtime.session_factory, self._cipher)
+                self.router = router = VenueRouter(
+                    paper, alpaca, accounts, connections=ConnectedAccounts(store, settings.alpaca_trading_base_url))
                 # The sell workers (one thread per Alpaca account with rules) sell through the
                 # router, like PlaceOrder: same per-account lock, balance guard and timing.
                 self.sells = sells = SellModule(
@@ -112,6 +118,7 @@ class BrokerGateway:
                     runtime.outbox, notify=lambda: loop.call_soon_threadsafe(runtime.outbox.notify))
             servicer = BrokerGatewayServicer(
                 router, TradeImporter(runtime.session_factory, router, runtime.outbox), runtime.outbox,
+                connections=ConnectionService.from_settings(settings, store),
                 alpaca_importer=TradeImporter(runtime.session_factory, VenueView(router, ALPACA), runtime.outbox),
                 sells=sells)
             await asyncio.to_thread(sells.start)

@@ -2,10 +2,19 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from bsopt_common.settings import ServiceSettings
+from bsopt_common.settings import DEV_ENVIRONMENTS, ServiceSettings
+
+if TYPE_CHECKING:
+    from bsopt_broker.connections.crypto import CredentialsCipher
+
+#: Alpaca's OAuth 2.0 endpoints (https://docs.alpaca.markets/docs/using-oauth2-and-trading-api).
+ALPACA_AUTHORIZE_URL = "https://app.alpaca.markets/oauth/authorize"
+ALPACA_TOKEN_URL = "https://api.alpaca.markets/oauth/token"
 
 
 class BrokerSettings(ServiceSettings):
@@ -23,3 +32,73 @@ class BrokerSettings(ServiceSettings):
     #: Read at start-up (a malformed file stops it, naming entry and field) and again on
     #: SIGHUP (an invalid file is logged and the accounts in use stay).
     accounts_file: Path | None = None
+
+    # -- broker connections (users connecting their own Alpaca account) -------------------
+    #: AES-256-GCM key of the stored broker credentials: base64 of 32 random bytes, in a
+    #: secret file (``BSOPT_BROKER_CREDENTIALS_KEY_FILE``) or the variable itself
+    #: (``BSOPT_BROKER_CREDENTIALS_KEY``). One of them is required outside dev/test, where
+    #: the dev-only key (derived from a public constant) is refused.
+    credentials_key_file: Path | None = None
+    credentials_key: SecretStr | None = Field(default=None, repr=False)
+    #: bsopt's OAuth client at Alpaca (registered in Alpaca's dashboard, OAuth Apps).
+    alpaca_oauth_client_id: str | None = None
+    alpaca_oauth_client_secret: SecretStr | None = Field(default=None, repr=False)
+    #: Alpaca's authorization and token endpoints (overridable: a local stand-in).
+    alpaca_oauth_authorize_url: str = ALPACA_AUTHORIZE_URL
+    alpaca_oauth_token_url: str = ALPACA_TOKEN_URL
+    #: Where Alpaca sends the user's browser back: resource-api's
+    #: ``GET /v1/brokers/alpaca/callback`` as registered with the OAuth app.
+    alpaca_oauth_redirect_uri: str | None = None
+    #: Scopes asked of Alpaca (space-separated).
+    alpaca_oauth_scope: str = "account:write trading data"
+    #: How long a started connection (its ``state``) may be completed, seconds.
+    alpaca_oauth_state_ttl_seconds: int = Field(600, ge=30, le=3600)
+    #: Trading API base URL of connected accounts (a proxy or a local stand-in); unset:
+    #: Alpaca's paper (``paper-api.alpaca.markets``) or live (``api.alpaca.markets``) endpoint.
+    alpaca_trading_base_url: str | None = None
+
+    @field_validator("alpaca_oauth_authorize_url", "alpaca_oauth_token_url", "alpaca_trading_base_url",
+                     "alpaca_oauth_redirect_uri")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _credentials_key_outside_dev(self) -> BrokerSettings:
+        if self.credentials_key_file is not None and self.credentials_key is not None:
+            raise ValueError(f"{self.service_name}: set only one of BSOPT_BROKER_CREDENTIALS_KEY_FILE and "
+                             "BSOPT_BROKER_CREDENTIALS_KEY")
+        if self.environment not in DEV_ENVIRONMENTS:
+            if self.credentials_key is None and self.credentials_key_file is None:
+                raise ValueError(
+                    f"{self.service_name}: environment={self.environment!r} needs a key for the stored broker "
+                    "credentials: set BSOPT_BROKER_CREDENTIALS_KEY_FILE (a secret file) or "
+                    "BSOPT_BROKER_CREDENTIALS_KEY, holding base64 of 32 random bytes (`openssl rand -base64 32`)")
+            if self.credentials_key is not None:
+                from bsopt_broker.connections.crypto import CredentialsCipher
+
+                CredentialsCipher.from_base64(self.credentials_key.get_secret_value(), environment=self.environment)
+        return self
+
+    def credentials_cipher(self) -> CredentialsCipher:
+        """The cipher of the stored broker credentials: from the file or the variable; the
+        dev-only key in dev/test when neither is set. Reads the file. Raises ValueError
+        (unreadable file, not base64 of 32 bytes, the dev-only key outside dev/test)."""
+        from bsopt_broker.connections.crypto import CredentialsCipher
+
+        if self.credentials_key_file is not None:
+            try:
+                text = self.credentials_key_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"cannot read BSOPT_BROKER_CREDENTIALS_KEY_FILE={self.credentials_key_file}: "
+                                 f"{exc.strerror}") from None
+            return CredentialsCipher.from_base64(text, environment=self.environment)
+        if self.credentials_key is not None:
+            return CredentialsCipher.from_base64(self.credentials_key.get_secret_value(),
+                                                 environment=self.environment)
+        if self.environment in DEV_ENVIRONMENTS:
+            return CredentialsCipher.dev_only()
+        raise ValueError("no broker credentials key configured")
+

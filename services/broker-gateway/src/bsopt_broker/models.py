@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -104,4 +106,42 @@ sell_rules = Table(
     Column("stop_loss_pct", Float),
     Column("take_profit_pct", Float),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Broker accounts users connected from the API (0006): one row per connection, the
+# connection id being the account id the other RPCs take. ``credentials`` is AES-256-GCM
+# ciphertext (bsopt_broker.connections.crypto; the connection id is its associated data),
+# NULL once revoked; ``credentials_key_id`` names the key that sealed it.
+broker_connections = Table(
+    "broker_connections", metadata,
+    Column("connection_id", String(36), primary_key=True),
+    Column("user_id", String(64), nullable=False, index=True),
+    Column("broker", String(16), nullable=False),
+    Column("method", String(8), nullable=False),  # oauth | api_key
+    Column("status", String(8), nullable=False),  # active | paused | revoked
+    Column("account_kind", String(8), nullable=False),  # paper | live
+    Column("allow_live", Boolean, nullable=False, server_default="false"),
+    Column("scope", String(200), nullable=False, server_default=""),
+    Column("credentials", LargeBinary),
+    Column("credentials_key_id", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Started OAuth connections (0006): the SHA-256 of the ``state`` sent to the broker, the
+# user it is bound to, the PKCE verifier sealed like credentials (associated data: the
+# connection id reserved for it), single use (``used_at``) and expiring.
+broker_oauth_states = Table(
+    "broker_oauth_states", metadata,
+    Column("state_hash", String(64), primary_key=True),
+    Column("user_id", String(64), nullable=False),
+    Column("connection_id", String(36), nullable=False),
+    Column("broker", String(16), nullable=False),
+    Column("account_kind", String(8), nullable=False),
+    Column("allow_live", Boolean, nullable=False, server_default="false"),
+    Column("code_verifier", LargeBinary, nullable=False),
+    Column("redirect_uri", String(500), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("used_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

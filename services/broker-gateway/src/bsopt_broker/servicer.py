@@ -19,6 +19,8 @@ from grpc import aio
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as pb
 from bsopt.broker_gateway.v1 import broker_gateway_pb2_grpc as pb_grpc
 from bsopt_broker.adapters.router import ACCOUNTS_FILE_ENV, ALPACA, VenueRouter
+from bsopt_broker.connections.rpc import CONNECTION_METHOD_SCOPES, ConnectionRpcs
+from bsopt_broker.connections.service import ConnectionService
 from bsopt_broker.domain.records import AccountKind, MarketOrder, OrderStatus
 from bsopt_broker.domain.sell_rules import SellRules
 from bsopt_broker.domain.venue import Broker
@@ -35,6 +37,7 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "GetAccount": ("broker:accounts",),
     "PlaceOrder": ("broker:orders",),
     "ImportTrades": ("broker:import",),
+    **CONNECTION_METHOD_SCOPES,
     "SetSellRules": ("broker:orders",),
     "CloseAllPositions": ("broker:orders",),
 }
@@ -42,14 +45,16 @@ ORDER_STATUS = codec.EnumCodec(pb.OrderStatus, OrderStatus, "ORDER_STATUS_")
 ACCOUNT_KIND = codec.EnumCodec(pb.AccountKind, AccountKind, "ACCOUNT_KIND_")
 
 
-class BrokerGatewayServicer(pb_grpc.BrokerGatewayServiceServicer):
+class BrokerGatewayServicer(ConnectionRpcs, pb_grpc.BrokerGatewayServiceServicer):
     def __init__(self, broker: Broker, importer: TradeImporter, outbox: Outbox, *,
-                 alpaca_importer: TradeImporter | None = None, sells: SellModule | None = None):
+                 alpaca_importer: TradeImporter | None = None, sells: SellModule | None = None,
+                 connections: ConnectionService | None = None):
         """``alpaca_importer`` imports the Alpaca accounts of a :class:`VenueRouter` broker
         (recorded as broker ``"alpaca"``); ``importer`` every other account."""
         self.broker = broker
         self.importer = importer
         self.alpaca_importer = alpaca_importer
+        self.connections = connections  # the broker-connection RPCs (ConnectionRpcs)
         self.outbox = outbox
         self.sells = sells
 

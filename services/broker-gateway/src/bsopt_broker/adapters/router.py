@@ -6,6 +6,12 @@ goes to the :class:`~bsopt_broker.adapters.alpaca.broker.AlpacaBroker`; every ot
 the paper broker. New accounts are always paper: Alpaca accounts are opened at Alpaca and
 listed in the accounts file, never created through the API.
 
+An account id that is a broker connection id (a user's own Alpaca account connected
+from the API, :class:`~bsopt_broker.connections.service.ConnectedAccounts`) goes to that
+connection's Alpaca venue: another user's or a revoked connection is NOT_FOUND, and a
+paused one refuses orders (FAILED_PRECONDITION) while its account and imports stay
+readable.
+
 Every record leaving the router carries ``account_kind``: ``PAPER`` for the paper venue,
 for Alpaca what detection decided (paper or live).
 
@@ -23,7 +29,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from bsopt_broker.adapters.alpaca.accounts import AlpacaAccountConfig
 from bsopt_broker.adapters.alpaca.broker import AlpacaBroker, AlpacaOrderResult
@@ -36,6 +42,9 @@ from bsopt_common.money import Money
 ACCOUNTS_FILE_ENV = "BSOPT_BROKER_ACCOUNTS_FILE"
 PAPER = "paper"
 ALPACA = "alpaca"
+
+if TYPE_CHECKING:
+    from bsopt_broker.connections.service import ConnectedAccounts
 
 R = TypeVar("R", Account, Order, Fill)
 
@@ -62,8 +71,10 @@ class VenueRouter:
     """
 
     def __init__(self, paper: Broker, alpaca: AlpacaBroker | None = None,
-                 alpaca_accounts: Mapping[str, AlpacaAccountConfig] | None = None):
+                 alpaca_accounts: Mapping[str, AlpacaAccountConfig] | None = None, *,
+                 connections: ConnectedAccounts | None = None):
         self.paper = paper
+        self.connections = connections
         self._pool = _AlpacaPool(alpaca, dict(alpaca_accounts or {}) if alpaca is not None else {})
         self._order_locks: dict[str, threading.Lock] = {}
         self._order_locks_guard = threading.Lock()
@@ -84,15 +95,21 @@ class VenueRouter:
         return frozenset(self._pool.accounts)
 
     def is_alpaca(self, account_id: str) -> bool:
-        return account_id in self._pool.accounts
+        """An account of the accounts file or a broker connection id."""
+        return account_id in self._pool.accounts or (self.connections is not None
+                                                     and self.connections.knows(account_id))
 
     def venue_name(self, account_id: str) -> str:
         """``"alpaca"`` for an account of the accounts file, else ``"paper"``."""
         return ALPACA if self.is_alpaca(account_id) else self.paper.name
 
-    def _alpaca_for(self, account_id: str) -> AlpacaBroker | None:
+    def _alpaca_for(self, account_id: str, user_id: str = "", *, ordering: bool = False) -> AlpacaBroker | None:
         pool = self._pool  # read once: the whole call runs on this pool
-        return pool.broker if account_id in pool.accounts else None
+        if account_id in pool.accounts:
+            return pool.broker
+        if self.connections is not None:
+            return self.connections.venue(account_id, user_id, ordering=ordering)
+        return None
 
     def _order_lock(self, account_id: str) -> threading.Lock:
         with self._order_locks_guard:
@@ -106,7 +123,7 @@ class VenueRouter:
 
     def get_account(self, account_id: str, user_id: str) -> Account:
         """Raises AccountNotFound (also for another user's Alpaca account), Unavailable."""
-        alpaca = self._alpaca_for(account_id)
+        alpaca = self._alpaca_for(account_id, user_id)
         if alpaca is None:
             return _with_kind(self.paper.get_account(account_id, user_id), AccountKind.PAPER)
         account = alpaca.get_account(account_id, user_id)
@@ -114,7 +131,7 @@ class VenueRouter:
 
     def submit_market_order(self, order: MarketOrder) -> OrderResult:
         """Raises AccountNotFound, OrderRejected (FAILED_PRECONDITION), Unavailable."""
-        alpaca = self._alpaca_for(order.account_id)
+        alpaca = self._alpaca_for(order.account_id, order.user_id, ordering=True)
         if alpaca is None:
             result = self.paper.submit_market_order(order)
             return _kinded_result(result, AccountKind.PAPER)
@@ -125,7 +142,7 @@ class VenueRouter:
     def fills_between(self, account_id: str, user_id: str, start: datetime, end: datetime) -> list[Fill]:
         """Raises AccountNotFound, Unavailable; FAILED_PRECONDITION while the Alpaca
         venue cannot import yet."""
-        alpaca = self._alpaca_for(account_id)
+        alpaca = self._alpaca_for(account_id, user_id)
         if alpaca is None:
             return [_with_kind(f, AccountKind.PAPER) for f in self.paper.fills_between(account_id, user_id, start, end)]
         try:

@@ -193,8 +193,12 @@ class AlpacaBroker:
             hint = kind_from_key_id(key_id)
         # No hint: try the paper endpoint (a probe); with base_url the endpoint proves nothing.
         paper = hint is not AccountKind.LIVE
-        client = TradingClient(api_key=key_id, secret_key=cfg.api_secret_key.get_secret_value(),
-                               paper=paper, url_override=cfg.base_url)
+        oauth_token = getattr(cfg, "oauth_token", None)  # a connection made by OAuth (bsopt_broker.connections)
+        if oauth_token is not None:
+            client = TradingClient(oauth_token=oauth_token.get_secret_value(), paper=paper, url_override=cfg.base_url)
+        else:
+            client = TradingClient(api_key=key_id, secret_key=cfg.api_secret_key.get_secret_value(),
+                                   paper=paper, url_override=cfg.base_url)
         client._session = _TimeoutSession(self._request_timeout_s)
         disable_builtin_retries(client)  # one retry policy: ours (in _call)
         raw = self._call(cfg.name, client.get_account)

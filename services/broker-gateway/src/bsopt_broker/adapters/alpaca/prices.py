@@ -70,9 +70,14 @@ class LatestTradePrices:
         client: StockHistoricalDataClient | None = getattr(self._local, "client", None)
         if client is None:
             cfg = self._config
-            client = StockHistoricalDataClient(api_key=cfg.api_key_id.get_secret_value(),
-                                               secret_key=cfg.api_secret_key.get_secret_value(),
-                                               url_override=cfg.base_url)
+            oauth_token = getattr(cfg, "oauth_token", None)  # a connection made by OAuth
+            if oauth_token is not None:
+                client = StockHistoricalDataClient(oauth_token=oauth_token.get_secret_value(),
+                                                   url_override=cfg.base_url)
+            else:
+                client = StockHistoricalDataClient(api_key=cfg.api_key_id.get_secret_value(),
+                                                   secret_key=cfg.api_secret_key.get_secret_value(),
+                                                   url_override=cfg.base_url)
             client._session = _TimeoutSession(self._timeout_s)
             disable_builtin_retries(client)
             self._local.client = client
