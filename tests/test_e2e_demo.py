@@ -25,8 +25,9 @@ from bsopt.ml_scorer.v1 import ml_scorer_pb2 as spb
 from bsopt.ml_scorer.v1 import ml_scorer_pb2_grpc as spb_grpc
 from bsopt.rl_trainer.v1 import rl_trainer_pb2 as tpb
 from bsopt.rl_trainer.v1 import rl_trainer_pb2_grpc as tpb_grpc
+from bsopt_cli.alpaca_dev import PAST_FILLS
 from bsopt_cli.demo import DemoOptions, run_demo
-from bsopt_cli.stack import DEMO_USER, Ports, Stack
+from bsopt_cli.stack import ALPACA_ACCOUNT, ALPACA_KEY_ID_ENV, ALPACA_SECRET_ENV, DEMO_USER, Ports, Stack
 from bsopt_common.marketdata import bundled_provider
 from bsopt_common.security.event_signing import load_signing_key
 from bsopt_common.security.token_provider import ClientCredentialsTokenProvider
@@ -41,10 +42,13 @@ TIMESTEPS = 4096
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, postgres_url, kafka_bootstrap):
     ports = Ports(auth=free_port(), api=free_port(), broker=free_port(), scorer=free_port(), trainer=free_port(),
-                  digest=free_port())
-    s = Stack(state_dir=tmp_path_factory.mktemp("stack"), ports=ports, database_url=postgres_url,
-              kafka_bootstrap=kafka_bootstrap)
-    s.start(timeout_seconds=180)
+                  digest=free_port(), alpaca=free_port())
+    with pytest.MonkeyPatch.context() as mp:  # the local Alpaca stand-in, whatever this shell holds
+        mp.delenv(ALPACA_KEY_ID_ENV, raising=False)
+        mp.delenv(ALPACA_SECRET_ENV, raising=False)
+        s = Stack(state_dir=tmp_path_factory.mktemp("stack"), ports=ports, database_url=postgres_url,
+                  kafka_bootstrap=kafka_bootstrap)
+        s.start(timeout_seconds=180)
     try:
         yield s
     finally:
@@ -59,7 +63,8 @@ def stack(tmp_path_factory, postgres_url, kafka_bootstrap):
 def summary(stack, tmp_path_factory):
     report_dir = tmp_path_factory.mktemp("report")
     opts = DemoOptions(issuer=stack.issuer, api_url=stack.api_url, username=DEMO_USER[0], password=DEMO_USER[1],
-                       total_timesteps=TIMESTEPS, report_dir=report_dir, timeout_seconds=600)
+                       total_timesteps=TIMESTEPS, report_dir=report_dir, timeout_seconds=600,
+                       alpaca_account=ALPACA_ACCOUNT)
     result = asyncio.run(run_demo(opts, log=print))
     assert json.loads((report_dir / "summary.json").read_text()) == result
     return result
@@ -105,6 +110,20 @@ def test_paper_trading_import_and_dedupe(summary):
     assert imp["trades_imported"] == p["fills"]
     assert imp["duplicates_skipped"] == imp["trades_imported"]
     assert imp["second_import_trades_imported"] == 0
+
+
+def test_alpaca_account_traded_and_imported(summary, stack):
+    """The dev stack's Alpaca account at the local stand-in: a paper account (PK key id, PA
+    account number), traded by the same agent through broker-gateway's Alpaca venue, and
+    its fills of the last 30 days (the stand-in's past ones and this run's) imported once."""
+    assert stack.alpaca_standin
+    a = summary["alpaca"]
+    assert a["account_id"] == ALPACA_ACCOUNT and a["broker"] == "alpaca" and a["account_kind"] == "paper"
+    assert a["orders"] > 0 and a["fills"] == a["orders"] - a["rejected"]
+    assert a["fills_imported"] == len(PAST_FILLS) + a["fills"]  # a fresh database: nothing imported before
+    assert a["duplicates_skipped"] == a["fills_imported"]
+    assert a["second_import_fills_imported"] == 0
+    assert Decimal(a["cash_before"]["amount"]) == 100_000
 
 
 def test_every_trade_tagged_pushed_and_digested(summary):

@@ -29,7 +29,7 @@ from bsopt_cli.device import device_login
 from bsopt_cli.dpop import DPoPAuth, load_or_create_key
 from bsopt_cli.login import LoginError, has_usable_browser
 from bsopt_cli.login import login as pkce_login
-from bsopt_cli.stack import DEMO_USER, Stack, StackError
+from bsopt_cli.stack import ALPACA_ACCOUNT, DEMO_USER, Stack, StackError
 
 app = typer.Typer(add_completion=False, help="bsopt: trading research and coaching platform.")
 console = Console()
@@ -130,9 +130,13 @@ def _print_urls(stack: Stack) -> None:
                        ("rl-trainer (gRPC)", f"127.0.0.1:{p.trainer}"),
                        ("digest-worker (gRPC health)", f"127.0.0.1:{p.digest}")]:
         t.add_row(name, addr)
+    if stack.alpaca_standin:
+        t.add_row("Alpaca stand-in (HTTP)", stack.alpaca_url)
     console.print(t)
     console.print(f"demo user: [bold]{DEMO_USER[0]}[/bold] / [bold]{DEMO_USER[1]}[/bold]  "
                   f"(public client bsopt-cli; service clients use private_key_jwt with their keys in {stack.keys_dir})")
+    where = "the local stand-in" if stack.alpaca_standin else "Alpaca (keys from the environment)"
+    console.print(f"Alpaca account {ALPACA_ACCOUNT!r} of the demo user at {where}; accounts file {stack.accounts_file}")
     console.print(f"logs: {stack.log_dir}/<service>.log")
 
 
@@ -178,7 +182,9 @@ def demo(
             stack.start()
         _print_urls(stack)
         opts = DemoOptions(issuer=stack.issuer, api_url=stack.api_url, username=DEMO_USER[0],
-                           password=DEMO_USER[1], total_timesteps=timesteps, seed=seed, report_dir=report_dir)
+                           password=DEMO_USER[1], total_timesteps=timesteps, seed=seed, report_dir=report_dir,
+                           # orders on a real account are not for a demo: the stand-in's only
+                           alpaca_account=ALPACA_ACCOUNT if stack.alpaca_standin else None)
         summary = asyncio.run(run_demo(opts, log=console.print))
     except (StackError, LoginError) as exc:
         console.print(f"[red]{exc}[/red]")
@@ -214,6 +220,13 @@ def print_report(s: dict) -> None:
     d = s["digest"]
     console.print(f"latest weekly digest {d['period_start']} .. {d['period_end']}: {d['trades']} trades. "
                   f"{d['summary']}")
+    a = s["alpaca"]
+    if "skipped" in a:
+        console.print(f"alpaca: skipped ({a['skipped']})")
+    else:
+        console.print(f"alpaca {a['account_id']} ({a['account_kind']}): {a['orders']} orders, {a['fills']} fills, "
+                      f"{a['rejected']} rejected; imported {a['fills_imported']} fills, re-import skipped "
+                      f"{a['duplicates_skipped']}")
 
 
 def main() -> None:

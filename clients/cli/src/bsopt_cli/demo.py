@@ -9,7 +9,11 @@ through resource-api with that user's token:
 * trader journey: open a paper account, let the trained agent paper-trade the test
   period through broker-gateway, import the fills (twice: the second import must skip
   every trade), wait for each trade's bias tag and its ``coach.reflect`` WebSocket push,
-  and read the latest weekly digest.
+  and read the latest weekly digest;
+* Alpaca (when ``alpaca_account`` is given: the dev stack's account at its local
+  stand-in): read the account (its ``account_kind``), let the same agent trade it (the
+  orders go through broker-gateway's Alpaca venue: balance check, then Alpaca's order
+  API), import its fills of the last 30 days, and import again (every fill skipped).
 
 Every number in the report comes from the run. The report is printed and written to
 ``demo-report/summary.json``.
@@ -22,7 +26,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -61,6 +65,9 @@ class DemoOptions:
     test_start: date = TEST_START
     test_end: date = TEST_END
     timeout_seconds: float = 900.0
+    alpaca_account: str | None = None
+    """An Alpaca account of broker-gateway's accounts file to trade and import (the dev
+    stack's at its local stand-in); None: the Alpaca journey is skipped."""
 
 
 def _check(resp: httpx.Response, step: str) -> dict:
@@ -158,6 +165,12 @@ async def run_demo(opts: DemoOptions, log=print) -> dict:
             log("the agent placed no orders on the test dates: nothing to import, tag or digest")
             digest = {"period_start": None, "period_end": None, "trades": 0, "label_counts": {}, "summary": ""}
 
+        if opts.alpaca_account:
+            alpaca = await _alpaca_journey(api, opts.alpaca_account, job_id, log)
+        else:
+            alpaca = {"skipped": "no Alpaca account given: the demo trades the dev stack's local stand-in only, "
+                                  "never a real account"}
+
     bias = Counter(t["label"] for t in trades)
     summary = {
         "auth": {"issuer": opts.issuer, "pkce_login": True, "subject": me["sub"]},
@@ -178,11 +191,42 @@ async def run_demo(opts: DemoOptions, log=print) -> dict:
                    "trades": digest["trades"], "label_counts": digest.get("label_counts", {}),
                    "summary": digest.get("summary", "")},
         "events": {"ws_messages": len(ws_messages)},
+        "alpaca": alpaca,
         "elapsed_seconds": round(time.monotonic() - t0, 1),
     }
     opts.report_dir.mkdir(parents=True, exist_ok=True)
     (opts.report_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+async def _alpaca_journey(api: httpx.AsyncClient, name: str, job_id: str, log) -> dict:
+    """The trader journey on an Alpaca account, all through resource-api: the account, the
+    agent's orders on it (paper trading through rl-trainer: no user scope places orders
+    directly), its fills of the last 30 whole days imported twice."""
+    path = f"/v1/accounts/{name}"
+    before = _check(await api.get(path), f"GET {path}")
+    log(f"alpaca account {name}: {before['account_kind']}, cash {_usd(before['cash'])}")
+    run = _check(await api.post(f"/v1/training-jobs/{job_id}/paper-trading", json={"account_id": name},
+                                timeout=600.0), "POST paper-trading (alpaca)")
+    after = _check(await api.get(path), f"GET {path}")
+    log(f"alpaca orders: {run['orders']} orders, {run['fills']} fills, {run['rejected']} rejected; "
+        f"cash now {_usd(after['cash'])}")
+    today = datetime.now(UTC).date()
+    window = {"start": (today - timedelta(days=30)).isoformat(), "end": (today + timedelta(days=1)).isoformat()}
+    first = _check(await api.post(f"{path}/imports", json=window), "first alpaca import")
+    second = _check(await api.post(f"{path}/imports", json=window), "second alpaca import")
+    log(f"alpaca import {window['start']} .. {window['end']}: {first['trades_imported']} fills imported; "
+        f"re-import skipped {second['duplicates_skipped']} duplicates, imported {second['trades_imported']}")
+    return {"account_id": name, "broker": before["broker"], "account_kind": before["account_kind"],
+            "cash_before": before["cash"], "cash_after": after["cash"],
+            "orders": run["orders"], "fills": run["fills"], "rejected": run["rejected"],
+            "import_window": window, "fills_imported": first["trades_imported"],
+            "duplicates_skipped": second["duplicates_skipped"],
+            "second_import_fills_imported": second["trades_imported"]}
+
+
+def _usd(money: dict) -> str:
+    return f"{Decimal(money['amount']):,.2f} {money['currency']}"
 
 
 def _const(value):
