@@ -152,7 +152,7 @@ async def test_audience_parameter_and_default_scope_for_the_callee(oauth, client
                           audience=BROKER_GATEWAY_AUDIENCE)  # both, naming the same target
     assert resp.status_code == 200, resp.text
     # the default is what the client may have for the callee AND the user's trades:read allows
-    assert resp.json()["scope"] == "broker:accounts"
+    assert resp.json()["scope"] == "broker:accounts broker:connections.read"
 
 
 async def test_second_exchange_nests_act(oauth, client, settings) -> None:
@@ -288,6 +288,8 @@ async def test_client_without_the_grant_is_unauthorized(oauth, client) -> None:
     ("resource-api", "scorer:read", BROKER_GATEWAY_AUDIENCE),  # resource-api's, but for another callee
     ("resource-api", "openid", BROKER_GATEWAY_AUDIENCE),
     ("rl-trainer", "broker:import", BROKER_GATEWAY_AUDIENCE),  # the broker's, but not rl-trainer's
+    # completing an OAuth connection: resource-api's own token only, never a user's
+    ("resource-api", "broker:connections.complete", BROKER_GATEWAY_AUDIENCE),
 ])
 async def test_scope_is_never_broadened(oauth, client, client_id: str, scope: str, resource: str) -> None:
     subject = await user_token(oauth, "trades:read trades:write training:write")
@@ -306,6 +308,7 @@ ALL_USER_SCOPES = "trades:read trades:write training:read training:write"
 @pytest.mark.parametrize(("user_scope", "resource", "scope"), [
     ("trades:read", BROKER_GATEWAY_AUDIENCE, "broker:orders"),  # the widening this policy exists for
     ("trades:read", BROKER_GATEWAY_AUDIENCE, "broker:import"),  # importing is trades:write
+    ("trades:read", BROKER_GATEWAY_AUDIENCE, "broker:connections"),  # connecting a broker is trades:write
     ("trades:read", RL_TRAINER_AUDIENCE, None),  # no training scope at all
     ("trades:write", ML_SCORER_AUDIENCE, "scorer:read"),  # reading scored trades is trades:read
     ("training:read", RL_TRAINER_AUDIENCE, "trainer:jobs.write"),
@@ -322,12 +325,13 @@ async def test_exchange_never_widens_the_users_scope(oauth, client, user_scope: 
 
 
 @pytest.mark.parametrize(("user_scope", "resource", "granted"), [
-    ("trades:read", BROKER_GATEWAY_AUDIENCE, {"broker:accounts"}),  # GET /v1/accounts/{id}
+    ("trades:read", BROKER_GATEWAY_AUDIENCE, {"broker:accounts", "broker:connections.read"}),  # GET account, list
     ("trades:read", ML_SCORER_AUDIENCE, {"scorer:read"}),  # GET /v1/trades
-    ("trades:write", BROKER_GATEWAY_AUDIENCE, {"broker:accounts", "broker:import"}),  # create, import
+    ("trades:write", BROKER_GATEWAY_AUDIENCE, {"broker:accounts", "broker:import", "broker:connections"}),
     ("training:read", RL_TRAINER_AUDIENCE, {"trainer:jobs.read"}),
     ("training:write", RL_TRAINER_AUDIENCE, {"trainer:jobs.write"}),  # submit, cancel, paper trading
-    (ALL_USER_SCOPES, BROKER_GATEWAY_AUDIENCE, {"broker:accounts", "broker:import"}),
+    (ALL_USER_SCOPES, BROKER_GATEWAY_AUDIENCE, {"broker:accounts", "broker:import", "broker:connections",
+                                                "broker:connections.read"}),
     (ALL_USER_SCOPES, ML_SCORER_AUDIENCE, {"scorer:read"}),
     (ALL_USER_SCOPES, RL_TRAINER_AUDIENCE, {"trainer:jobs.read", "trainer:jobs.write"}),
 ])

@@ -35,9 +35,12 @@ scope (``bsopt_api.api.routes``; the callees' ``METHOD_SCOPES``):
 subject token scope    backend scopes an exchange may grant
 =====================  ================================================================
 ``trades:read``        ``broker:accounts`` (GET /v1/accounts/{id}: GetAccount),
-                       ``scorer:read`` (GET /v1/trades: ListScoredTrades)
+                       ``scorer:read`` (GET /v1/trades: ListScoredTrades),
+                       ``broker:connections.read`` (GET /v1/broker-connections)
 ``trades:write``       ``broker:accounts`` (POST /v1/accounts: CreateAccount),
-                       ``broker:import`` (POST /v1/accounts/{id}/imports: ImportTrades)
+                       ``broker:import`` (POST /v1/accounts/{id}/imports: ImportTrades),
+                       ``broker:connections`` (POST /v1/brokers/alpaca/connect, pause,
+                       revoke: Start/ConnectWithKeys/Pause/RevokeBrokerConnection)
 ``training:read``      ``trainer:jobs.read`` (GET /v1/training-jobs/{id})
 ``training:write``     ``trainer:jobs.write`` (submit, cancel, paper trading)
 ``trainer:jobs.write`` ``broker:accounts broker:orders`` (rl-trainer re-exchanging the
@@ -45,7 +48,10 @@ subject token scope    backend scopes an exchange may grant
 =====================  ================================================================
 
 Every other scope (``openid``, ``profile``, ``trainer:jobs.read``, the broker's and the
-scorer's own) allows nothing further. A re-exchange (the subject token has ``act``) is
+scorer's own) allows nothing further. ``broker:connections.complete``
+(CompleteBrokerConnection, reached from resource-api's OAuth callback, which has no user
+token: the user is the one the OAuth ``state`` was bound to) is never exchanged: only
+resource-api's own client-credentials token carries it. A re-exchange (the subject token has ``act``) is
 thus bounded by the delegated token's scopes, which were bounded by the user's.
 """
 
@@ -83,7 +89,8 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 #: (intersected with the acting client's allowed scopes). A resource not listed here
 #: (the event bus, resource-api itself) gets no user-bound tokens.
 RESOURCE_SCOPES: Mapping[str, frozenset[str]] = {
-    BROKER_GATEWAY_AUDIENCE: frozenset({"broker:accounts", "broker:orders", "broker:import"}),
+    BROKER_GATEWAY_AUDIENCE: frozenset({"broker:accounts", "broker:orders", "broker:import", "broker:connections",
+                                        "broker:connections.read"}),
     ML_SCORER_AUDIENCE: frozenset({"scorer:read"}),
     RL_TRAINER_AUDIENCE: frozenset({"trainer:jobs.read", "trainer:jobs.write"}),
 }
@@ -91,8 +98,8 @@ RESOURCE_SCOPES: Mapping[str, frozenset[str]] = {
 #: What a subject token's scope lets an exchange grant (see the module docstring): the
 #: user's consent, carried down every delegation hop. Scopes not listed allow nothing.
 DELEGATED_SCOPES: Mapping[str, frozenset[str]] = {
-    "trades:read": frozenset({"broker:accounts", "scorer:read"}),
-    "trades:write": frozenset({"broker:accounts", "broker:import"}),
+    "trades:read": frozenset({"broker:accounts", "scorer:read", "broker:connections.read"}),
+    "trades:write": frozenset({"broker:accounts", "broker:import", "broker:connections"}),
     "training:read": frozenset({"trainer:jobs.read"}),
     "training:write": frozenset({"trainer:jobs.write"}),
     "trainer:jobs.write": frozenset({"broker:accounts", "broker:orders"}),
