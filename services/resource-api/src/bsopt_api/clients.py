@@ -50,6 +50,8 @@ class TokenSource(Protocol):
 
     async def request_token(self, form: dict[str, str], *, what: str = "a token") -> dict[str, object]: ...
 
+    async def token(self, resource: str, scope: str = "") -> str: ...
+
 
 class BackendClients:
     """The three stubs plus the deadlines to call them with (seconds).
@@ -82,6 +84,13 @@ class BackendClients:
         cannot be reached (rendered as 503 problem details)."""
         token = await self.exchanger.token_for(principal.token, backend.audience, scope)
         return bearer_metadata(token)
+
+    async def as_service(self, backend: Backend, scope: str) -> tuple[tuple[str, str], ...]:
+        """Call metadata carrying this service's *own* client-credentials token (RFC 6749
+        §4.4) for ``backend`` with ``scope``: only for a call that has no user token to act
+        with and whose user the backend takes from elsewhere (the OAuth callback of a broker
+        connection: the user is the one the ``state`` was bound to). Raises TokenRequestError."""
+        return bearer_metadata(await self.token_provider.token(backend.audience, scope))
 
     def open(self) -> None:
         """Create the channels (lazy: nothing connects until the first call)."""

@@ -151,3 +151,34 @@ def coach_message(t: scorer_pb.ScoredTrade) -> dict[str, Any]:
         "side": side(t.side),
         "executed_at": codec.rfc3339_field(t, "executed_at"),
     }
+
+
+# --- broker connections ----------------------------------------------------------------
+
+
+def _short(enum: Any, value: int, prefix: str) -> str:
+    try:
+        return str(enum.Name(value)).removeprefix(prefix).lower()
+    except ValueError:
+        return str(value)
+
+
+def broker_connection(c: broker_pb.BrokerConnection) -> dict[str, Any]:
+    """A connection (never its credentials); ``account_id`` = ``connection_id``, the id
+    ``/v1/accounts/{account_id}`` takes."""
+    return {
+        "connection_id": c.connection_id,
+        "account_id": c.connection_id,
+        "broker": c.broker,
+        "method": _short(broker_pb.BrokerConnectionMethod, c.method, "BROKER_CONNECTION_METHOD_"),
+        "status": _short(broker_pb.BrokerConnectionStatus, c.status, "BROKER_CONNECTION_STATUS_"),
+        "account_kind": account_kind(c.account_kind),
+        "allow_live": c.allow_live,
+        "scope": c.scope,
+        "created_at": codec.rfc3339_field(c, "created_at"),
+        "updated_at": codec.rfc3339_field(c, "updated_at"),
+    }
+
+
+def broker_connection_start(s: broker_pb.StartBrokerConnectionResponse) -> dict[str, Any]:
+    return {"authorize_url": s.authorize_url, "state": s.state, "expires_at": codec.rfc3339_field(s, "expires_at")}
