@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -124,14 +125,28 @@ class SellModule:
     Thread-safe. :meth:`start` / :meth:`stop` / :meth:`replace` block (they join threads):
     call them from a worker thread, not the event loop. :meth:`set_rules` writes one row;
     :meth:`close_all` only queues.
+
+    At most ``max_concurrent_passes`` passes run at once over all accounts (the others
+    wait their turn): the workers share the process (and its GIL) with the gRPC server,
+    and this bounds what they take from it however many accounts have rules.
     """
 
     def __init__(self, broker: Broker, accounts: Mapping[str, AlpacaAccountConfig], prices: PriceSource | None,
                  session_factory: sessionmaker[Session], outbox: Outbox, *,
-                 notify: Callable[[], object] | None = None):
+                 notify: Callable[[], object] | None = None, max_concurrent_passes: int = 1,
+                 rules_cache_s: float = 5.0):
         """``broker``: the venue orders go through (the router); ``prices``: price per share
         of a symbol (the rules' comparison price); ``notify``: called (from a worker thread)
-        after a decision event was committed, to wake the outbox relay."""
+        after a decision event was committed, to wake the outbox relay;
+        ``max_concurrent_passes``: passes running at once (>= 1); ``rules_cache_s``: seconds a
+        worker reuses the rules it read from ``broker.sell_rules`` (this process's
+        :meth:`set_rules` refreshes them at once; another instance's within that time).
+        Raises ValueError for ``max_concurrent_passes`` < 1."""
+        if max_concurrent_passes < 1:
+            raise ValueError(f"max_concurrent_passes must be >= 1, got {max_concurrent_passes}")
+        self._passes = threading.BoundedSemaphore(max_concurrent_passes)
+        self._rules_cache_s = rules_cache_s
+        self._rules_cache: dict[str, tuple[float, SellRules]] = {}
         self._broker = broker
         self._accounts = dict(accounts)
         self._prices = prices
@@ -210,7 +225,14 @@ class SellModule:
         cfg = self._account(account_id, user_id)
         return self._rules(cfg)
 
-    def _rules(self, cfg: AlpacaAccountConfig) -> SellRules:
+    def _rules(self, cfg: AlpacaAccountConfig, *, cached: bool = False) -> SellRules:
+        if cached and (hit := self._rules_cache.get(cfg.name)) is not None and hit[0] > time.monotonic():
+            return hit[1]
+        rules = self._read_rules(cfg)
+        self._rules_cache[cfg.name] = (time.monotonic() + self._rules_cache_s, rules)
+        return rules
+
+    def _read_rules(self, cfg: AlpacaAccountConfig) -> SellRules:
         file_rules = _file_rules(cfg)
         t = models.sell_rules
         with session_scope(self._session_factory) as s:
@@ -236,8 +258,10 @@ class SellModule:
                       .on_conflict_do_update(index_elements=[t.c.user_id, t.c.account_id], set_=values))
         log.info("sell rules of %s set by its user: stop_loss_pct=%s take_profit_pct=%s", account_id,
                  stop_loss_pct, take_profit_pct)
+        rules = SellRules(stop_loss_pct, take_profit_pct, _file_rules(cfg).check_interval_s)
+        self._rules_cache[account_id] = (time.monotonic() + self._rules_cache_s, rules)
         self._wake(account_id)
-        return SellRules(stop_loss_pct, take_profit_pct, _file_rules(cfg).check_interval_s)
+        return rules
 
     def close_all(self, account_id: str, user_id: str) -> str:
         """Queue a request to sell every position of the account; return its id at once.
@@ -266,7 +290,7 @@ class SellModule:
         pass. Raises Unavailable (Alpaca unreachable: close-all requests stay queued)."""
         with self._lock:
             pass_lock = self._pass_locks.setdefault(account_id, threading.Lock())
-        with pass_lock:
+        with pass_lock, self._passes:
             return self._pass(account_id)
 
     def _pass(self, account_id: str) -> float:
@@ -276,7 +300,7 @@ class SellModule:
             prices = self._prices
         if cfg is None:
             return DEFAULT_CHECK_INTERVAL_S
-        rules = self._rules(cfg)
+        rules = self._rules(cfg, cached=True)
         if not pending and rules.empty:
             return rules.check_interval_s
         try:
