@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -312,3 +313,26 @@ async def test_a_read_only_accounts_sell_is_refused_logged_and_not_retried(gatew
     warned = [r for r in caplog.records if r.name == "bsopt_broker.sell" and r.levelno == logging.WARNING
               and "ro-a" in r.getMessage()]
     assert len(warned) == 1 and '"outcome": "refused"' in warned[0].getMessage()
+
+
+async def test_a_reload_restarts_the_workers_for_the_new_pool(gateway, standin, accounts):
+    _, gw = gateway
+    assert gw.sells is not None
+    original = accounts.read_text(encoding="utf-8")
+    standin.add_account("PKNEW", "sell-secret", cash=100_000)
+    document = yaml.safe_load(original)
+    document["accounts"] = [e for e in document["accounts"] if e["name"] != "ro-a"] + [
+        entry(standin, "new-a", "trader-a", "PKNEW", sell_rules={"take_profit_pct": 1, "check_interval_s": SLOW})]
+    accounts.write_text(yaml.safe_dump(document), encoding="utf-8")
+    try:
+        assert await asyncio.to_thread(gw.reload_accounts)
+        assert {"rules-a", "new-a"} <= gw.sells.workers and "ro-a" not in gw.sells.workers
+        hold(standin, "PKNEW", "NWX", 2, "100", "102")
+        await asyncio.to_thread(gw.sells.run_once, "new-a")
+        assert len(sells(standin, "PKNEW", "NWX")) == 1
+    finally:
+        accounts.write_text(original, encoding="utf-8")
+        assert await asyncio.to_thread(gw.reload_accounts)
+    assert "new-a" not in gw.sells.workers and "ro-a" in gw.sells.workers
+    # the old pool's threads ended (stop() joins them)
+    assert "sell-new-a" not in {t.name for t in threading.enumerate()}
