@@ -66,11 +66,13 @@ class BrokerGatewayServicer(ConnectionRpcs, pb_grpc.BrokerGatewayServiceServicer
 
     async def CreateAccount(self, request: pb.CreateAccountRequest, context: aio.ServicerContext) -> pb.Account:
         """A new paper account. INVALID_ARGUMENT for broker "alpaca" (Alpaca accounts come
-        from the accounts file) or any other broker than "paper"/empty."""
+        from the accounts file or are connected by their owner) or any other broker than
+        "paper"/empty."""
         if request.broker == ALPACA:
             raise InvalidArgument(f"Alpaca accounts cannot be created through the API: they are listed in the "
-                                  f"accounts file ({ACCOUNTS_FILE_ENV}) and used by their name; CreateAccount "
-                                  f"opens {self.broker.name!r} accounts only")
+                                  f"accounts file ({ACCOUNTS_FILE_ENV}) and used by their name, or connected "
+                                  f"(StartBrokerConnection, ConnectBrokerWithKeys) and used by their connection "
+                                  f"id; CreateAccount opens {self.broker.name!r} accounts only")
         if request.broker not in ("", self.broker.name):
             raise InvalidArgument(f"broker {request.broker!r} is not available; use {self.broker.name!r}")
         initial_cash = codec.money_from_pb(request, "initial_cash")

@@ -11,6 +11,7 @@ import os
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -291,6 +292,12 @@ async def test_pause_refuses_orders_and_revoke_deletes_credentials(gateway, test
     assert len(standin.accounts["PKOAUTHA"].orders) == orders
     # reading and importing stay allowed while paused
     await call(gateway, "GetAccount", pb.GetAccountRequest(account_id=cid), tok)
+    # resumed, it trades again
+    resumed = await call(gateway, "ResumeBrokerConnection", pb.ResumeBrokerConnectionRequest(connection_id=cid), tok)
+    assert resumed.status == pb.BROKER_CONNECTION_STATUS_ACTIVE
+    done = await call(gateway, "PlaceOrder", pb.PlaceOrderRequest(
+        account_id=cid, client_order_id="resumed-1", symbol="AAPL", side=pb.SIDE_BUY, quantity=1), tok)
+    assert done.order.status == pb.ORDER_STATUS_FILLED
 
     revoked = await call(gateway, "RevokeBrokerConnection", pb.RevokeBrokerConnectionRequest(connection_id=cid), tok)
     assert revoked.status == pb.BROKER_CONNECTION_STATUS_REVOKED
@@ -300,6 +307,7 @@ async def test_pause_refuses_orders_and_revoke_deletes_credentials(gateway, test
                             ("PlaceOrder", pb.PlaceOrderRequest(account_id=cid, client_order_id="r-1", symbol="AAPL",
                                                                 side=pb.SIDE_BUY, quantity=1)),
                             ("PauseBrokerConnection", pb.PauseBrokerConnectionRequest(connection_id=cid)),
+                            ("ResumeBrokerConnection", pb.ResumeBrokerConnectionRequest(connection_id=cid)),
                             ("RevokeBrokerConnection", pb.RevokeBrokerConnectionRequest(connection_id=cid))):
         err = await refused(gateway, method, request, tok)
         assert err.code() == grpc.StatusCode.NOT_FOUND, method
@@ -319,6 +327,7 @@ async def test_another_user_cannot_see_pause_or_revoke(gateway, test_issuer, sta
                             ("PlaceOrder", pb.PlaceOrderRequest(account_id=cid, client_order_id="x-1", symbol="AAPL",
                                                                 side=pb.SIDE_BUY, quantity=1)),
                             ("PauseBrokerConnection", pb.PauseBrokerConnectionRequest(connection_id=cid)),
+                            ("ResumeBrokerConnection", pb.ResumeBrokerConnectionRequest(connection_id=cid)),
                             ("RevokeBrokerConnection", pb.RevokeBrokerConnectionRequest(connection_id=cid))):
         err = await refused(gateway, method, request, tok)
         assert err.code() == grpc.StatusCode.NOT_FOUND, method
@@ -354,3 +363,33 @@ def _no_env_key() -> Iterator[None]:
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("BSOPT_BROKER_CREDENTIALS")}
     yield
     os.environ.update(saved)
+
+
+async def test_an_expired_state_is_refused(gateway, test_issuer, postgres_url):
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    started = await call(gateway, "StartBrokerConnection", pb.StartBrokerConnectionRequest(),
+                         user_token(test_issuer, user))
+    code, state = approve(started.authorize_url, "PKOAUTHA")
+    with psycopg.connect(_dsn(postgres_url)) as conn:
+        conn.execute("UPDATE broker.broker_oauth_states SET expires_at = now() - interval '1 second' "
+                     "WHERE state_hash = %s", (hashlib.sha256(state.encode()).hexdigest(),))
+    err = await refused(gateway, "CompleteBrokerConnection", pb.CompleteBrokerConnectionRequest(state=state, code=code),
+                        service_token(test_issuer))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "expired" in err.details()
+
+
+async def test_trades_of_a_paused_connection_import_as_alpaca(gateway, test_issuer, standin):
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    tok = user_token(test_issuer, user)
+    conn = await call(gateway, "ConnectBrokerWithKeys", pb.ConnectBrokerWithKeysRequest(
+        api_key_id="PKKEYSC", api_secret_key="secret-c-very-secret"), tok)
+    await call(gateway, "PlaceOrder", pb.PlaceOrderRequest(account_id=conn.connection_id, client_order_id="imp-1",
+                                                           symbol="AAPL", side=pb.SIDE_BUY, quantity=1), tok)
+    await call(gateway, "PauseBrokerConnection", pb.PauseBrokerConnectionRequest(connection_id=conn.connection_id), tok)
+    now = datetime.now(UTC)
+    window = pb.ImportTradesRequest(account_id=conn.connection_id, start=codec.timestamp(now - timedelta(days=1)),
+                                    end=codec.timestamp(now + timedelta(minutes=1)))
+    imported = await call(gateway, "ImportTrades", window, tok)
+    assert imported.trades_imported >= 1
+    again = await call(gateway, "ImportTrades", window, tok)
+    assert again.trades_imported == 0 and again.duplicates_skipped == imported.trades_imported

@@ -32,6 +32,7 @@ CONNECTION_METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "ListBrokerConnections": ("broker:connections.read",),
     "PauseBrokerConnection": ("broker:connections",),
     "RevokeBrokerConnection": ("broker:connections",),
+    "ResumeBrokerConnection": ("broker:connections",),
 }
 STATUS = codec.EnumCodec(pb.BrokerConnectionStatus, ConnectionStatus, "BROKER_CONNECTION_STATUS_")
 METHOD = codec.EnumCodec(pb.BrokerConnectionMethod, ConnectionMethod, "BROKER_CONNECTION_METHOD_")
@@ -97,6 +98,12 @@ class ConnectionRpcs:
         """NOT_FOUND (no such connection of the caller, or revoked)."""
         service = self._service()
         return connection_pb(await asyncio.to_thread(service.pause, acting_user(), request.connection_id))
+
+    async def ResumeBrokerConnection(self, request: pb.ResumeBrokerConnectionRequest,
+                                     context: aio.ServicerContext) -> pb.BrokerConnection:
+        """NOT_FOUND (no such connection of the caller, or revoked)."""
+        service = self._service()
+        return connection_pb(await asyncio.to_thread(service.resume, acting_user(), request.connection_id))
 
     async def RevokeBrokerConnection(self, request: pb.RevokeBrokerConnectionRequest,
                                      context: aio.ServicerContext) -> pb.BrokerConnection:

@@ -212,6 +212,10 @@ class ConnectionService:
         """Raises ConnectionNotFound (also another user's or a revoked one)."""
         return self.store.set_status(connection_id, user_id, ConnectionStatus.PAUSED)
 
+    def resume(self, user_id: str, connection_id: str) -> Connection:
+        """Active again (orders allowed). Raises ConnectionNotFound."""
+        return self.store.set_status(connection_id, user_id, ConnectionStatus.ACTIVE)
+
     def revoke(self, user_id: str, connection_id: str) -> Connection:
         """Status revoked, credentials deleted. Raises ConnectionNotFound."""
         connection = self.store.set_status(connection_id, user_id, ConnectionStatus.REVOKED)
@@ -245,7 +249,7 @@ class ConnectedAccounts:
             raise ConnectionNotFound(f"no Alpaca account {account_id!r} for this user")
         if ordering and found.status is ConnectionStatus.PAUSED:
             raise FailedPrecondition(f"broker connection {account_id!r} is paused: orders are refused until it "
-                                     "is connected again")
+                                     "is resumed (ResumeBrokerConnection)")
         with self._lock:
             cached = self._venues.get(account_id)
             if cached is not None and cached[0] == found.updated_at:

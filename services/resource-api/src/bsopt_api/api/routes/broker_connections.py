@@ -1,5 +1,6 @@
 """Users connect their own Alpaca account: ``/v1/brokers/alpaca/connect``,
-``/v1/brokers/alpaca/callback`` and ``/v1/broker-connections``.
+``/v1/brokers/alpaca/callback`` and ``/v1/broker-connections`` (list, ``:pause``,
+``:resume``, ``DELETE`` to revoke).
 
 broker-gateway does the work and keeps the credentials (encrypted); this API acts for
 the user with a delegated token (RFC 8693), as everywhere. The OAuth callback is the one
@@ -145,10 +146,20 @@ async def list_broker_connections(principal: TradesReader, backends: Backends) -
 
 @router.post(CONNECTIONS + "/{connection_id}:pause", response_model=BrokerConnection)
 async def pause_broker_connection(connection_id: str, principal: TradesWriter, backends: Backends) -> dict[str, Any]:
-    """Pause: orders are refused (409) until connected again; reading the account and
+    """Pause: orders are refused (409) until resumed (``:resume``); reading the account and
     importing stay allowed. 404 for another user's or a revoked connection."""
     connection = await backends.broker_gateway.PauseBrokerConnection(
         pb.PauseBrokerConnectionRequest(connection_id=connection_id), timeout=backends.timeout_seconds,
+        metadata=await backends.acting_for(principal, BROKER_GATEWAY, "broker:connections"))
+    return encoding.broker_connection(connection)
+
+
+@router.post(CONNECTIONS + "/{connection_id}:resume", response_model=BrokerConnection)
+async def resume_broker_connection(connection_id: str, principal: TradesWriter, backends: Backends) -> dict[str, Any]:
+    """Resume a paused connection: orders are allowed again. 404 for another user's or a
+    revoked connection."""
+    connection = await backends.broker_gateway.ResumeBrokerConnection(
+        pb.ResumeBrokerConnectionRequest(connection_id=connection_id), timeout=backends.timeout_seconds,
         metadata=await backends.acting_for(principal, BROKER_GATEWAY, "broker:connections"))
     return encoding.broker_connection(connection)
 

@@ -166,7 +166,7 @@ async def test_api_keys_connect_pause_revoke_and_other_users(client: httpx.Async
     # another user: not listed, and 404 for the account, pause and revoke
     assert (await client.get("/v1/broker-connections", headers=bearer(tokens, other))).json() == {"connections": []}
     for method, path in (("GET", f"/v1/accounts/{cid}"), ("POST", f"/v1/broker-connections/{cid}:pause"),
-                         ("DELETE", f"/v1/broker-connections/{cid}")):
+                         ("POST", f"/v1/broker-connections/{cid}:resume"), ("DELETE", f"/v1/broker-connections/{cid}")):
         r = await client.request(method, path, headers=bearer(tokens, other))
         assert r.status_code == 404, (method, path, r.text)
 
@@ -176,6 +176,10 @@ async def test_api_keys_connect_pause_revoke_and_other_users(client: httpx.Async
         await place_order(gateway, test_issuer, owner, cid, "rest-paused-1")
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert (await client.get(f"/v1/accounts/{cid}", headers=bearer(tokens, owner))).status_code == 200
+    resumed = await client.post(f"/v1/broker-connections/{cid}:resume", headers=bearer(tokens, owner))
+    assert resumed.status_code == 200 and resumed.json()["status"] == "active"
+    assert (await place_order(gateway, test_issuer, owner, cid, "rest-resumed-1")).order.status == \
+        pb.ORDER_STATUS_FILLED
 
     revoked = await client.delete(f"/v1/broker-connections/{cid}", headers=bearer(tokens, owner))
     assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
