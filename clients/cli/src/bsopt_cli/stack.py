@@ -206,6 +206,7 @@ class Stack:
         lines += [f"  {'-' if i == 0 else ' '} {key}: {json.dumps(value)}"
                   for i, (key, value) in enumerate(entry.items())]
         self.accounts_file.touch(mode=0o600)
+        self.accounts_file.chmod(0o600)
         self.accounts_file.write_text("\n".join(lines) + "\n")
         return self.accounts_file
 
