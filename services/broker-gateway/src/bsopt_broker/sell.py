@@ -61,6 +61,7 @@ from bsopt_common import codec
 from bsopt_common.db import session_scope
 from bsopt_common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from bsopt_common.events import Outbox
+from bsopt_common.money import Money
 from bsopt_common.topics import SELLS_DECIDED
 from bsopt_common.vocabulary import Side
 
@@ -308,13 +309,15 @@ class SellModule:
             if pending:
                 for request_id in pending:
                     for p in account.positions:
-                        price = prices(p.symbol) if prices is not None else p.average_price
-                        self._sell(cfg, account, SellDecision(SellRule.CLOSE_ALL, p, price, Decimal(0)), request_id)
-                return 0.0 if self._pending.get(account_id) else rules.check_interval_s
+                        quoted = self._price(prices, cfg.name, p.symbol)  # informational for close-all
+                        at = quoted if quoted is not None else p.average_price
+                        self._sell(cfg, account, SellDecision(SellRule.CLOSE_ALL, p, at, Decimal(0)), request_id)
+                with self._lock:
+                    more = bool(self._pending.get(account_id))
+                return 0.0 if more else rules.check_interval_s
             for p in account.positions:
-                if prices is None:
-                    break
-                decision = evaluate(rules, p, prices(p.symbol))
+                current = self._price(prices, cfg.name, p.symbol)
+                decision = evaluate(rules, p, current) if current is not None else None
                 if decision is not None:
                     self._sell(cfg, account, decision)
         except Unavailable:
@@ -323,6 +326,18 @@ class SellModule:
                     self._pending[account_id] = pending + self._pending.get(account_id, [])
             raise
         return rules.check_interval_s
+
+    @staticmethod
+    def _price(prices: PriceSource | None, account_id: str, symbol: str) -> Money | None:
+        """The symbol's price, or None (no price source; a symbol the market data does not
+        know: logged, the position is skipped). Raises Unavailable."""
+        if prices is None:
+            return None
+        try:
+            return prices(symbol)
+        except InvalidArgument as exc:
+            log.warning("sell worker %s: no price for %s, position not evaluated: %s", account_id, symbol, exc)
+            return None
 
     def _already_decided(self, event_id: str) -> bool:
         if event_id in self._decided:
