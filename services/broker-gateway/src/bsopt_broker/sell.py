@@ -38,6 +38,7 @@ from decimal import Decimal
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as pb
@@ -383,8 +384,13 @@ class SellModule:
             account_kind=pb.ACCOUNT_KIND_LIVE if kind.value == "live" else pb.ACCOUNT_KIND_PAPER,
             outcome=outcome.outcome, reason=outcome.reason, order_id=order_id, request_id=request_id,
             decided_at=codec.timestamp(now))
-        with session_scope(self._session_factory) as s:
-            self._outbox.add(s, SELLS_DECIDED, message, event_id=event_id)
+        try:
+            with session_scope(self._session_factory) as s:
+                self._outbox.add(s, SELLS_DECIDED, message, event_id=event_id)
+        except IntegrityError:
+            # Another instance recorded the same decision (its sell replayed here): once is enough.
+            self._decided.add(event_id)
+            return
         self._decided.add(event_id)
         if self._notify is not None:
             self._notify()
