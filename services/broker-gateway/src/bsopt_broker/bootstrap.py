@@ -18,6 +18,7 @@ import logging
 import signal
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 from bsopt_broker import models
 from bsopt_broker.adapters.alpaca.accounts import AccountsFileError, AlpacaAccountConfig, load_accounts
@@ -39,11 +40,12 @@ from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
 log = logging.getLogger("bsopt_broker.bootstrap")
 
 
-def alpaca_venue(accounts: Mapping[str, AlpacaAccountConfig]) -> AlpacaBroker | None:
+def alpaca_venue(accounts: Mapping[str, AlpacaAccountConfig], **options: Any) -> AlpacaBroker | None:
     """The Alpaca venue over ``accounts`` (prices: the latest trade from Alpaca's market
-    data); None for no accounts. Creates no connection: clients are made on first use."""
+    data); None for no accounts. ``options``: AlpacaBroker's keyword arguments
+    (:meth:`BrokerSettings.alpaca_options`). Creates no connection: clients are made on first use."""
     prices = LatestTradePrices.from_accounts(accounts)
-    return None if prices is None else AlpacaBroker(accounts, prices)
+    return None if prices is None else AlpacaBroker(accounts, prices, **options)
 
 
 class BrokerGateway:
@@ -59,7 +61,7 @@ class BrokerGateway:
         # The key of the stored broker credentials: a bad or dev-only key stops start-up here.
         self._cipher = settings.credentials_cipher()
         accounts = load_accounts(settings.accounts_file) if settings.accounts_file else {}
-        self._alpaca = (alpaca_venue(accounts), accounts)
+        self._alpaca = (alpaca_venue(accounts, **settings.alpaca_options()), accounts)
         self.router: VenueRouter | None = None
         self.sells: SellModule | None = None
         if accounts:
@@ -81,7 +83,7 @@ class BrokerGateway:
             except AccountsFileError as exc:
                 log.error("accounts reload refused, the accounts in use stay: %s", exc)
                 return False
-            venue = alpaca_venue(accounts)
+            venue = alpaca_venue(accounts, **self.settings.alpaca_options())
             self._alpaca = (venue, accounts)
             if self.router is not None:
                 self.router.replace_alpaca(venue, accounts)
@@ -110,7 +112,8 @@ class BrokerGateway:
                 alpaca, accounts = self._alpaca
                 store = ConnectionStore(runtime.session_factory, self._cipher)
                 self.router = router = VenueRouter(
-                    paper, alpaca, accounts, connections=ConnectedAccounts(store, settings.alpaca_trading_base_url))
+                    paper, alpaca, accounts, connections=ConnectedAccounts(store, settings.alpaca_trading_base_url,
+                                                                    settings.alpaca_options()))
                 # The sell workers (one thread per Alpaca account with rules) sell through the
                 # router, like PlaceOrder: same per-account lock, balance guard and timing.
                 self.sells = sells = SellModule(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -32,6 +32,16 @@ class BrokerSettings(ServiceSettings):
     #: Read at start-up (a malformed file stops it, naming entry and field) and again on
     #: SIGHUP (an invalid file is logged and the accounts in use stay).
     accounts_file: Path | None = None
+    #: Every Alpaca account's requests (accounts file and connections): each HTTP request's
+    #: timeout; retries of 429/5xx/connection errors (tries in all, and no retry starting
+    #: later than this many seconds after the first try; backoff with jitter, or Alpaca's
+    #: ``Retry-After``); the per-account circuit breaker (consecutive failed calls that open
+    #: it, seconds before it lets one trial call through). See ``adapters/alpaca/resilience.py``.
+    alpaca_request_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    alpaca_retry_attempts: int = Field(4, ge=1, le=10)
+    alpaca_retry_total_seconds: float = Field(15.0, gt=0, le=300)
+    alpaca_breaker_failures: int = Field(5, ge=1, le=100)
+    alpaca_breaker_cooldown_seconds: float = Field(30.0, gt=0, le=3600)
 
     # -- broker connections (users connecting their own Alpaca account) -------------------
     #: AES-256-GCM key of the stored broker credentials: base64 of 32 random bytes, in a
@@ -56,6 +66,13 @@ class BrokerSettings(ServiceSettings):
     #: Trading API base URL of connected accounts (a proxy or a local stand-in); unset:
     #: Alpaca's paper (``paper-api.alpaca.markets``) or live (``api.alpaca.markets``) endpoint.
     alpaca_trading_base_url: str | None = None
+
+    def alpaca_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``AlpacaBroker`` from the ``alpaca_*`` request settings."""
+        return {"request_timeout_s": self.alpaca_request_timeout_seconds,
+                "retry_attempts": self.alpaca_retry_attempts, "retry_total_s": self.alpaca_retry_total_seconds,
+                "breaker_failures": self.alpaca_breaker_failures,
+                "breaker_cooldown_s": self.alpaca_breaker_cooldown_seconds}
 
     @field_validator("alpaca_oauth_authorize_url", "alpaca_oauth_token_url", "alpaca_trading_base_url",
                      "alpaca_oauth_redirect_uri")

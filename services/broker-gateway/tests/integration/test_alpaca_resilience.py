@@ -212,3 +212,25 @@ def test_timeouts_and_connection_errors_count_toward_the_breaker(alpaca_standin)
     with pytest.raises(CircuitOpen):
         broker.submit_market_order(buy("slow", 1, "s-1"))
     assert len(requests_of(alpaca_standin, "PKSLOW")) == 2
+
+
+def test_the_gateways_settings_reach_the_pool(alpaca_standin, monkeypatch):
+    """BSOPT_BROKER_ALPACA_RETRY_ATTEMPTS / _BREAKER_FAILURES set the pool's retries and breaker."""
+    from bsopt_broker.bootstrap import alpaca_venue
+    from bsopt_broker.config import BrokerSettings
+
+    monkeypatch.setenv("BSOPT_BROKER_ALPACA_RETRY_ATTEMPTS", "1")
+    monkeypatch.setenv("BSOPT_BROKER_ALPACA_BREAKER_FAILURES", "1")
+    settings = BrokerSettings(environment="test")
+    accounts = parse_accounts([{"broker": "alpaca", "base_url": alpaca_standin.base_url,
+                                **paper_account(alpaca_standin, "tuned")}])
+    venue = alpaca_venue(accounts, **settings.alpaca_options())
+    assert venue is not None
+    venue.get_account("tuned", "u-tuned")  # client created
+    before = len(requests_of(alpaca_standin, "PKTUNED"))
+    alpaca_standin.fail_next("PKTUNED", 503, times=5, method="GET", path="/v2/account")
+    with pytest.raises(Unavailable, match="HTTP 503"):
+        venue.get_account("tuned", "u-tuned")
+    assert len(requests_of(alpaca_standin, "PKTUNED")) - before == 1  # one try: no retry
+    with pytest.raises(CircuitOpen):  # one failure opened it
+        venue.get_account("tuned", "u-tuned")

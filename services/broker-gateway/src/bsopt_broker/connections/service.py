@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -227,9 +228,10 @@ class ConnectedAccounts:
     """Connection ids as venue accounts, for the router: one AlpacaBroker per connection,
     rebuilt when the row changes (``updated_at``), so every replica sees pauses and revokes."""
 
-    def __init__(self, store: ConnectionStore, base_url: str | None):
+    def __init__(self, store: ConnectionStore, base_url: str | None, options: Mapping[str, Any] | None = None):
         self._store = store
         self._base_url = base_url
+        self._options = dict(options or {})  # AlpacaBroker's keyword arguments (timeouts, retries, breaker)
         self._venues: dict[str, tuple[datetime, AlpacaBroker]] = {}
         self._lock = threading.Lock()
 
@@ -269,4 +271,4 @@ class ConnectedAccounts:
             oauth_token=SecretStr(token) if token else None,
             paper=connection.account_kind == AccountKind.PAPER.value,
             base_url=self._base_url, allow_live=connection.allow_live)
-        return AlpacaBroker({connection.connection_id: config}, LatestTradePrices(config))
+        return AlpacaBroker({connection.connection_id: config}, LatestTradePrices(config), **self._options)
