@@ -3,7 +3,7 @@
     accounts:
       - name: alice-paper
         broker: alpaca
-        owner: alice                 # bsopt user id or username
+        owner: 1b4e28ba-...         # the bsopt user id (the sub of their tokens), not the username
         api_key_id_env: ALICE_KEY    # or api_key_id: PK..., or api_key_id_file: /run/secrets/k
         api_secret_key_file: /run/secrets/alice_secret
         paper: true                  # optional manual override of detection
