@@ -106,3 +106,44 @@ def test_past_fills_are_the_same_on_the_same_day():
     ids = [a["id"] for a in alpaca_dev.past_fills(standin, STANDIN_KEY_ID, today)]
     assert ids == [a["id"] for a in alpaca_dev.past_fills(standin, STANDIN_KEY_ID, today)]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_oauth_connect_works_offline_against_the_standin(tmp_path, monkeypatch, no_alpaca_keys):
+    """Without Alpaca keys the stack gives broker-gateway an OAuth client at the stand-in:
+    the authorization URL it builds is approved at once as the paper account, and the
+    code exchanges for a token that reads that account (what POST /v1/brokers/alpaca/connect
+    and the callback do)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    import httpx
+    from alpaca.trading.client import TradingClient
+
+    from bsopt_broker.config import BrokerSettings
+    from bsopt_broker.connections.oauth import AlpacaOAuthClient, new_code_verifier, new_state
+
+    stack = Stack(state_dir=tmp_path / "state", ports=Ports(alpaca=free_port()))
+    monkeypatch.setattr(Stack, "demo_user_id", staticmethod(lambda url: OWNER))
+    broker_env: dict[str, str] = {}
+    try:
+        stack._start_alpaca("postgresql://unused/bsopt", timeout_seconds=60, broker_env=broker_env)
+        for name, value in broker_env.items():
+            monkeypatch.setenv(name, value)
+        settings = BrokerSettings(environment="dev")
+        assert settings.alpaca_oauth_redirect_uri == stack.api_url + "/v1/brokers/alpaca/callback"
+        secret = settings.alpaca_oauth_client_secret
+        oauth = AlpacaOAuthClient(
+            client_id=settings.alpaca_oauth_client_id, client_secret=secret.get_secret_value() if secret else None,
+            authorize_url=settings.alpaca_oauth_authorize_url, token_url=settings.alpaca_oauth_token_url,
+            redirect_uri=settings.alpaca_oauth_redirect_uri, scope=settings.alpaca_oauth_scope)
+        state, verifier = new_state(), new_code_verifier()
+        approved = httpx.get(oauth.authorization_url(state, verifier), follow_redirects=False)
+        assert approved.status_code == 302, approved.text
+        back = urlsplit(approved.headers["location"])
+        query = {k: v[0] for k, v in parse_qs(back.query).items()}
+        assert f"{back.scheme}://{back.netloc}{back.path}" == settings.alpaca_oauth_redirect_uri
+        assert query["state"] == state
+        token = oauth.exchange(query["code"], verifier, settings.alpaca_oauth_redirect_uri)
+        client = TradingClient(oauth_token=token.access_token, paper=True, url_override=settings.alpaca_trading_base_url)
+        assert str(client.get_account().account_number).startswith("PA")
+    finally:
+        stack.stop()

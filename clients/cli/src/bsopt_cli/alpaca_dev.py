@@ -18,6 +18,7 @@ import importlib.util
 import os
 import sys
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -28,6 +29,10 @@ from typing import Any
 STANDIN_FILE = Path(__file__).resolve().parents[4] / "services" / "broker-gateway" / "tests" / "alpaca_standin.py"
 KEY_ID_ENV = "BSOPT_ALPACA_STANDIN_KEY_ID"
 SECRET_ENV = "BSOPT_ALPACA_STANDIN_SECRET"
+#: bsopt's OAuth client at the stand-in (the dev stack gives broker-gateway the same three).
+OAUTH_CLIENT_ID_ENV = "BSOPT_ALPACA_STANDIN_OAUTH_CLIENT_ID"
+OAUTH_CLIENT_SECRET_ENV = "BSOPT_ALPACA_STANDIN_OAUTH_CLIENT_SECRET"
+OAUTH_REDIRECT_URI_ENV = "BSOPT_ALPACA_STANDIN_OAUTH_REDIRECT_URI"
 #: Latest-trade and fill prices, USD. GOOGL stays below the bundled 2017-2018 closes the
 #: demo's agent sizes its buys with, so its orders pass the $5,000 minimum balance.
 PRICES = {"GOOGL": Decimal("750.00"), "AAPL": Decimal("100.00")}
@@ -80,6 +85,19 @@ def build(key_id: str, secret: str, cash: Decimal, port: int, today: date | None
     return standin
 
 
+def configure_oauth(standin: Any, key_id: str, environ: Mapping[str, str]) -> bool:
+    """Register bsopt's OAuth client from ``environ`` (the three ``*_OAUTH_*`` variables),
+    approving every authorization at once as the paper account ``key_id`` (no Alpaca login
+    page to click through offline). False, and nothing registered, when they are not all set."""
+    client_id, secret, redirect_uri = (environ.get(OAUTH_CLIENT_ID_ENV, ""), environ.get(OAUTH_CLIENT_SECRET_ENV, ""),
+                                       environ.get(OAUTH_REDIRECT_URI_ENV, ""))
+    if not (client_id and secret and redirect_uri):
+        return False
+    standin.oauth.add_client(client_id, secret, redirect_uri)
+    standin.oauth.approve_as = key_id
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bsopt_cli.alpaca_dev", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8090)
@@ -99,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     except StandinUnavailable as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(2) from None
+    configure_oauth(standin, key_id, os.environ)
     run_until_signalled(lambda stop: serve_asgi(standin.app, stop, host="127.0.0.1", port=args.port,
                                                 grace_seconds=1.0))
 

@@ -55,6 +55,8 @@ ALPACA_SECRET_ENV = "BSOPT_ALPACA_API_SECRET_KEY"
 #: The stand-in's key id: ``PK`` (paper) and 20 characters, as Alpaca's paper key ids.
 STANDIN_KEY_ID = "PKDEVSTANDIN00000001"
 STANDIN_CASH = "100000"
+#: bsopt's OAuth client id at the local stand-in (``POST /v1/brokers/alpaca/connect`` offline).
+STANDIN_OAUTH_CLIENT_ID = "bsopt-dev"
 #: Confidential clients seeded by ``bsopt_auth seed-dev`` (dev secrets only).
 SERVICE_CLIENTS = ("resource-api", "broker-gateway", "rl-trainer", "ml-scorer", "digest-worker", "auth-server")
 
@@ -210,15 +212,41 @@ class Stack:
         self.accounts_file.write_text("\n".join(lines) + "\n")
         return self.accounts_file
 
-    def _start_alpaca(self, auth_database_url: str, timeout_seconds: float) -> None:
+    def standin_oauth(self) -> dict[str, str]:
+        """bsopt's OAuth client at the local stand-in (a fresh secret per start, in the
+        state dir): broker-gateway's ``BSOPT_BROKER_ALPACA_*`` settings for it, so
+        ``POST /v1/brokers/alpaca/connect`` works offline (the stand-in approves at once)."""
+        folder = self.accounts_file.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        secret_file = folder / "oauth-client-secret"
+        secret_file.touch(mode=0o600)
+        secret_file.chmod(0o600)
+        secret_file.write_text(secrets.token_urlsafe(32) + "\n")
+        return {"BSOPT_BROKER_ALPACA_OAUTH_CLIENT_ID": STANDIN_OAUTH_CLIENT_ID,
+                "BSOPT_BROKER_ALPACA_OAUTH_CLIENT_SECRET": secret_file.read_text().strip(),
+                "BSOPT_BROKER_ALPACA_OAUTH_REDIRECT_URI": self.api_url + "/v1/brokers/alpaca/callback",
+                "BSOPT_BROKER_ALPACA_OAUTH_AUTHORIZE_URL": self.alpaca_url + "/oauth/authorize",
+                "BSOPT_BROKER_ALPACA_OAUTH_TOKEN_URL": self.alpaca_url + "/oauth/token",
+                "BSOPT_BROKER_ALPACA_TRADING_BASE_URL": self.alpaca_url}
+
+    def _start_alpaca(self, auth_database_url: str, timeout_seconds: float,
+                      broker_env: dict[str, str] | None = None) -> None:
+        """The accounts file; without Alpaca keys, the stand-in process, and its OAuth client
+        added to ``broker_env`` (broker-gateway's environment)."""
         standin = not self.alpaca_keys_given()
         self.write_alpaca_accounts(self.demo_user_id(auth_database_url), standin=standin)
         if not standin:
             return
         secret = (self.accounts_file.parent / "standin-secret").read_text().strip()
+        oauth = self.standin_oauth()
+        if broker_env is not None:
+            broker_env.update(oauth)
         self._spawn("alpaca-standin", [sys.executable, "-m", "bsopt_cli.alpaca_dev", "--port", str(self.ports.alpaca),
                                        "--cash", STANDIN_CASH],
                     {"BSOPT_ALPACA_STANDIN_KEY_ID": STANDIN_KEY_ID, "BSOPT_ALPACA_STANDIN_SECRET": secret,
+                     "BSOPT_ALPACA_STANDIN_OAUTH_CLIENT_ID": oauth["BSOPT_BROKER_ALPACA_OAUTH_CLIENT_ID"],
+                     "BSOPT_ALPACA_STANDIN_OAUTH_CLIENT_SECRET": oauth["BSOPT_BROKER_ALPACA_OAUTH_CLIENT_SECRET"],
+                     "BSOPT_ALPACA_STANDIN_OAUTH_REDIRECT_URI": oauth["BSOPT_BROKER_ALPACA_OAUTH_REDIRECT_URI"],
                      "BSOPT_LOG_LEVEL": self.log_level})
         self.alpaca_standin = True
         self._wait_http(self.alpaca_url + "/v2/account", "alpaca-standin", timeout_seconds,
@@ -320,7 +348,7 @@ class Stack:
             py = sys.executable
             self._run_once("auth-server-migrate", [py, "-m", "bsopt_auth", "migrate"], envs["auth-server"])
             self._run_once("auth-server-seed", [py, "-m", "bsopt_auth", "seed-dev"], envs["auth-server"])
-            self._start_alpaca(envs["auth-server"]["DATABASE_URL"], timeout_seconds)
+            self._start_alpaca(envs["auth-server"]["DATABASE_URL"], timeout_seconds, envs["broker-gateway"])
             self._spawn("auth-server", [py, "-m", "bsopt_auth", "serve"], envs["auth-server"])
             self._wait_http(self.issuer + "/.well-known/openid-configuration", "auth-server", timeout_seconds)
             modules = {"broker-gateway": "bsopt_broker", "ml-scorer": "bsopt_scorer", "rl-trainer": "bsopt_trainer",
