@@ -143,7 +143,8 @@ def test_oauth_connect_works_offline_against_the_standin(tmp_path, monkeypatch, 
         assert f"{back.scheme}://{back.netloc}{back.path}" == settings.alpaca_oauth_redirect_uri
         assert query["state"] == state
         token = oauth.exchange(query["code"], verifier, settings.alpaca_oauth_redirect_uri)
-        client = TradingClient(oauth_token=token.access_token, paper=True, url_override=settings.alpaca_trading_base_url)
+        client = TradingClient(oauth_token=token.access_token, paper=True,
+                               url_override=settings.alpaca_trading_base_url)
         assert str(client.get_account().account_number).startswith("PA")
     finally:
         stack.stop()
