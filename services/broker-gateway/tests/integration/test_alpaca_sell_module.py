@@ -35,6 +35,7 @@ from bsopt_common.db import create_db_engine, make_session_factory
 from bsopt_common.events import Outbox
 from bsopt_common.money import Money
 from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
+from bsopt_common.testing.grpc_calls import grpc_calls
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
 
@@ -106,16 +107,7 @@ def token(issuer: Any, user: str) -> str:
                         act={"sub": "resource-api"})
 
 
-async def call(target: str, method: str, request: Any, tok: str) -> Any:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.BrokerGatewayServiceStub(channel)
-        return await getattr(stub, method)(request, metadata=(("authorization", f"Bearer {tok}"),), timeout=30)
-
-
-async def refused(target: str, method: str, request: Any, tok: str) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call(target, method, request, tok)
-    return err.value
+call, refused = grpc_calls(pb_grpc.BrokerGatewayServiceStub)
 
 
 def decisions(session_factory: Any, account_id: str, symbol: str | None = None) -> list[events_pb2.SellDecision]:

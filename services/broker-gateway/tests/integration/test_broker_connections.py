@@ -29,6 +29,7 @@ from bsopt_broker.connections.crypto import CredentialsCipher, CredentialsDecryp
 from bsopt_common import codec
 from bsopt_common.money import Money
 from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
+from bsopt_common.testing.grpc_calls import grpc_calls
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
 
@@ -84,16 +85,7 @@ def service_token(issuer: Any) -> str:
                         sub="resource-api")
 
 
-async def call(target: str, method: str, request: Any, tok: str) -> Any:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.BrokerGatewayServiceStub(channel)
-        return await getattr(stub, method)(request, metadata=(("authorization", f"Bearer {tok}"),), timeout=30)
-
-
-async def refused(target: str, method: str, request: Any, tok: str) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call(target, method, request, tok)
-    return err.value
+call, refused = grpc_calls(pb_grpc.BrokerGatewayServiceStub)
 
 
 def approve(authorize_url: str, key_id: str) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from bsopt_common import codec
 from bsopt_common.marketdata import bundled_provider
 from bsopt_common.money import Money, price_decimal
 from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
+from bsopt_common.testing.grpc_calls import grpc_calls
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
 
@@ -52,11 +53,7 @@ def ts(day: str) -> Timestamp:
     return t
 
 
-async def call(target: str, method: str, request, token: str | None):
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.BrokerGatewayServiceStub(channel)
-        metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        return await getattr(stub, method)(request, metadata=metadata, timeout=30)
+call, _ = grpc_calls(pb_grpc.BrokerGatewayServiceStub)
 
 
 def good_token(issuer, scope=ALL_SCOPES, user="trader-1"):

@@ -25,6 +25,7 @@ from bsopt_broker.config import BrokerSettings
 from bsopt_common.grpc_server import MAX_STRING_LENGTH
 from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
 from bsopt_common.testing.delegation import delegated_token
+from bsopt_common.testing.grpc_calls import grpc_calls
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
 
@@ -42,10 +43,7 @@ def gateway(service_database_urls, kafka_bootstrap, test_issuer):
         yield f"127.0.0.1:{port}"
 
 
-async def call(target: str, method: str, request, token: str):
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.BrokerGatewayServiceStub(channel)
-        return await getattr(stub, method)(request, metadata=(("authorization", f"Bearer {token}"),), timeout=30)
+call, _ = grpc_calls(pb_grpc.BrokerGatewayServiceStub)
 
 
 def our_token(issuer) -> str:
