@@ -36,7 +36,7 @@ from bsopt_broker.adapters.alpaca.accounts import AlpacaAccountConfig
 from bsopt_broker.adapters.alpaca.broker import AlpacaBroker
 from bsopt_broker.adapters.alpaca.detection import AccountKind, detect, kind_from_key_id
 from bsopt_broker.adapters.alpaca.prices import LatestTradePrices
-from bsopt_broker.adapters.alpaca.resilience import disable_builtin_retries
+from bsopt_broker.adapters.alpaca.resilience import TimeoutSession, disable_builtin_retries
 from bsopt_broker.config import BrokerSettings
 from bsopt_broker.connections.oauth import AlpacaOAuthClient, new_code_verifier, new_state
 from bsopt_broker.connections.store import (
@@ -69,16 +69,6 @@ class StartedConnection:
     expires_at: datetime
 
 
-class _TimeoutSession(requests.Session):
-    def __init__(self, timeout_s: float):
-        super().__init__()
-        self._timeout_s = timeout_s
-
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", self._timeout_s)
-        return super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]
-
-
 def _check_broker(broker: str) -> None:
     if broker not in ("", ALPACA):
         raise InvalidArgument(f"broker {broker!r} cannot be connected; only 'alpaca'")
@@ -104,7 +94,7 @@ class AlpacaCredentialsCheck:
             client = TradingClient(oauth_token=oauth_token, paper=paper, url_override=self._base_url)
         else:
             client = TradingClient(api_key=key_id, secret_key=secret, paper=paper, url_override=self._base_url)
-        client._session = _TimeoutSession(self._timeout_s)
+        client._session = TimeoutSession(self._timeout_s)
         disable_builtin_retries(client)
         account = client.get_account()
         assert isinstance(account, TradeAccount)

@@ -52,6 +52,7 @@ from bsopt_broker.adapters.alpaca.resilience import (
     CircuitBreaker,
     CircuitOpen,
     RetryPolicy,
+    TimeoutSession,
     disable_builtin_retries,
     retry_after_s,
     retryable,
@@ -106,19 +107,6 @@ class AlpacaOrderResult(OrderResult):
     balance_unchecked: bool = False
     """True when the balance could not be read and the account's ``on_balance_unavailable:
     allow`` let the order go unchecked (logged as a warning)."""
-
-
-class _TimeoutSession(requests.Session):
-    """alpaca-py sends without a timeout; every request of a pooled client gets one."""
-
-    def __init__(self, timeout_s: float):
-        super().__init__()
-        self._timeout_s = timeout_s
-
-    def request(self, method: str | bytes, url: str | bytes,
-                *args: Any, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", self._timeout_s)
-        return super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]
 
 
 class _Slot:
@@ -199,7 +187,7 @@ class AlpacaBroker:
         else:
             client = TradingClient(api_key=key_id, secret_key=cfg.api_secret_key.get_secret_value(),
                                    paper=paper, url_override=cfg.base_url)
-        client._session = _TimeoutSession(self._request_timeout_s)
+        client._session = TimeoutSession(self._request_timeout_s)
         disable_builtin_retries(client)  # one retry policy: ours (in _call)
         raw = self._call(cfg.name, client.get_account)
         assert isinstance(raw, TradeAccount)

@@ -26,22 +26,9 @@ from alpaca.data.models import Trade
 from alpaca.data.requests import StockLatestTradeRequest
 
 from bsopt_broker.adapters.alpaca.accounts import AlpacaAccountConfig
-from bsopt_broker.adapters.alpaca.resilience import RetryPolicy, disable_builtin_retries
+from bsopt_broker.adapters.alpaca.resilience import RetryPolicy, TimeoutSession, disable_builtin_retries
 from bsopt_common.errors import InvalidArgument, Unavailable
 from bsopt_common.money import Money, price_decimal
-
-
-class _TimeoutSession(requests.Session):
-    """alpaca-py sends without a timeout; every request of the data client gets one."""
-
-    def __init__(self, timeout_s: float):
-        super().__init__()
-        self._timeout_s = timeout_s
-
-    def request(self, method: str | bytes, url: str | bytes,
-                *args: Any, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", self._timeout_s)
-        return super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]
 
 
 class LatestTradePrices:
@@ -78,7 +65,7 @@ class LatestTradePrices:
                 client = StockHistoricalDataClient(api_key=cfg.api_key_id.get_secret_value(),
                                                    secret_key=cfg.api_secret_key.get_secret_value(),
                                                    url_override=cfg.base_url)
-            client._session = _TimeoutSession(self._timeout_s)
+            client._session = TimeoutSession(self._timeout_s)
             disable_builtin_retries(client)
             self._local.client = client
         return client

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import requests
 from alpaca.common.exceptions import APIError
@@ -211,3 +211,16 @@ class CircuitBreaker:
                     log.warning("alpaca account %s: circuit breaker open for %gs after %d failed calls",
                                 self.name, self._cooldown_s, self._failures)
                 self._state, self._opened_at = BreakerState.OPEN, self._clock()
+
+
+class TimeoutSession(requests.Session):
+    """alpaca-py's clients send without a timeout: set as a client's ``_session``, every
+    request it sends gets ``timeout_s`` (seconds; connect and read) unless it names one."""
+
+    def __init__(self, timeout_s: float):
+        super().__init__()
+        self._timeout_s = timeout_s
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self._timeout_s)
+        return super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]
