@@ -63,6 +63,7 @@ def test_producer_acls_list_one_producer_per_topic():
         "training.completed.v1": ["rl-trainer"], "trades.imported.v1": ["broker-gateway"],
         "trades.scored.v1": ["ml-scorer"], "digests.ready.v1": ["digest-worker"],
         "auth.audit.v1": ["auth-server"], "sells.decided.v1": ["broker-gateway"],
+        "imports.progress.v1": ["broker-gateway"],
     }
 
 

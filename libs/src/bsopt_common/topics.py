@@ -91,6 +91,11 @@ DIGESTS_READY = _topic(
 SELLS_DECIDED = _topic(
     "sells.decided.v1", broker_events.SellDecision,
     lambda m: m.account_id, lambda m: f"sell-decisions/{m.decision_id}", "broker-gateway")
+#: broker-gateway's background trade imports (StartImport): one event when a job starts,
+#: one per page read from the venue, one when it ends (done or failed); keyed by the user.
+IMPORTS_PROGRESS = _topic(
+    "imports.progress.v1", broker_events.ImportProgress,
+    lambda m: m.user_id, lambda m: f"imports/{m.import_id}", "broker-gateway")
 #: The authorization server's audit trail (``auth.audit_events``); keyed by the user, else
 #: the client, else the event, so one subject's facts stay ordered.
 AUTH_AUDIT = _topic(
@@ -101,7 +106,7 @@ AUTH_AUDIT = _topic(
 TOPICS: Mapping[str, Topic[Any]] = {
     t.name: t for t in (
         TRAINING_REQUESTED, TRAINING_PROGRESS, TRAINING_COMPLETED, TRADES_IMPORTED, TRADES_SCORED, DIGESTS_READY,
-        AUTH_AUDIT, SELLS_DECIDED,
+        AUTH_AUDIT, SELLS_DECIDED, IMPORTS_PROGRESS,
     )
 }
 

@@ -29,6 +29,7 @@ from bsopt_broker.adapters.router import ALPACA, VenueRouter, VenueView
 from bsopt_broker.config import BrokerSettings
 from bsopt_broker.connections.service import ConnectedAccounts, ConnectionService
 from bsopt_broker.connections.store import ConnectionStore
+from bsopt_broker.import_jobs import ImportJobs
 from bsopt_broker.sell import SellModule
 from bsopt_broker.servicer import BrokerGatewayServicer, grpc_service
 from bsopt_broker.trade_import import TradeImporter
@@ -64,6 +65,7 @@ class BrokerGateway:
         self._alpaca = (alpaca_venue(accounts, **settings.alpaca_options()), accounts)
         self.router: VenueRouter | None = None
         self.sells: SellModule | None = None
+        self.jobs: ImportJobs | None = None
         if accounts:
             log.info("accounts file %s: %d Alpaca account(s): %s", settings.accounts_file, len(accounts),
                      ", ".join(sorted(accounts)))
@@ -124,6 +126,13 @@ class BrokerGateway:
                 connections=ConnectionService.from_settings(settings, store),
                 alpaca_importer=TradeImporter(runtime.session_factory, VenueView(router, ALPACA), runtime.outbox),
                 sells=sells)
+            # Background imports (StartImport): a small thread pool; jobs left queued or
+            # running by an earlier process are run again here.
+            self.jobs = jobs = ImportJobs(
+                runtime.session_factory, runtime.outbox, servicer.importer_for,
+                notify=lambda: loop.call_soon_threadsafe(runtime.outbox.notify), workers=2)
+            servicer.jobs = jobs
+            await asyncio.to_thread(jobs.start)
             await asyncio.to_thread(sells.start)
             if on_signal:
                 loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
@@ -135,6 +144,8 @@ class BrokerGateway:
                     loop.remove_signal_handler(signal.SIGHUP)
                 await asyncio.to_thread(sells.stop)
                 self.sells = None
+                await asyncio.to_thread(jobs.stop)
+                self.jobs = None
 
 
 def _log_failure(future: asyncio.Future[bool]) -> None:

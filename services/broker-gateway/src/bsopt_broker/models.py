@@ -145,3 +145,27 @@ broker_oauth_states = Table(
     Column("used_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# Background trade imports (0007, StartImport): one row per import id (UUIDv5 of user,
+# broker, account and window), so the same window started twice is one job. ``status``:
+# queued | running | done | failed; the counts grow while it runs (final once done).
+import_jobs = Table(
+    "import_jobs", metadata,
+    Column("import_id", String(36), primary_key=True),
+    Column("user_id", String(64), nullable=False, index=True),
+    Column("broker", String(16), nullable=False),
+    Column("account_id", String(64), nullable=False),
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    Column("status", String(8), nullable=False, index=True),
+    Column("account_kind", String(8)),  # paper | live, once the first page was read
+    Column("pages_fetched", Integer, nullable=False, server_default="0"),
+    Column("fills_seen", Integer, nullable=False, server_default="0"),
+    Column("trades_imported", Integer, nullable=False, server_default="0"),
+    Column("duplicates_skipped", Integer, nullable=False, server_default="0"),
+    Column("error", String(500), nullable=False, server_default=""),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+)

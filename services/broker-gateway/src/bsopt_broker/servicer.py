@@ -24,6 +24,7 @@ from bsopt_broker.connections.service import ConnectionService
 from bsopt_broker.domain.records import AccountKind, MarketOrder, OrderStatus
 from bsopt_broker.domain.sell_rules import SellRules
 from bsopt_broker.domain.venue import Broker
+from bsopt_broker.import_jobs import ImportJobs, job_pb
 from bsopt_broker.sell import SellModule
 from bsopt_broker.trade_import import TradeImporter
 from bsopt_common import codec
@@ -37,6 +38,8 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "GetAccount": ("broker:accounts",),
     "PlaceOrder": ("broker:orders",),
     "ImportTrades": ("broker:import",),
+    "StartImport": ("broker:import",),
+    "GetImport": ("broker:accounts",),
     **CONNECTION_METHOD_SCOPES,
     "SetSellRules": ("broker:orders",),
     "CloseAllPositions": ("broker:orders",),
@@ -48,7 +51,7 @@ ACCOUNT_KIND = codec.EnumCodec(pb.AccountKind, AccountKind, "ACCOUNT_KIND_")
 class BrokerGatewayServicer(ConnectionRpcs, pb_grpc.BrokerGatewayServiceServicer):
     def __init__(self, broker: Broker, importer: TradeImporter, outbox: Outbox, *,
                  alpaca_importer: TradeImporter | None = None, sells: SellModule | None = None,
-                 connections: ConnectionService | None = None):
+                 connections: ConnectionService | None = None, jobs: ImportJobs | None = None):
         """``alpaca_importer`` imports the Alpaca accounts of a :class:`VenueRouter` broker
         (recorded as broker ``"alpaca"``); ``importer`` every other account."""
         self.broker = broker
@@ -57,6 +60,11 @@ class BrokerGatewayServicer(ConnectionRpcs, pb_grpc.BrokerGatewayServiceServicer
         self.connections = connections  # the broker-connection RPCs (ConnectionRpcs)
         self.outbox = outbox
         self.sells = sells
+        self.jobs = jobs
+
+    def importer_for(self, account_id: str) -> TradeImporter:
+        """The importer of an account (Alpaca accounts: the one recording ``"alpaca"``)."""
+        return self._importer_for(account_id)
 
     def _importer_for(self, account_id: str) -> TradeImporter:
         if (self.alpaca_importer is not None and isinstance(self.broker, VenueRouter)
@@ -108,6 +116,28 @@ class BrokerGatewayServicer(ConnectionRpcs, pb_grpc.BrokerGatewayServiceServicer
             codec.required_timestamp(request, "start"), codec.required_timestamp(request, "end"))
         self.outbox.notify()
         return codec.to_message(result, pb.ImportTradesResponse)
+
+    def _jobs(self) -> ImportJobs:
+        if self.jobs is None:
+            raise FailedPrecondition("background imports are not running in this broker-gateway")
+        return self.jobs
+
+    async def StartImport(self, request: pb.StartImportRequest, context: aio.ServicerContext) -> pb.ImportJob:
+        """Record the window's import job and return at once (QUEUED; or the job as it is
+        when the same window was started before and did not fail). INVALID_ARGUMENT (no
+        account id, missing or empty window), NOT_FOUND (not the caller's account)."""
+        job = await asyncio.to_thread(
+            self._jobs().start_import, request.account_id, acting_user(),
+            codec.required_timestamp(request, "start"), codec.required_timestamp(request, "end"))
+        self.outbox.notify()
+        return job_pb(job)
+
+    async def GetImport(self, request: pb.GetImportRequest, context: aio.ServicerContext) -> pb.ImportJob:
+        """The caller's import job: status, counts so far, pages fetched, error.
+        NOT_FOUND for an unknown or another user's import."""
+        if not request.import_id:
+            raise InvalidArgument("import_id is required")
+        return job_pb(await asyncio.to_thread(self._jobs().get, request.import_id, acting_user()))
 
     def _sell_module(self) -> SellModule:
         if self.sells is None:

@@ -16,6 +16,7 @@ Events get deterministic ids too (UUIDv5 of user, broker and trade id).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,8 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt.broker_gateway.v1 import events_pb2
 from bsopt_broker import models
-from bsopt_broker.domain.records import Fill
-from bsopt_broker.domain.venue import Broker
+from bsopt_broker.domain.records import AccountKind, Fill
+from bsopt_broker.domain.venue import Broker, FetchProgress, OnPage
 from bsopt_common import codec, topics
 from bsopt_common.db import session_scope
 from bsopt_common.errors import InvalidArgument
@@ -37,6 +38,21 @@ class ImportResult:
     import_id: str
     trades_imported: int
     duplicates_skipped: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What the fetch of one import read: pages, fills in the window, the account's kind
+    (None when the venue reported no page)."""
+
+    pages_fetched: int
+    fills_seen: int
+    account_kind: AccountKind | None
+
+
+#: Called inside the import's one transaction, after the dedupe rows and events were
+#: staged: ``(session, result, fetched)`` (the job runner records the job as done there).
+OnCommit = Callable[[Session, "ImportResult", Fetched], None]
 
 
 def trade_imported(fill: Fill, user_id: str, broker: str, import_id: str) -> events_pb2.TradeImported:
@@ -74,17 +90,33 @@ class TradeImporter:
         self.broker = broker
         self.outbox = outbox
 
-    def import_trades(self, account_id: str, user_id: str, start: datetime, end: datetime) -> ImportResult:
+    def import_trades(self, account_id: str, user_id: str, start: datetime, end: datetime, *,
+                      on_page: OnPage | None = None, on_commit: OnCommit | None = None) -> ImportResult:
         """Import the account's fills executed in ``[start, end)`` (aware datetimes).
 
         Returns the import id (the same for every run of the same window) and how many
         trades were new (stored and published) or already imported (skipped, including a
         trade id the venue listed twice). Raises InvalidArgument for a naive, empty or
-        reversed window, AccountNotFound, and whatever the venue raises (Unavailable)."""
+        reversed window, AccountNotFound, and whatever the venue raises (Unavailable).
+
+        ``on_page`` (optional) is told after each page the venue read (its own
+        transactions, if any, are its business); ``on_commit`` (optional) runs inside the
+        one transaction that stores the import, after everything else was staged. Without
+        them the import is exactly the synchronous ImportTrades."""
         if not end > start:
             raise InvalidArgument(f"import window end ({end.isoformat()}) must be after start ({start.isoformat()})")
         import_id = import_id_of(user_id, self.broker.name, account_id, start, end)
-        fills = self.broker.fills_between(account_id, user_id, start, end)
+        last: list[FetchProgress] = []
+
+        def page(progress: FetchProgress) -> None:
+            last[:] = [progress]
+            if on_page is not None:
+                on_page(progress)
+
+        if on_page is None and on_commit is None:
+            fills = self.broker.fills_between(account_id, user_id, start, end)
+        else:
+            fills = self.broker.fills_between(account_id, user_id, start, end, on_page=page)
         unique = list({f.trade_id: f for f in reversed(fills)}.values())[::-1]  # first of each trade id
         t = models.imported_trades
         # Inserted in trade id order: concurrent imports of overlapping windows lock the
@@ -107,4 +139,7 @@ class TradeImporter:
                 import_id=import_id, account_id=account_id, user_id=user_id, window_start=start, window_end=end,
                 trades_imported=result.trades_imported, duplicates_skipped=result.duplicates_skipped,
             ).on_conflict_do_nothing())
+            if on_commit is not None:
+                kind = last[0].account_kind if last else (fills[0].account_kind if fills else None)
+                on_commit(s, result, Fetched(last[0].pages_fetched if last else 0, len(fills), kind))
         return result

@@ -21,8 +21,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from bsopt_broker import models
 from bsopt_broker.domain.accounting import book_fill
 from bsopt_broker.domain.balance_guard import OrderRejected, check_order
-from bsopt_broker.domain.records import Account, Fill, MarketOrder, Order, OrderResult, OrderStatus, Position
-from bsopt_broker.domain.venue import AccountNotFound
+from bsopt_broker.domain.records import (
+    Account,
+    AccountKind,
+    Fill,
+    MarketOrder,
+    Order,
+    OrderResult,
+    OrderStatus,
+    Position,
+)
+from bsopt_broker.domain.venue import AccountNotFound, FetchProgress, OnPage
 from bsopt_common.db import session_scope
 from bsopt_common.errors import InvalidArgument
 from bsopt_common.marketdata import MarketDataProvider
@@ -175,11 +184,16 @@ class PaperBroker:
                 status=OrderStatus.REJECTED.value, reject_reason=reason[:300], submitted_at=submitted_at,
             ).on_conflict_do_nothing())
 
-    def fills_between(self, account_id: str, user_id: str, start: datetime, end: datetime) -> list[Fill]:
-        """Fills of the account with ``start <= executed_at < end``, oldest first."""
+    def fills_between(self, account_id: str, user_id: str, start: datetime, end: datetime, *,
+                      on_page: OnPage | None = None) -> list[Fill]:
+        """Fills of the account with ``start <= executed_at < end``, oldest first (one
+        query: one page for ``on_page``)."""
         with session_scope(self.session_factory) as s:
             self._account(s, account_id, user_id)
             rows = s.execute(select(models.fills).where(
                 models.fills.c.account_id == account_id, models.fills.c.executed_at >= start,
                 models.fills.c.executed_at < end).order_by(models.fills.c.executed_at, models.fills.c.trade_id))
-            return [_fill(r) for r in rows.mappings()]
+            fills = [_fill(r) for r in rows.mappings()]
+        if on_page is not None:
+            on_page(FetchProgress(1, len(fills), AccountKind.PAPER))
+        return fills

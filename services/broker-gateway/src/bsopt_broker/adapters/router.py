@@ -35,7 +35,7 @@ from bsopt_broker.adapters.alpaca.accounts import AlpacaAccountConfig
 from bsopt_broker.adapters.alpaca.broker import AlpacaBroker, AlpacaOrderResult
 from bsopt_broker.adapters.alpaca.detection import AccountKind as AlpacaKind
 from bsopt_broker.domain.records import Account, AccountKind, Fill, MarketOrder, Order, OrderResult
-from bsopt_broker.domain.venue import Broker
+from bsopt_broker.domain.venue import Broker, FetchProgress, OnPage
 from bsopt_common.errors import FailedPrecondition
 from bsopt_common.money import Money
 
@@ -139,14 +139,20 @@ class VenueRouter:
             alpaca_result = alpaca.submit_market_order(order)
         return _kinded_result(alpaca_result, _kind(alpaca_result.kind))
 
-    def fills_between(self, account_id: str, user_id: str, start: datetime, end: datetime) -> list[Fill]:
+    def fills_between(self, account_id: str, user_id: str, start: datetime, end: datetime, *,
+                      on_page: OnPage | None = None) -> list[Fill]:
         """Raises AccountNotFound, Unavailable; FAILED_PRECONDITION while the Alpaca
-        venue cannot import yet."""
+        venue cannot import yet. ``on_page``: passed to the venue (told after each page)."""
         alpaca = self._alpaca_for(account_id, user_id)
         if alpaca is None:
-            return [_with_kind(f, AccountKind.PAPER) for f in self.paper.fills_between(account_id, user_id, start, end)]
+            paper = (self.paper.fills_between(account_id, user_id, start, end) if on_page is None else
+                     self.paper.fills_between(account_id, user_id, start, end,
+                                              on_page=lambda p: on_page(FetchProgress(
+                                                  p.pages_fetched, p.fills_seen, AccountKind.PAPER))))
+            return [_with_kind(f, AccountKind.PAPER) for f in paper]
         try:
-            fills = alpaca.fills_between(account_id, user_id, start, end)
+            fills = (alpaca.fills_between(account_id, user_id, start, end) if on_page is None else
+                     alpaca.fills_between(account_id, user_id, start, end, on_page=on_page))
         except NotImplementedError as exc:
             raise FailedPrecondition(f"importing trades of Alpaca account {account_id!r} is not available "
                                      f"yet: {exc}") from None
@@ -175,8 +181,9 @@ class VenueView:
     def submit_market_order(self, order: MarketOrder) -> OrderResult:
         return self._router.submit_market_order(order)
 
-    def fills_between(self, account_id: str, user_id: str, start: datetime, end: datetime) -> list[Fill]:
-        return self._router.fills_between(account_id, user_id, start, end)
+    def fills_between(self, account_id: str, user_id: str, start: datetime, end: datetime, *,
+                      on_page: OnPage | None = None) -> list[Fill]:
+        return self._router.fills_between(account_id, user_id, start, end, on_page=on_page)
 
 
 def _kinded_result(result: OrderResult, kind: AccountKind) -> OrderResult:

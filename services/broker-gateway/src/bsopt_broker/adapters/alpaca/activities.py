@@ -58,6 +58,10 @@ class RestClient(Protocol):
 Call = Callable[[Callable[[], Any]], Any]
 
 
+#: Told after each page read: ``(pages read so far, fills inside the window so far)``.
+OnPage = Callable[[int, int], None]
+
+
 def _direct(fn: Callable[[], Any]) -> Any:
     return fn()
 
@@ -86,10 +90,13 @@ def _parse_time(raw: str) -> datetime:
 
 
 def fetch_fill_activities(client: RestClient, start: datetime, end: datetime, *,
-                          page_size: int = PAGE_SIZE, call: Call = _direct) -> list[dict[str, Any]]:
+                          page_size: int = PAGE_SIZE, call: Call = _direct,
+                          on_page: OnPage | None = None) -> list[dict[str, Any]]:
     """Every ``FILL`` activity with ``start <= transaction_time < end``, as Alpaca's JSON
     dicts, newest first (Alpaca's order), all pages read; each page request goes through
-    ``call`` (so a retry repeats one page, not the import).
+    ``call`` (so a retry repeats one page, not the import). ``on_page`` (optional) is called
+    after each page with the pages and in-window fills read so far; what it raises stops
+    the fetch.
 
     Raises Unavailable when Alpaca answers an error status that ``call`` lets through
     (alpaca-py's ``APIError``) or a page does not advance; whatever ``call`` raises
@@ -99,6 +106,7 @@ def fetch_fill_activities(client: RestClient, start: datetime, end: datetime, *,
     params: dict[str, Any] = {"after": _rfc3339(start - _MARGIN), "until": _rfc3339(end + _MARGIN),
                               "direction": "desc", "page_size": page_size}
     found: list[dict[str, Any]] = []
+    pages = 0
     while True:
         try:
             page = call(lambda query=dict(params): client.get(FILL_PATH, query))
@@ -110,6 +118,9 @@ def fetch_fill_activities(client: RestClient, start: datetime, end: datetime, *,
                               "not a list")
         found.extend(a for a in page if a.get("activity_type", "FILL") == "FILL"
                      and start <= _parse_time(a["transaction_time"]) < end)
+        pages += 1
+        if on_page is not None:
+            on_page(pages, len(found))
         if len(page) < page_size:
             return found
         last = str(page[-1]["id"])
@@ -139,9 +150,11 @@ def fill_from_activity(activity: Mapping[str, Any], account_id: str) -> Fill:
 
 
 def alpaca_fills(client: RestClient, account_id: str, start: datetime | None = None, end: datetime | None = None,
-                 *, page_size: int = PAGE_SIZE, now: datetime | None = None, call: Call = _direct) -> list[Fill]:
+                 *, page_size: int = PAGE_SIZE, now: datetime | None = None, call: Call = _direct,
+                 on_page: OnPage | None = None) -> list[Fill]:
     """The fills of ``account_id`` executed in ``[start, end)``, oldest first (ties by
-    trade id); without a window, :func:`default_window` (the last 30 days).
+    trade id); without a window, :func:`default_window` (the last 30 days). ``on_page``:
+    see :func:`fetch_fill_activities` (without one, nothing changes).
 
     Raises InvalidArgument for a window whose end is not after its start, UnsupportedFill,
     Unavailable (see :func:`fetch_fill_activities`)."""
@@ -151,6 +164,7 @@ def alpaca_fills(client: RestClient, account_id: str, start: datetime | None = N
     if not end > start:
         raise InvalidArgument(f"window end ({end.isoformat()}) must be after start ({start.isoformat()})")
     fills = [fill_from_activity(a, account_id)
-             for a in fetch_fill_activities(client, start, end, page_size=page_size, call=call)]
+             for a in fetch_fill_activities(client, start, end, page_size=page_size, call=call,
+                                                  on_page=on_page)]
     fills.sort(key=lambda f: (f.executed_at, f.trade_id))
     return fills

@@ -62,7 +62,7 @@ from bsopt_broker.adapters.alpaca.resilience import (
 from bsopt_broker.domain.balance_guard import OrderRejected
 from bsopt_broker.domain.records import Account, Fill, MarketOrder, Order, OrderResult, OrderStatus, Position
 from bsopt_broker.domain.records import AccountKind as RecordKind
-from bsopt_broker.domain.venue import AccountNotFound
+from bsopt_broker.domain.venue import AccountNotFound, FetchProgress, OnPage
 from bsopt_common.errors import Unavailable
 from bsopt_common.money import Money
 from bsopt_common.vocabulary import Side
@@ -235,19 +235,23 @@ class AlpacaBroker:
         raise NotImplementedError("Alpaca accounts are opened at Alpaca and listed in the accounts file; "
                                   "connecting them from the API (OAuth, keys) is a later slice of issue 8")
 
-    def fills_between(self, account_id: str, user_id: str, start: datetime, end: datetime) -> list[Fill]:
+    def fills_between(self, account_id: str, user_id: str, start: datetime, end: datetime, *,
+                      on_page: OnPage | None = None) -> list[Fill]:
         """The account's executions in ``[start, end)``, oldest first: its ``FILL`` account
         activities, every page (:func:`~bsopt_broker.adapters.alpaca.activities.alpaca_fills`;
         Alpaca: ``GET /v2/account/activities/FILL``). Read-only: allowed on ``read_only``
         accounts. The account's lock is held only to create the client, so orders on the
         account are not held up by a long import; each page goes through ``_call`` (retries,
         circuit breaker). Raises AccountNotFound, Unavailable, UnsupportedFill (a fractional
-        quantity)."""
+        quantity). ``on_page``: told after each page (pages, fills so far, the account's kind)."""
         slot = self._slot(account_id, user_id)
         with slot.lock:
             client, kind = self._client(slot)
         name = slot.config.name
-        fills = alpaca_fills(client, name, start, end, call=lambda fn: self._call(name, fn))
+        record_kind = RecordKind(kind.value)
+        page_cb = None if on_page is None else (
+            lambda pages, seen: on_page(FetchProgress(pages, seen, record_kind)))
+        fills = alpaca_fills(client, name, start, end, call=lambda fn: self._call(name, fn), on_page=page_cb)
         return [dataclasses.replace(f, account_kind=RecordKind(kind.value)) for f in fills]
 
     def get_account(self, account_id: str, user_id: str) -> AlpacaAccount:
