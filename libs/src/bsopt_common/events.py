@@ -359,6 +359,8 @@ class EventConsumer:
     a worker thread inside the transaction that records the event id. Payload types and
     allowed producers come from the topics. ``verifier`` checks every event's
     ``ce_signature`` before anything else (required: there is no unverified mode).
+    A handler's failure is retried ``max_attempts`` times with backoff, then the record is
+    dead-lettered; an exception of ``permanent_errors`` is dead-lettered at once.
     """
 
     def __init__(
@@ -373,6 +375,7 @@ class EventConsumer:
         dlq_publisher: EventPublisher,
         max_attempts: int = 3,
         outbox: Outbox | None = None,
+        permanent_errors: tuple[type[BaseException], ...] = (),
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
         client_options: Mapping[str, Any] | None = None,
@@ -388,6 +391,7 @@ class EventConsumer:
         self.verifier = verifier
         self.dlq = dlq_publisher
         self.max_attempts = max_attempts
+        self.permanent_errors = permanent_errors
         self.outbox = outbox
         self._consumer = AIOKafkaConsumer(
             *self.topics, bootstrap_servers=bootstrap_servers, group_id=group_id,
@@ -453,6 +457,8 @@ class EventConsumer:
                     return
                 except Exception as exc:  # the handler's own failures
                     last_error = f"{type(exc).__name__}: {exc}"
+                    if isinstance(exc, self.permanent_errors):  # retrying cannot cure it
+                        break
                     log.warning("handler failed for %s (attempt %d/%d): %s",
                                 event.id, attempt + 1, self.max_attempts, last_error)
                     await asyncio.sleep(0.1 * (2**attempt))

@@ -96,6 +96,9 @@ class ConsumerSpec:
 
     group_id: str
     handlers: Mapping[Topic[Any], Handler]
+    #: Exceptions of the handlers that retrying cannot cure (bad data, no market data
+    #: for the fill): dead-lettered at the first attempt instead of after the retries.
+    permanent_errors: tuple[type[BaseException], ...] = ()
 
 
 @dataclass
@@ -187,7 +190,7 @@ class ServiceRuntime:
                 consumer = EventConsumer(
                     bootstrap_servers=bootstrap, group_id=spec.group_id, handlers=spec.handlers,
                     session_factory=session_factory, schema=self.schema, verifier=events_verifier,
-                    dlq_publisher=self.publisher, outbox=outbox,
+                    dlq_publisher=self.publisher, outbox=outbox, permanent_errors=spec.permanent_errors,
                     session_timeout_ms=self.settings.kafka_session_timeout_ms,
                     heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
                     client_options=client_options,
