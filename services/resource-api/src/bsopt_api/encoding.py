@@ -118,6 +118,29 @@ def trades_import(resp: broker_pb.ImportTradesResponse) -> dict[str, Any]:
     return fields(resp)
 
 
+def import_job(job: broker_pb.ImportJob) -> dict[str, Any]:
+    """A background import; status lower-case (``"queued"``, ``"running"``, ``"done"``,
+    ``"failed"``), ``error`` and ``account_kind`` null unless set."""
+    return {
+        "import_id": job.import_id,
+        "account_id": job.account_id,
+        "broker": job.broker,
+        "status": _short(broker_pb.ImportStatus, job.status, "IMPORT_STATUS_"),
+        "start": codec.rfc3339_field(job, "start"),
+        "end": codec.rfc3339_field(job, "end"),
+        "pages_fetched": job.pages_fetched,
+        "fills_seen": job.fills_seen,
+        "trades_imported": job.trades_imported,
+        "duplicates_skipped": job.duplicates_skipped,
+        "error": job.error or None,
+        "attempts": job.attempts,
+        "account_kind": account_kind(job.account_kind),
+        "created_at": codec.rfc3339_field(job, "created_at"),
+        "started_at": codec.rfc3339_field(job, "started_at"),
+        "finished_at": codec.rfc3339_field(job, "finished_at"),
+    }
+
+
 # --- ml-scorer -------------------------------------------------------------------------
 
 

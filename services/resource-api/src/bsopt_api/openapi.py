@@ -25,7 +25,8 @@ from bsopt_api.problems import GRPC_DEFAULT_HTTP, GRPC_TO_HTTP, PROBLEM_JSON
 from bsopt_common.security.fastapi import document_oauth_flow
 
 #: Operations under these paths call a backend over gRPC.
-BACKEND_PREFIXES = ("/v1/training-jobs", "/v1/accounts", "/v1/trades", "/v1/brokers", "/v1/broker-connections")
+BACKEND_PREFIXES = ("/v1/training-jobs", "/v1/accounts", "/v1/trades", "/v1/brokers", "/v1/broker-connections",
+                    "/v1/imports")
 
 SCOPE_DESCRIPTIONS = {
     "training:read": "read your training jobs",

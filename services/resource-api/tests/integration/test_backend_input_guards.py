@@ -68,7 +68,9 @@ async def test_non_object_jose_header_is_unauthenticated(gateway, header):
     ("CreateAccount", pb.CreateAccountRequest(broker="pa\x00per",
                                               initial_cash=money_pb2.Money(currency_code="USD", units=100)), "broker"),
     ("ImportTrades", pb.ImportTradesRequest(account_id="a\x001"), "account_id"),
-], ids=["GetAccount", "CreateAccount", "ImportTrades"])
+    ("StartImport", pb.StartImportRequest(account_id="a\x001"), "account_id"),
+    ("GetImport", pb.GetImportRequest(import_id="i\x001"), "import_id"),
+], ids=["GetAccount", "CreateAccount", "ImportTrades", "StartImport", "GetImport"])
 async def test_nul_in_a_string_field_is_invalid_argument(gateway, test_issuer, method, request_, field):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call(gateway, method, request_, our_token(test_issuer))

@@ -73,6 +73,7 @@ NUL_PATHS = [
     ("POST", "/v1/training-jobs/a%00b/paper-trading", {"account_id": "acct-1"}),
     ("GET", "/v1/accounts/a%00b", None),
     ("POST", "/v1/accounts/a%00b/imports", {"start": "2024-01-01", "end": "2024-02-01"}),
+    ("GET", "/v1/imports/a%00b", None),
     ("GET", "/v1/accounts/" + "x" * 2000, None),
 ]
 

@@ -215,6 +215,36 @@ class TradesImport(BaseModel):
     duplicates_skipped: int
 
 
+class TradesImportJob(BaseModel):
+    """A background import (``Prefer: respond-async``): one per (user, account, window)."""
+
+    #: The import id (the same as a synchronous import of the window answers).
+    import_id: str
+    account_id: str
+    #: ``"paper"`` or ``"alpaca"``.
+    broker: str
+    #: ``"queued"``, ``"running"``, ``"done"`` or ``"failed"``.
+    status: str
+    start: str | None
+    end: str | None
+    #: Pages read from the broker so far (Alpaca: 100 fills a page).
+    pages_fetched: int
+    #: Fills inside the window read so far.
+    fills_seen: int
+    #: Final once ``done`` (0 before).
+    trades_imported: int
+    duplicates_skipped: int
+    #: Why it failed; null unless ``failed`` (posting the same window again retries it).
+    error: str | None
+    #: How many times it was started.
+    attempts: int
+    #: ``"paper"`` or ``"live"``; null until the first page was read.
+    account_kind: str | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
 class TradeFeatures(BaseModel):
     rsi_14: float
     atr_14: float

@@ -19,6 +19,7 @@ ENDPOINTS = [
      "trades:write"),
     ("GET", "/v1/accounts/acct-1", None, "trades:read"),
     ("POST", "/v1/accounts/acct-1/imports", {"start": "2024-01-01", "end": "2024-02-01"}, "trades:write"),
+    ("GET", "/v1/imports/imp-1", None, "trades:read"),
     ("GET", "/v1/trades", None, "trades:read"),
     ("GET", "/v1/digests/latest", None, "trades:read"),
 ]

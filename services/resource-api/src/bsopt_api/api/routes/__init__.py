@@ -7,6 +7,7 @@ ROUTERS = (
     me.router,
     training_jobs.router,
     accounts.router,
+    accounts.imports_router,
     broker_connections.router,
     trades.router,
     digests.router,

@@ -1,20 +1,37 @@
-"""``/v1/accounts``: broker-gateway accounts and trade imports."""
+"""``/v1/accounts``: broker-gateway accounts and trade imports; ``/v1/imports``:
+background imports (``Prefer: respond-async``, RFC 7240)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Header, Response, status
 
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as pb
 from bsopt_api import encoding
 from bsopt_api.api.deps import Backends, TradesReader, TradesWriter
-from bsopt_api.api.schemas import Account, AccountCreate, TradesImport, TradesImportCreate
+from bsopt_api.api.schemas import Account, AccountCreate, TradesImport, TradesImportCreate, TradesImportJob
 from bsopt_api.clients import BROKER_GATEWAY
 from bsopt_common import codec
 from bsopt_common.money import Money
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+imports_router = APIRouter(prefix="/v1/imports", tags=["accounts"])
+
+RESPOND_ASYNC = "respond-async"
+_LOCATION = {"Location": {"description": "the import: GET it for its status", "schema": {"type": "string"}}}
+
+
+def wants_async(prefer: list[str] | None) -> bool:
+    """Does a ``Prefer`` header (RFC 7240; any number of them, comma-separated
+    preferences, each maybe with ``=value`` and ``;`` parameters, names case-insensitive)
+    ask for ``respond-async``? Other preferences are ignored, as RFC 7240 §2 says."""
+    for header in prefer or ():
+        for preference in header.split(","):
+            name = preference.split(";", 1)[0].split("=", 1)[0].strip().lower()
+            if name == RESPOND_ASYNC:
+                return True
+    return False
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Account)
@@ -41,12 +58,35 @@ async def get_account(account_id: str, principal: TradesReader, backends: Backen
     return encoding.account(account)
 
 
-@router.post("/{account_id}/imports", response_model=TradesImport)
+@router.post("/{account_id}/imports", response_model=None, responses={
+    200: {"model": TradesImport, "description": "Imported (synchronous, the default)"},
+    202: {"model": TradesImportJob, "headers": _LOCATION,
+          "description": "Prefer: respond-async: the import runs in the background; poll Location"}})
 async def import_trades(
-    account_id: str, body: TradesImportCreate, principal: TradesWriter, backends: Backends
+    account_id: str, body: TradesImportCreate, principal: TradesWriter, backends: Backends, response: Response,
+    prefer: Annotated[list[str] | None, Header(
+        description="RFC 7240: `respond-async` runs the import in the background (202 + Location)")] = None,
 ) -> dict[str, Any]:
     """Import the account's trades executed in ``[start, end)``; already imported
-    trades are skipped by broker trade id, so a repeated import is harmless."""
+    trades are skipped by broker trade id, so a repeated import is harmless.
+
+    By default the answer waits for the import (200: import id and counts). With
+    ``Prefer: respond-async`` (RFC 7240) it answers at once: 202, ``Location:
+    /v1/imports/{import_id}``, ``Preference-Applied: respond-async`` and the job
+    (``queued``/``running``, or the job as it is when the same window was started before
+    and did not fail: the same window is one job and is imported once; a ``failed`` one
+    is started again). 404 for an account that is not yours."""
+    if wants_async(prefer):
+        job = await backends.broker_gateway.StartImport(
+            pb.StartImportRequest(account_id=account_id, start=codec.timestamp(body.start),
+                                  end=codec.timestamp(body.end)),
+            timeout=backends.timeout_seconds,
+            metadata=await backends.acting_for(principal, BROKER_GATEWAY, "broker:import"),
+        )
+        response.status_code = status.HTTP_202_ACCEPTED
+        response.headers["Location"] = f"{imports_router.prefix}/{job.import_id}"
+        response.headers["Preference-Applied"] = RESPOND_ASYNC
+        return encoding.import_job(job)
     result = await backends.broker_gateway.ImportTrades(
         pb.ImportTradesRequest(account_id=account_id, start=codec.timestamp(body.start),
                                end=codec.timestamp(body.end)),
@@ -54,3 +94,14 @@ async def import_trades(
         metadata=await backends.acting_for(principal, BROKER_GATEWAY, "broker:import"),
     )
     return encoding.trades_import(result)
+
+
+@imports_router.get("/{import_id}", response_model=TradesImportJob)
+async def get_import(import_id: str, principal: TradesReader, backends: Backends) -> dict[str, Any]:
+    """A background import of yours: status, pages read, counts so far, error.
+    404 for an unknown import or another user's."""
+    job = await backends.broker_gateway.GetImport(
+        pb.GetImportRequest(import_id=import_id), timeout=backends.timeout_seconds,
+        metadata=await backends.acting_for(principal, BROKER_GATEWAY, "broker:accounts"),
+    )
+    return encoding.import_job(job)
