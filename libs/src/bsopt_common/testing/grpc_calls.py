@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-import pytest
 
 Call = Callable[[str, str, Any, "str | None"], Awaitable[Any]]
 Refused = Callable[[str, str, Any, "str | None"], Awaitable[grpc.aio.AioRpcError]]
@@ -29,9 +28,11 @@ def grpc_calls(stub_class: Callable[[grpc.aio.Channel], Any], *, timeout_s: floa
             return await getattr(stub, method)(request, metadata=metadata, timeout=timeout_s)
 
     async def refused(target: str, method: str, request: Any, token: str | None) -> grpc.aio.AioRpcError:
-        with pytest.raises(grpc.aio.AioRpcError) as err:
+        try:
             await call(target, method, request, token)
-        return err.value
+        except grpc.aio.AioRpcError as err:
+            return err
+        raise AssertionError(f"{method} at {target} succeeded; it was expected to be refused")
 
     return call, refused
 
