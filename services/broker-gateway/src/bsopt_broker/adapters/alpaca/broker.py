@@ -418,6 +418,7 @@ def _log_order(result: AlpacaOrderResult, order: MarketOrder, timing: OrderTimin
         "account": result.order.account_id, "kind": str(result.kind), "client_order_id": order.client_order_id,
         "order_id": result.order.order_id, "symbol": order.symbol, "side": str(order.side),
         "quantity": order.quantity, "status": str(result.order.status), "replayed": result.replayed,
+        "balance_unchecked": result.balance_unchecked,
         **{f"{k}_ms": v for k, v in timing.ms().items()}}, sort_keys=True))
 
 
