@@ -16,6 +16,9 @@
    ``base_url``); without them, a local stand-in of Alpaca's API
    (:mod:`bsopt_cli.alpaca_dev`) runs as a child process on ``ports.alpaca`` with a paper
    account (``PK...`` key id, random secret in ``<state_dir>/alpaca/standin-secret``);
+   ml-scorer gets the same source as its market data for fills the bundled bars do not
+   cover (:meth:`Stack.scorer_market_data_env`): the stand-in's daily bars with its paper
+   account's key id and secret file, or Alpaca's Market Data API with the keys given;
 5. the six services as child processes (broker-gateway with ``BSOPT_BROKER_ACCOUNTS_FILE``);
    each service runs its own migrations on start;
 6. waits until every service answers (HTTP metadata, gRPC health).
@@ -229,12 +232,29 @@ class Stack:
                 "BSOPT_BROKER_ALPACA_OAUTH_TOKEN_URL": self.alpaca_url + "/oauth/token",
                 "BSOPT_BROKER_ALPACA_TRADING_BASE_URL": self.alpaca_url}
 
+    def scorer_market_data_env(self, *, standin: bool) -> dict[str, str]:
+        """ml-scorer's ``BSOPT_SCORER_ALPACA_DATA_*`` settings: the local stand-in's daily
+        bars (its paper account's key id, the secret file :meth:`write_alpaca_accounts`
+        wrote, :attr:`alpaca_url`), or Alpaca's Market Data API with the keys of
+        ``BSOPT_ALPACA_API_KEY_ID`` / ``BSOPT_ALPACA_API_SECRET_KEY`` (from the environment,
+        never written to disk)."""
+        if standin:
+            return {"BSOPT_SCORER_ALPACA_DATA_KEY_ID": STANDIN_KEY_ID,
+                    "BSOPT_SCORER_ALPACA_DATA_SECRET_KEY_FILE":
+                        str((self.accounts_file.parent / "standin-secret").resolve()),
+                    "BSOPT_SCORER_ALPACA_DATA_URL": self.alpaca_url}
+        return {"BSOPT_SCORER_ALPACA_DATA_KEY_ID": os.environ[ALPACA_KEY_ID_ENV],
+                "BSOPT_SCORER_ALPACA_DATA_SECRET_KEY": os.environ[ALPACA_SECRET_ENV]}
+
     def _start_alpaca(self, auth_database_url: str, timeout_seconds: float,
-                      broker_env: dict[str, str] | None = None) -> None:
+                      broker_env: dict[str, str] | None = None, scorer_env: dict[str, str] | None = None) -> None:
         """The accounts file; without Alpaca keys, the stand-in process, and its OAuth client
-        added to ``broker_env`` (broker-gateway's environment)."""
+        added to ``broker_env`` (broker-gateway's environment); the market-data source of
+        either added to ``scorer_env`` (ml-scorer's)."""
         standin = not self.alpaca_keys_given()
         self.write_alpaca_accounts(self.demo_user_id(auth_database_url), standin=standin)
+        if scorer_env is not None:
+            scorer_env.update(self.scorer_market_data_env(standin=standin))
         if not standin:
             return
         secret = (self.accounts_file.parent / "standin-secret").read_text().strip()
@@ -348,7 +368,8 @@ class Stack:
             py = sys.executable
             self._run_once("auth-server-migrate", [py, "-m", "bsopt_auth", "migrate"], envs["auth-server"])
             self._run_once("auth-server-seed", [py, "-m", "bsopt_auth", "seed-dev"], envs["auth-server"])
-            self._start_alpaca(envs["auth-server"]["DATABASE_URL"], timeout_seconds, envs["broker-gateway"])
+            self._start_alpaca(envs["auth-server"]["DATABASE_URL"], timeout_seconds, envs["broker-gateway"],
+                               envs["ml-scorer"])
             self._spawn("auth-server", [py, "-m", "bsopt_auth", "serve"], envs["auth-server"])
             self._wait_http(self.issuer + "/.well-known/openid-configuration", "auth-server", timeout_seconds)
             modules = {"broker-gateway": "bsopt_broker", "ml-scorer": "bsopt_scorer", "rl-trainer": "bsopt_trainer",
