@@ -13,7 +13,10 @@ through resource-api with that user's token:
 * Alpaca (when ``alpaca_account`` is given: the dev stack's account at its local
   stand-in): read the account (its ``account_kind``), let the same agent trade it (the
   orders go through broker-gateway's Alpaca venue: balance check, then Alpaca's order
-  API), import its fills of the last 30 days, and import again (every fill skipped).
+  API), import its fills of the last 30 days, and import again (every fill skipped);
+  then wait for ml-scorer to score them on Alpaca's daily bars (the stand-in's) and report
+  ``alpaca.fills_scored``. The paper journey's figures (trades, bias tags, coach pushes)
+  are counted before and never include these fills.
 
 Every number in the report comes from the run. The report is printed and written to
 ``demo-report/summary.json``.
@@ -217,12 +220,33 @@ async def _alpaca_journey(api: httpx.AsyncClient, name: str, job_id: str, log) -
     second = _check(await api.post(f"{path}/imports", json=window), "second alpaca import")
     log(f"alpaca import {window['start']} .. {window['end']}: {first['trades_imported']} fills imported; "
         f"re-import skipped {second['duplicates_skipped']} duplicates, imported {second['trades_imported']}")
+    scored = await _alpaca_scored(api, name, first["trades_imported"], ALPACA_SCORING_SECONDS)
+    log(f"alpaca fills scored on Alpaca's daily bars: {len(scored)} of {first['trades_imported']}"
+        + ("" if len(scored) >= first["trades_imported"] else
+           " (the rest have no daily bar: a weekend or holiday fill is dead-lettered by ml-scorer)"))
     return {"account_id": name, "broker": before["broker"], "account_kind": before["account_kind"],
             "cash_before": before["cash"], "cash_after": after["cash"],
             "orders": run["orders"], "fills": run["fills"], "rejected": run["rejected"],
             "import_window": window, "fills_imported": first["trades_imported"],
             "duplicates_skipped": second["duplicates_skipped"],
-            "second_import_fills_imported": second["trades_imported"]}
+            "second_import_fills_imported": second["trades_imported"],
+            "fills_scored": len(scored),
+            "scored_bias": dict(sorted(Counter(t["label"] for t in scored).items()))}
+
+
+#: How long the demo waits for ml-scorer to score the imported Alpaca fills, seconds.
+ALPACA_SCORING_SECONDS = 60.0
+
+
+async def _alpaca_scored(api: httpx.AsyncClient, account: str, expected: int, timeout: float) -> list[dict]:
+    """The scored trades of ``account`` once ``expected`` of them are scored, or what is
+    scored after ``timeout`` seconds (a fill without a daily bar is never scored)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        trades = [t for t in await _get_json(api, "/v1/trades?limit=500") if t["account_id"] == account]
+        if len(trades) >= expected or time.monotonic() >= deadline:
+            return trades
+        await asyncio.sleep(0.5)
 
 
 def _usd(money: dict) -> str:
