@@ -216,11 +216,12 @@ async def _alpaca_journey(api: httpx.AsyncClient, name: str, job_id: str, log) -
         f"cash now {_usd(after['cash'])}")
     today = datetime.now(UTC).date()
     window = {"start": (today - timedelta(days=30)).isoformat(), "end": (today + timedelta(days=1)).isoformat()}
+    scored_before = {t["trade_id"] for t in await _account_trades(api, name)}  # a reused stack: earlier runs'
     first = _check(await api.post(f"{path}/imports", json=window), "first alpaca import")
     second = _check(await api.post(f"{path}/imports", json=window), "second alpaca import")
     log(f"alpaca import {window['start']} .. {window['end']}: {first['trades_imported']} fills imported; "
         f"re-import skipped {second['duplicates_skipped']} duplicates, imported {second['trades_imported']}")
-    scored = await _alpaca_scored(api, name, first["trades_imported"], ALPACA_SCORING_SECONDS)
+    scored = await _alpaca_scored(api, name, scored_before, first["trades_imported"], ALPACA_SCORING_SECONDS)
     log(f"alpaca fills scored on Alpaca's daily bars: {len(scored)} of {first['trades_imported']}"
         + ("" if len(scored) >= first["trades_imported"] else
            " (the rest have no daily bar: a weekend or holiday fill is dead-lettered by ml-scorer)"))
@@ -238,12 +239,17 @@ async def _alpaca_journey(api: httpx.AsyncClient, name: str, job_id: str, log) -
 ALPACA_SCORING_SECONDS = 60.0
 
 
-async def _alpaca_scored(api: httpx.AsyncClient, account: str, expected: int, timeout: float) -> list[dict]:
-    """The scored trades of ``account`` once ``expected`` of them are scored, or what is
-    scored after ``timeout`` seconds (a fill without a daily bar is never scored)."""
+async def _account_trades(api: httpx.AsyncClient, account: str) -> list[dict]:
+    return [t for t in await _get_json(api, "/v1/trades?limit=500") if t["account_id"] == account]
+
+
+async def _alpaca_scored(api: httpx.AsyncClient, account: str, before: set[str], expected: int,
+                         timeout: float) -> list[dict]:
+    """The trades of ``account`` scored since ``before`` (trade ids), once ``expected`` of
+    them are, or what is after ``timeout`` seconds (a fill without a daily bar is never scored)."""
     deadline = time.monotonic() + timeout
     while True:
-        trades = [t for t in await _get_json(api, "/v1/trades?limit=500") if t["account_id"] == account]
+        trades = [t for t in await _account_trades(api, account) if t["trade_id"] not in before]
         if len(trades) >= expected or time.monotonic() >= deadline:
             return trades
         await asyncio.sleep(0.5)
