@@ -151,7 +151,9 @@ async def run_demo(opts: DemoOptions, log=print) -> dict:
             log(f"import: {first['trades_imported']} trades imported; re-import skipped "
                 f"{second['duplicates_skipped']} duplicates, imported {second['trades_imported']}")
             expected = first["trades_imported"]
-            trades = await _poll(lambda: _get_json(api, "/v1/trades"), lambda t: len(t) >= expected,
+            # this run's paper account only: a reused stack holds earlier runs' trades, and
+            # the Alpaca fills are scored too (counted in alpaca.fills_scored)
+            trades = await _poll(lambda: _account_trades(api, account_id), lambda t: len(t) >= expected,
                                  "scoring", 180.0) if expected else []
             await _poll(_const(ws_messages), lambda m: len(m) >= expected, "coach.reflect pushes", 120.0)
             reader.cancel()
