@@ -148,3 +148,14 @@ def test_oauth_connect_works_offline_against_the_standin(tmp_path, monkeypatch, 
         assert str(client.get_account().account_number).startswith("PA")
     finally:
         stack.stop()
+
+
+@pytest.mark.parametrize("offset", range(7))
+def test_past_fills_fall_on_trading_days_whatever_today_is(offset):
+    """A fill dated on a weekend would find no daily bar in ml-scorer (dead-lettered)."""
+    standin = alpaca_dev.load_standin_module().AlpacaStandin()
+    today = datetime(2026, 11, 30, tzinfo=UTC).date() + timedelta(days=offset)
+    fills = alpaca_dev.past_fills(standin, STANDIN_KEY_ID, today)
+    days = [datetime.fromisoformat(f["transaction_time"].replace("Z", "+00:00")).date() for f in fills]
+    assert all(d.weekday() < 5 for d in days), days
+    assert days == sorted(days) and len(set(days)) == len(days)

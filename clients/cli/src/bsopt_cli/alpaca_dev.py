@@ -64,10 +64,14 @@ def load_standin_module() -> ModuleType:
 
 
 def past_fills(standin: Any, key_id: str, today: date) -> list[dict[str, Any]]:
-    """:data:`PAST_FILLS` as Alpaca FILL activities, oldest first, with deterministic ids."""
+    """:data:`PAST_FILLS` as Alpaca FILL activities, oldest first, with deterministic ids;
+    a fill whose day falls on a weekend is moved to that week's Friday (markets are shut,
+    and ml-scorer finds no daily bar to score it on)."""
     made = []
     for days, side, qty, price in PAST_FILLS:
-        at = datetime.combine(today - timedelta(days=days), time(15, 30), UTC)
+        day = today - timedelta(days=days)
+        day -= timedelta(days=max(0, day.weekday() - 4))  # a weekend day: that week's Friday (a trading day)
+        at = datetime.combine(day, time(15, 30), UTC)
         order_id = str(uuid.uuid5(_NAMESPACE, f"{key_id}/order/{at.isoformat()}"))
         activity = standin.fill_activity(order_id, "GOOGL", side, qty, Decimal(price), at, cum_qty=qty,
                                          order_qty=qty)
