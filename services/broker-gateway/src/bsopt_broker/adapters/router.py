@@ -36,7 +36,6 @@ from bsopt_broker.adapters.alpaca.broker import AlpacaBroker, AlpacaOrderResult
 from bsopt_broker.adapters.alpaca.detection import AccountKind as AlpacaKind
 from bsopt_broker.domain.records import Account, AccountKind, Fill, MarketOrder, Order, OrderResult
 from bsopt_broker.domain.venue import Broker, FetchProgress, OnPage
-from bsopt_common.errors import FailedPrecondition
 from bsopt_common.money import Money
 
 ACCOUNTS_FILE_ENV = "BSOPT_BROKER_ACCOUNTS_FILE"
@@ -141,8 +140,8 @@ class VenueRouter:
 
     def fills_between(self, account_id: str, user_id: str, start: datetime, end: datetime, *,
                       on_page: OnPage | None = None) -> list[Fill]:
-        """Raises AccountNotFound, Unavailable; FAILED_PRECONDITION while the Alpaca
-        venue cannot import yet. ``on_page``: passed to the venue (told after each page)."""
+        """Raises AccountNotFound, Unavailable, UnsupportedFill (a fractional Alpaca fill).
+        ``on_page``: passed to the venue (told after each page)."""
         alpaca = self._alpaca_for(account_id, user_id)
         if alpaca is None:
             paper = (self.paper.fills_between(account_id, user_id, start, end) if on_page is None else
@@ -150,13 +149,8 @@ class VenueRouter:
                                               on_page=lambda p: on_page(FetchProgress(
                                                   p.pages_fetched, p.fills_seen, AccountKind.PAPER))))
             return [_with_kind(f, AccountKind.PAPER) for f in paper]
-        try:
-            fills = (alpaca.fills_between(account_id, user_id, start, end) if on_page is None else
-                     alpaca.fills_between(account_id, user_id, start, end, on_page=on_page))
-        except NotImplementedError as exc:
-            raise FailedPrecondition(f"importing trades of Alpaca account {account_id!r} is not available "
-                                     f"yet: {exc}") from None
-        return fills  # the Alpaca venue marks them with the account's detected kind
+        # the Alpaca venue marks the fills with the account's detected kind
+        return alpaca.fills_between(account_id, user_id, start, end, on_page=on_page)
 
 
 class VenueView:

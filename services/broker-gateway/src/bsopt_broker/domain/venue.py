@@ -1,13 +1,14 @@
 """The venue-adapter seam: what a broker must implement to sit behind broker-gateway.
 
-The paper broker (:mod:`bsopt_broker.adapters.paper`) is one venue; an Alpaca adapter is
-another. The servicer and the trade importer see only this :class:`Broker` protocol.
+The paper broker (:mod:`bsopt_broker.adapters.paper`) is one venue; Alpaca
+(:mod:`bsopt_broker.adapters.alpaca`) is another, and :mod:`bsopt_broker.adapters.router`
+routes each account id to its venue. The servicer and the trade importer see only this :class:`Broker` protocol.
 After NautilusTrader's ``adapters/_template/execution.py``:
 
 ====================  ========  ===========================================================
 method                required  what it does
 ====================  ========  ===========================================================
-``create_account``    paper     open an account with starting cash (live venues: NotFound)
+``create_account``    paper     open an account with starting cash (Alpaca: InvalidArgument)
 ``get_account``       yes       cash and positions of the user's account
 ``submit_market_order``  yes    balance guard, then a market order; idempotent per
                                 ``client_order_id``

@@ -17,7 +17,7 @@ is turned off) and the account's circuit breaker (open after consecutive failure
 answer ``Unavailable`` at once, without a request; see :mod:`.resilience`). Read-only
 accounts are refused before any request.
 
-Blocking: call from a worker thread. Not yet wired into ``serve()`` (issue 8, first slice).
+Blocking: call from a worker thread. Served by ``bsopt_broker.adapters.router.VenueRouter``.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from bsopt_broker.domain.balance_guard import OrderRejected
 from bsopt_broker.domain.records import Account, Fill, MarketOrder, Order, OrderResult, OrderStatus, Position
 from bsopt_broker.domain.records import AccountKind as RecordKind
 from bsopt_broker.domain.venue import AccountNotFound, FetchProgress, OnPage
-from bsopt_common.errors import Unavailable
+from bsopt_common.errors import InvalidArgument, Unavailable
 from bsopt_common.money import Money
 from bsopt_common.vocabulary import Side
 
@@ -232,8 +232,11 @@ class AlpacaBroker:
     # -- Broker --------------------------------------------------------------------------
 
     def create_account(self, user_id: str, initial_cash: Money) -> Account:
-        raise NotImplementedError("Alpaca accounts are opened at Alpaca and listed in the accounts file; "
-                                  "connecting them from the API (OAuth, keys) is a later slice of issue 8")
+        """Raises InvalidArgument: Alpaca accounts are opened at Alpaca, then listed in the
+        accounts file or connected from the API (``POST /v1/brokers/alpaca/connect``)."""
+        raise InvalidArgument("Alpaca accounts are opened at Alpaca, then listed in the accounts file "
+                              "(BSOPT_BROKER_ACCOUNTS_FILE) or connected from the API "
+                              "(POST /v1/brokers/alpaca/connect)")
 
     def fills_between(self, account_id: str, user_id: str, start: datetime, end: datetime, *,
                       on_page: OnPage | None = None) -> list[Fill]:
