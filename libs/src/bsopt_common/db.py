@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, Numeric, create_engine, event, text
+from sqlalchemy import Connection, Engine, Numeric, create_engine, event, text
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
@@ -119,6 +119,25 @@ def create_db_engine(
         raise AssertionError("unreachable")
 
     return engine
+
+
+#: id(URL) -> (the URL, its key): an identity check, since a URL's own hash renders it.
+_url_keys: dict[int, tuple[URL, str]] = {}
+
+
+def database_key(bind: Engine | Connection | None) -> str:
+    """The database ``bind`` points at, as a cache key: its URL without the password
+    (rendered once per URL object). Not ``id(engine)``, which a later engine may reuse;
+    every engine on one database shares the entries. ``""`` for None."""
+    if bind is None:
+        return ""
+    url = bind.engine.url
+    entry = _url_keys.get(id(url))
+    if entry is None or entry[0] is not url:
+        if len(_url_keys) > 256:
+            _url_keys.clear()
+        entry = _url_keys[id(url)] = (url, url.render_as_string(hide_password=True))
+    return entry[1]
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -52,11 +52,13 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Protocol, TypeVar
 
+import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import TopicPartition
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import propagate, trace
+from psycopg import sql
 from sqlalchemy import (
     Column,
     DateTime,
@@ -267,6 +269,30 @@ class Outbox:
         """:meth:`add` for several ``(message, event_id or None)`` in one multi-row INSERT;
         return their ids in order. TypeError (nothing staged) if any payload is not the
         topic's type."""
+        rows = self._rows(topic, messages)
+        if rows:
+            session.execute(self.table.insert(), rows)
+        return [str(r["event_id"]) for r in rows]
+
+    def copy_many(self, session: Session, topic: Topic[M], messages: Sequence[tuple[M, str | None]]) -> list[str]:
+        """:meth:`add_many` through Postgres ``COPY ... FROM STDIN`` on ``session``'s
+        connection (psycopg 3): for large batches, several times cheaper per row in
+        Python than an INSERT's parameters. Same rows, same transaction, same errors."""
+        rows = self._rows(topic, messages)
+        if rows:
+            columns = list(rows[0])
+            raw = session.connection().connection.driver_connection
+            assert isinstance(raw, psycopg.Connection)
+            statement = sql.SQL("COPY {}.{} ({}) FROM STDIN").format(
+                sql.Identifier(self.schema), sql.Identifier(self.table.name),
+                sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+            with raw.cursor() as cursor, cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row([row[c] for c in columns])
+        return [str(r["event_id"]) for r in rows]
+
+    @staticmethod
+    def _rows(topic: Topic[M], messages: Sequence[tuple[M, str | None]]) -> list[dict[str, Any]]:
         rows = []
         for message, event_id in messages:
             topic.check(message)
@@ -274,9 +300,7 @@ class Outbox:
                 event_id=event_id or str(uuid.uuid4()), topic=topic.name, key=topic.key(message),
                 subject=topic.subject(message), event_type=message.DESCRIPTOR.full_name,
                 payload=message.SerializeToString()))
-        if rows:
-            session.execute(self.table.insert(), rows)
-        return [str(r["event_id"]) for r in rows]
+        return rows
 
 
 class OutboxRelay:

@@ -450,13 +450,14 @@ def serve(
 ) -> None:
     """Migrate, make sure a signing key exists, then serve HTTP until SIGINT/SIGTERM."""
     from bsopt_auth.bootstrap import serve as serve_auth
+    from bsopt_auth.bootstrap import tune_interpreter
 
     settings = load_settings(AuthSettings)
     overrides = {k: v for k, v in (("host", host), ("port", port), ("seed_dev_on_start", seed_dev)) if v is not None}
     settings = settings.model_copy(update=overrides)
     if settings.seed_dev_on_start:
         _refuse_outside_dev(settings)
-    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+    tune_interpreter(settings)
     run_serve(settings, serve_auth)
 
 

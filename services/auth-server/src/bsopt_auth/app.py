@@ -35,6 +35,7 @@ from bsopt_auth.rfc7517 import ensure_active_key
 from bsopt_auth.routes import admin as admin_routes
 from bsopt_auth.routes import authorize, client_keys, device, discovery, logout, revocation, token, userinfo
 from bsopt_auth.routes.state import AppState
+from bsopt_auth.routes.token import TOKEN_ENDPOINT_PATH, TokenEndpoint
 from bsopt_common.db import make_session_factory
 from bsopt_common.http_security import hsts_for, install_security_headers, install_swagger_ui
 from bsopt_common.security.jwt import AccessTokenVerifier, JWKSCache
@@ -56,8 +57,6 @@ def _self_verifier(app: FastAPI, settings: AuthSettings) -> tuple[AccessTokenVer
     return verifier, client
 
 
-#: Path of the token endpoint (the one CORS-enabled path).
-TOKEN_ENDPOINT_PATH = "/oauth2/token"
 
 
 class TokenEndpointCORS:
@@ -150,8 +149,17 @@ def create_app(settings: AuthSettings, engine: Engine) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     install_swagger_ui(app)
-    if settings.token_endpoint_cors_origins:
-        app.add_middleware(TokenEndpointCORS, allow_origins=settings.token_endpoint_cors_origins)
+    # The token endpoint answers ahead of FastAPI (routes/token.py), inside the CORS and
+    # security-header middleware.
+    build = app.build_middleware_stack
+
+    def build_with_token_endpoint() -> ASGIApp:
+        stack: ASGIApp = TokenEndpoint(build(), state)
+        if settings.token_endpoint_cors_origins:
+            stack = TokenEndpointCORS(stack, allow_origins=settings.token_endpoint_cors_origins)
+        return stack
+
+    setattr(app, "build_middleware_stack", build_with_token_endpoint)  # noqa: B010 (replaced on purpose)
     install_security_headers(app, hsts=hsts_for(settings.issuer),
                              no_store_prefixes=("/authorize", "/oauth2/token", "/oauth2/revoke",
                                                 "/oauth2/introspect", "/userinfo",

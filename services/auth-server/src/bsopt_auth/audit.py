@@ -28,6 +28,7 @@ written at once). :func:`record` (facts joining a change's transaction) is never
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -37,6 +38,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
 from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -88,9 +92,15 @@ def hash_ip(settings: AuthSettings, address: str | None) -> str | None:
     """What is stored for a caller's address: the throttle's HMAC prefix, or None."""
     if not address:
         return None
+    return _ip_hash(settings.derived_secret("throttle"), address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_hash(secret: bytes, address: str) -> str:
+    """(Parsing the address and the HMAC cost half of a fact; callers repeat.)"""
     from bsopt_auth.throttle import _hmac_hex, normalize_ip
 
-    return _hmac_hex(settings.derived_secret("throttle"), normalize_ip(address))[:16]
+    return _hmac_hex(secret, normalize_ip(address))[:16]
 
 
 @dataclass(frozen=True)
@@ -155,6 +165,32 @@ def _insert(session: Session, facts: Sequence[_Fact]) -> None:
     OUTBOX.add_many(session, AUTH_AUDIT, [(f.event, str(f.id)) for f in facts])
 
 
+def batching_for(session_factory: sessionmaker[Session]) -> bool:
+    """Whether :func:`emit` only queues facts for ``session_factory`` (no blocking write)."""
+    writer = _writer
+    return writer is not None and writer.session_factory is session_factory
+
+
+_COPY_COLUMNS = ("id", "event_type", "occurred_at", "user_id", "client_id", "ip_hash", "outcome", "reason", "details")
+
+
+def _copy(session: Session, facts: Sequence[_Fact]) -> None:
+    """:func:`_insert` through ``COPY ... FROM STDIN`` (the batch writer's batches: far
+    less Python per row than an INSERT's parameters)."""
+    if not facts:
+        return
+    raw = session.connection().connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    statement = sql.SQL("COPY {}.{} ({}) FROM STDIN").format(
+        sql.Identifier(SCHEMA), sql.Identifier(AuditEvent.__tablename__),
+        sql.SQL(", ").join(sql.Identifier(c) for c in _COPY_COLUMNS))
+    with raw.cursor() as cursor, cursor.copy(statement) as copy:
+        for fact in facts:
+            row = fact.row
+            copy.write_row([*(row[c] for c in _COPY_COLUMNS[:-1]), Jsonb(row["details"])])
+    OUTBOX.copy_many(session, AUTH_AUDIT, [(f.event, str(f.id)) for f in facts])
+
+
 def emit(settings: AuthSettings, session_factory: sessionmaker[Session], event_type: str, *,
          outcome: Outcome, **fields: object) -> None:
     """:func:`record` in a transaction of its own (facts with no change to join), or queued
@@ -199,7 +235,7 @@ class BatchWriter:
                 log.exception("audit event %s refused", event_type)
         try:
             with session_scope(self.session_factory) as session:
-                _insert(session, facts)
+                _copy(session, facts)
         except Exception:
             log.exception("%d audit events could not be stored", len(facts))
 
@@ -282,5 +318,5 @@ __all__ = [
     "ACCOUNT_LOCKED", "AUTH_SERVER_CLIENT_ID", "CLIENT_CHANGED", "CLIENT_CREATED", "CLIENT_DELETED",
     "CLIENT_SECRET_ROTATED", "EVENT_TYPES", "KEY_REVOKED", "KEY_ROTATED", "LOGIN_FAILED", "LOGIN_SUCCEEDED",
     "OUTBOX", "REFRESH_REUSE_DETECTED", "TOKEN_ISSUED", "TOKEN_REFUSED", "USER_CREATED", "USER_DISABLED",
-    "USER_ENABLED", "USER_PASSWORD_RESET", "claimed_client_id", "emit", "hash_ip", "record",
+    "USER_ENABLED", "USER_PASSWORD_RESET", "batching_for", "claimed_client_id", "emit", "hash_ip", "record",
 ]

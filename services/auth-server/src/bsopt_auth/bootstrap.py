@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import socket
@@ -158,6 +159,28 @@ async def key_maintenance_loop(settings: AuthSettings, factory: sessionmaker[Ses
             log.exception("signing key maintenance failed")
 
 
+#: The youngest generation's collection threshold while serving (Python's default: 700).
+GC_GEN0_THRESHOLD = 10_000
+
+
+def tune_interpreter(settings: AuthSettings) -> None:
+    """Process-wide settings of a serving process (the ``serve`` command and each worker;
+    never the app factory, so tests keep Python's defaults):
+
+    - ``sys.setswitchinterval`` (``gil_switch_interval_ms``, see :class:`AuthSettings`);
+    - ``gc.freeze()``: what exists now (modules, classes, the app) moves to the permanent
+      generation and is never scanned again. Full collections over it stalled the event
+      loop 100-150 ms every few seconds at 3,000-4,000 grants/s (p99 60-110 ms against
+      25-40 ms frozen; BENCHMARKS.md);
+    - :data:`GC_GEN0_THRESHOLD` for the youngest generation (a request allocates a few
+      hundred container objects; 700 meant a collection every other request or so).
+    """
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 def _worker(settings: AuthSettings, sock: socket.socket) -> None:
     """One worker process of a multi-worker ``serve``: its own engine and app on the
     parent's listening socket, until SIGTERM (uvicorn drains)."""
@@ -166,7 +189,6 @@ def _worker(settings: AuthSettings, sock: socket.socket) -> None:
     from bsopt_common.telemetry import setup_logging
 
     setup_logging(settings.service_name, environment=settings.environment)
-    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)  # see AuthSettings
     configure_keys(settings)
     configure_client_cache(settings.client_cache_seconds)
     configure_check_cache(settings.throttle_check_cache_seconds)
@@ -174,6 +196,7 @@ def _worker(settings: AuthSettings, sock: socket.socket) -> None:
     engine = create_db_engine(settings.require_database_url(), application_name="bsopt-auth-server")
     config = uvicorn.Config(create_app(settings, engine), lifespan="on", log_config=None, access_log=False,
                             timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)))
+    tune_interpreter(settings)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

@@ -60,7 +60,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bsopt_auth.config import AuthSettings
 from bsopt_auth.models import LoginThrottle
 from bsopt_auth.rfc6749.errors import InvalidClientError, OAuth2Error
-from bsopt_common.db import session_scope
+from bsopt_common.db import database_key, session_scope
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("bsopt_auth.audit")
@@ -91,8 +91,7 @@ def _database_of(session_factory: sessionmaker[Session]) -> str:
     password. Not the engine's ``id()``, which a later engine may reuse, inheriting the
     dead engine's "clear" entries; and every engine on one database sees the same
     counters, so a failure recorded through one drops the entry for all of them."""
-    bind = session_factory.kw.get("bind")
-    return bind.url.render_as_string(hide_password=True) if bind is not None else ""
+    return database_key(session_factory.kw.get("bind"))
 
 
 @dataclass(frozen=True)

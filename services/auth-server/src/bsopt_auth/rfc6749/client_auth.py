@@ -39,6 +39,7 @@ from bsopt_auth.passwords import client_secret_needs_upgrade, hash_client_secret
 from bsopt_auth.rfc6749.errors import InvalidClientError, InvalidRequestError
 from bsopt_auth.rfc7523 import AssertionPolicy, check_assertion_parameters, verify_client_assertion
 from bsopt_auth.rfc7591 import PRIVATE_KEY_JWT
+from bsopt_common.db import database_key
 
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", PRIVATE_KEY_JWT, "none")
 SECRET_METHODS = ("client_secret_basic", "client_secret_post")
@@ -63,7 +64,7 @@ def _cached_client(session: Session, client_id: str) -> Client | None:
     else read from the database."""
     if _client_cache_seconds <= 0:
         return session.get(Client, client_id)
-    where = (session.get_bind().url.render_as_string(hide_password=True), client_id)
+    where = (database_key(session.get_bind()), client_id)
     now = time.monotonic()
     cached = _client_cache.get(where)
     if cached is not None and now - cached[1] < _client_cache_seconds:

@@ -41,7 +41,7 @@ from bsopt_auth.rfc6749.refresh import (
 )
 from bsopt_auth.rfc6749.response import narrow_resources, user_token_response
 from bsopt_auth.rfc6749.scope import parse_scope, resolve_scope, to_scope_string
-from bsopt_auth.rfc7517 import get_active_key
+from bsopt_auth.rfc7517 import fresh_active_key, get_active_key
 from bsopt_auth.rfc7523 import AssertionPolicy
 from bsopt_auth.rfc7636 import verify_code_verifier
 from bsopt_auth.rfc8628 import DEVICE_CODE_GRANT_TYPE, device_code_grant
@@ -129,8 +129,10 @@ def _client_credentials(
     if OPENID_SCOPE in scope:
         raise UnauthorizedClientError("openid needs a user; use the authorization code grant")
     audiences = resolve_resources(resources, client.allowed_resources)
-    with session_scope(session_factory) as session:
-        key = get_active_key(session, settings.signing_alg)
+    key = fresh_active_key(session_factory)
+    if key is None:
+        with session_scope(session_factory) as session:
+            key = get_active_key(session, settings.signing_alg)
     token = issue_access_token(
         key,
         issuer=settings.issuer,

@@ -50,7 +50,7 @@ from bsopt_auth.rfc7517.encryption import (
     open_private_jwk,
     seal_private_jwk,
 )
-from bsopt_common.db import session_scope
+from bsopt_common.db import database_key, session_scope
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def invalidate_key_cache() -> None:
 
 
 def _cache_key(session: Session) -> str:
-    return session.get_bind().url.render_as_string(hide_password=True)
+    return database_key(session.get_bind())
 
 
 def current_key_encryption_key() -> KeyEncryptionKey:
@@ -209,6 +209,16 @@ def load_active_key(session: Session, alg: str = "RS256", kek: KeyEncryptionKey 
             row = _insert_active(session, alg, kek)
             invalidate_key_cache()
     return _import_private(row, kek)
+
+
+def fresh_active_key(session_factory: sessionmaker[Session], kek: KeyEncryptionKey | None = None) -> LoadedKey | None:
+    """The cached active key while it is fresh (no session, no connection), else None:
+    then :func:`get_active_key` reads it."""
+    kek = kek or current_key_encryption_key()
+    cached = _active_cache.get(database_key(session_factory.kw.get("bind")))
+    if cached is not None and cached[0] == kek.key_id and time.monotonic() - cached[2] < _active_cache_seconds:
+        return cached[1]
+    return None
 
 
 def get_active_key(session: Session, alg: str = "RS256", kek: KeyEncryptionKey | None = None) -> LoadedKey:
@@ -385,6 +395,7 @@ __all__ = [
     "configure_key_encryption",
     "current_key_encryption_key",
     "ensure_active_key",
+    "fresh_active_key",
     "generate_key",
     "get_active_key",
     "invalidate_key_cache",

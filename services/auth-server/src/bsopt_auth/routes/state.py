@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 from sqlalchemy import Engine
@@ -16,6 +17,8 @@ class AppState:
     settings: AuthSettings
     engine: Engine
     session_factory: sessionmaker[Session]
+    #: What routes build once per application, lazily (the token endpoint's lanes).
+    extras: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def of(request: Request) -> AppState:
