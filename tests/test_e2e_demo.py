@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 import grpc
@@ -28,7 +28,7 @@ from bsopt.rl_trainer.v1 import rl_trainer_pb2_grpc as tpb_grpc
 from bsopt_cli.alpaca_dev import PAST_FILLS
 from bsopt_cli.demo import DemoOptions, run_demo
 from bsopt_cli.stack import ALPACA_ACCOUNT, ALPACA_KEY_ID_ENV, ALPACA_SECRET_ENV, DEMO_USER, Ports, Stack
-from bsopt_common.marketdata import bundled_provider
+from bsopt_common.marketdata import EXCHANGE_TZ, bundled_provider
 from bsopt_common.security.event_signing import load_signing_key
 from bsopt_common.security.token_provider import ClientCredentialsTokenProvider
 from bsopt_common.testing.services import free_port
@@ -204,9 +204,10 @@ def test_a_services_own_token_reads_no_users_account(stack, summary):
 def test_alpaca_fills_scored_on_alpacas_bars(summary):
     """ml-scorer scores the imported Alpaca fills on the stand-in's daily bars (the bundled
     bars end in 2018): every past fill (the stand-in dates them on trading days) and this
-    run's fills when today is a weekday (a weekend fill has no daily bar)."""
+    run's fills when today is a weekday in New York (a fill belongs to the bar of its New
+    York trading day; a weekend has no daily bar)."""
     a = summary["alpaca"]
-    today = datetime.now(UTC).date()
+    today = datetime.now(EXCHANGE_TZ).date()
     expected = len(PAST_FILLS) + (a["fills"] if today.weekday() < 5 else 0)
     assert a["fills_scored"] == expected > 0
     assert sum(a["scored_bias"].values()) == a["fills_scored"]

@@ -5,7 +5,7 @@ with the features it used, and published as ``trades.scored.v1`` via the outbox.
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -17,17 +17,32 @@ from bsopt.ml_scorer.v1 import events_pb2
 from bsopt.ml_scorer.v1 import ml_scorer_pb2 as pb
 from bsopt_common import codec, topics
 from bsopt_common.events import Outbox
-from bsopt_common.marketdata import MarketDataProvider
+from bsopt_common.marketdata import EXCHANGE_TZ, MarketDataProvider
 from bsopt_common.money import Money
 from bsopt_common.vocabulary import BiasLabel, Side
 from bsopt_scorer import models
-from bsopt_scorer.domain.features import TradeFeatures, features_at
+from bsopt_scorer.domain.features import TradeFeatures, features_at, is_daily
 from bsopt_scorer.domain.records import ScoredTrade
 from bsopt_scorer.domain.tags import reflection, tag_trade
 
 
 def scored_trade_pb(trade: ScoredTrade) -> pb.ScoredTrade:
     return codec.to_message(trade, pb.ScoredTrade)
+
+
+def bar_key(executed_at: datetime, *, daily: bool) -> datetime | date:
+    """What a fill's bar is looked up by (:func:`bsopt_scorer.domain.features.locate_bar`).
+
+    Intraday bars: the UTC instant. Daily bars: the exchange's trading day of the fill,
+    in New York time, since a fill at 01:30 UTC on the 5th happened at 20:30 (EDT) on the
+    4th, in the 4th's extended session, and belongs to the 4th's bar (by UTC date it got
+    the 5th's bar, whose close came 20 hours later). An instant at exactly midnight UTC on
+    daily bars is a bar's own stamp (the paper broker fills at bar times) and keeps its
+    date. ``executed_at`` must be timezone-aware (naive is taken as UTC)."""
+    utc = executed_at.replace(tzinfo=UTC) if executed_at.tzinfo is None else executed_at.astimezone(UTC)
+    if not daily or utc.time() == time(0):
+        return utc.replace(tzinfo=None)
+    return utc.astimezone(EXCHANGE_TZ).date()
 
 
 def _scored(row: RowMapping) -> ScoredTrade:
@@ -52,8 +67,9 @@ class TradeScorer:
         side = codec.SIDE.from_pb(trade.side, "side")
         executed_at = codec.required_timestamp(trade, "executed_at")
         price = codec.money_from_pb(trade, "price")
-        bars = self.market_data.fetch_history(trade.symbol, end=executed_at.date())
-        features = features_at(bars, executed_at.replace(tzinfo=None))
+        # the UTC date is never before the New York one: the fill's bar is in the slice
+        bars = self.market_data.fetch_history(trade.symbol, end=executed_at.astimezone(UTC).date())
+        features = features_at(bars, bar_key(executed_at, daily=is_daily(bars.index)))
         tag = tag_trade(side.value, features)
         scored = ScoredTrade(
             trade_id=trade.trade_id, user_id=trade.user_id, account_id=trade.account_id, symbol=trade.symbol,

@@ -128,7 +128,8 @@ def _to_timestamp(executed_at: datetime | date | pd.Timestamp) -> pd.Timestamp:
     return ts
 
 
-def _is_daily(index: pd.DatetimeIndex) -> bool:
+def is_daily(index: pd.DatetimeIndex) -> bool:
+    """True when every bar time is a midnight (daily bars, one per trading day)."""
     return bool(len(index)) and bool((index == index.normalize()).all())
 
 
@@ -160,7 +161,7 @@ def locate_bar(bars: pd.DataFrame, executed_at: datetime | date) -> int:
         TypeError: ``executed_at`` is not a date/datetime, or ``bars`` is malformed.
     """
     _check_frame(bars)
-    return _locate(bars.index, executed_at, _is_daily(bars.index))
+    return _locate(bars.index, executed_at, is_daily(bars.index))
 
 
 def _require_history(pos: int, bars: pd.DataFrame) -> None:
@@ -242,7 +243,7 @@ def features_for(
     if not times:
         return []
     values = indicator_frame(bars).loc[:, list(FEATURE_COLUMNS)].to_numpy()
-    daily = _is_daily(bars.index)
+    daily = is_daily(bars.index)
     out: list[TradeFeatures | None] = []
     for t in times:
         try:
