@@ -25,6 +25,7 @@ from bsopt_broker.domain.records import AccountKind, MarketOrder, OrderStatus
 from bsopt_broker.domain.sell_rules import SellRules
 from bsopt_broker.domain.venue import Broker
 from bsopt_broker.import_jobs import ImportJobs, job_pb
+from bsopt_broker.listing import ListedFill, ListedOrder, Listing, PageRequest
 from bsopt_broker.sell import SellModule
 from bsopt_broker.trade_import import TradeImporter
 from bsopt_common import codec
@@ -43,6 +44,8 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     **CONNECTION_METHOD_SCOPES,
     "SetSellRules": ("broker:orders",),
     "CloseAllPositions": ("broker:orders",),
+    "ListOrders": ("broker:accounts",),
+    "ListFills": ("broker:accounts",),
 }
 ORDER_STATUS = codec.EnumCodec(pb.OrderStatus, OrderStatus, "ORDER_STATUS_")
 ACCOUNT_KIND = codec.EnumCodec(pb.AccountKind, AccountKind, "ACCOUNT_KIND_")
@@ -61,6 +64,7 @@ class BrokerGatewayServicer(ConnectionRpcs, pb_grpc.BrokerGatewayServiceServicer
         self.outbox = outbox
         self.sells = sells
         self.jobs = jobs
+        self.listing = Listing(importer.session_factory, broker)
 
     def importer_for(self, account_id: str) -> TradeImporter:
         """The importer of an account (Alpaca accounts: the one recording ``"alpaca"``)."""
@@ -159,6 +163,35 @@ class BrokerGatewayServicer(ConnectionRpcs, pb_grpc.BrokerGatewayServiceServicer
         request id (no venue call here). NOT_FOUND, FAILED_PRECONDITION (read-only)."""
         request_id = self._sell_module().close_all(request.account_id, acting_user())
         return pb.CloseAllPositionsResponse(request_id=request_id)
+
+
+    async def ListOrders(self, request: pb.ListOrdersRequest, context: aio.ServicerContext) -> pb.ListOrdersResponse:
+        """The caller's account's orders, newest first, keyset-paged, each with the
+        account's kind. NOT_FOUND (not the caller's account), INVALID_ARGUMENT (page_size,
+        page_token, window)."""
+        page = await asyncio.to_thread(self.listing.orders, _page_request(request))
+        return pb.ListOrdersResponse(orders=[_order_pb(o) for o in page.items],
+                                     next_page_token=page.next_page_token)
+
+    async def ListFills(self, request: pb.ListFillsRequest, context: aio.ServicerContext) -> pb.ListFillsResponse:
+        """The caller's account's fills, newest first; errors as ListOrders."""
+        page = await asyncio.to_thread(self.listing.fills, _page_request(request))
+        return pb.ListFillsResponse(fills=[_fill_pb(f) for f in page.items], next_page_token=page.next_page_token)
+
+
+def _page_request(request: pb.ListOrdersRequest | pb.ListFillsRequest) -> PageRequest:
+    return PageRequest(account_id=request.account_id, user_id=acting_user(), page_size=request.page_size,
+                       page_token=request.page_token, since=codec.from_timestamp(request, "since"),
+                       until=codec.from_timestamp(request, "until"))
+
+
+def _order_pb(listed: ListedOrder) -> pb.Order:
+    return codec.to_message(listed.order, pb.Order, filled_quantity=listed.filled_quantity,
+                            average_price=listed.average_price, fee=listed.fee)
+
+
+def _fill_pb(listed: ListedFill) -> pb.Fill:
+    return codec.to_message(listed.fill, pb.Fill, client_order_id=listed.client_order_id)
 
 
 def _pct(request: pb.SetSellRulesRequest, field: str) -> Decimal | None:
