@@ -209,6 +209,73 @@ class Account(BaseModel):
     created_at: str | None
 
 
+class Order(BaseModel):
+    """An order of one account (``GET /v1/accounts/{id}/orders``)."""
+
+    #: The broker's order id.
+    order_id: str
+    #: The caller's idempotency key; null where the broker does not report it (Alpaca
+    #: orders read from its fills).
+    client_order_id: str | None
+    account_id: str
+    #: ``"paper"`` (simulated money) or ``"live"`` (real money): the kind of the account.
+    account_kind: str | None
+    symbol: str
+    #: ``"buy"`` or ``"sell"``.
+    side: str
+    quantity: int
+    #: ``"filled"`` or ``"rejected"``.
+    status: str
+    #: Why it was rejected; null unless ``rejected``.
+    reject_reason: str | None
+    #: Shares filled, their volume-weighted average price and the commissions (null when
+    #: nothing filled).
+    filled_quantity: int
+    average_price: Money | None
+    fee: Money | None
+    submitted_at: str | None
+    filled_at: str | None
+    #: ``filled_at - submitted_at``, milliseconds; null when not measured.
+    fill_latency_ms: float | None
+
+
+class OrderPage(BaseModel):
+    """Newest first; ``next_page_token`` (null on the last page) gives the next page."""
+
+    orders: list[Order]
+    next_page_token: str | None
+
+
+class Fill(BaseModel):
+    """An execution of one account (``GET /v1/accounts/{id}/fills``)."""
+
+    #: The broker's trade id.
+    trade_id: str
+    #: The broker's order id.
+    order_id: str
+    #: The order's idempotency key, where known.
+    client_order_id: str | None
+    account_id: str
+    #: ``"paper"`` or ``"live"``: the kind of the account.
+    account_kind: str | None
+    symbol: str
+    #: ``"buy"`` or ``"sell"``.
+    side: str
+    quantity: int
+    #: Execution price per share.
+    price: Money | None
+    #: Commission, where the broker reports one.
+    fee: Money | None
+    executed_at: str | None
+
+
+class FillPage(BaseModel):
+    """Newest first; ``next_page_token`` (null on the last page) gives the next page."""
+
+    fills: list[Fill]
+    next_page_token: str | None
+
+
 class TradesImport(BaseModel):
     import_id: str
     trades_imported: int

@@ -1,16 +1,26 @@
-"""``/v1/accounts``: broker-gateway accounts and trade imports; ``/v1/imports``:
-background imports (``Prefer: respond-async``, RFC 7240)."""
+"""``/v1/accounts``: broker-gateway accounts, their orders and fills, and trade imports;
+``/v1/imports``: background imports (``Prefer: respond-async``, RFC 7240)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as pb
 from bsopt_api import encoding
 from bsopt_api.api.deps import Backends, TradesReader, TradesWriter
-from bsopt_api.api.schemas import Account, AccountCreate, TradesImport, TradesImportCreate, TradesImportJob
+from bsopt_api.api.schemas import (
+    PRINTABLE,
+    Account,
+    AccountCreate,
+    FillPage,
+    Instant,
+    OrderPage,
+    TradesImport,
+    TradesImportCreate,
+    TradesImportJob,
+)
 from bsopt_api.clients import BROKER_GATEWAY
 from bsopt_common import codec
 from bsopt_common.money import Money
@@ -56,6 +66,91 @@ async def get_account(account_id: str, principal: TradesReader, backends: Backen
         metadata=await backends.acting_for(principal, BROKER_GATEWAY, "broker:accounts"),
     )
     return encoding.account(account)
+
+
+PageSize = Annotated[int, Query(ge=1, le=500, description="Items per page (at most 500)")]
+PageToken = Annotated[str | None, Query(min_length=1, max_length=1024, pattern=PRINTABLE,
+                                        description="`next_page_token` of the previous page")]
+Since = Annotated[Instant | None, Query(description="Only from this instant on (ISO date or RFC 3339)")]
+Until = Annotated[Instant | None, Query(description="Only before this instant (ISO date or RFC 3339)")]
+
+
+def _order_status(value: int) -> str:
+    try:
+        return str(pb.OrderStatus.Name(value)).removeprefix("ORDER_STATUS_").lower()
+    except ValueError:
+        return str(value)
+
+
+def order_json(o: pb.Order) -> dict[str, Any]:
+    return {
+        "order_id": o.order_id,
+        "client_order_id": o.client_order_id or None,
+        "account_id": o.account_id,
+        "account_kind": encoding.account_kind(o.account_kind),
+        "symbol": o.symbol,
+        "side": encoding.side(o.side),
+        "quantity": o.quantity,
+        "status": _order_status(o.status),
+        "reject_reason": o.reject_reason or None,
+        "filled_quantity": o.filled_quantity,
+        "average_price": encoding.money_field(o, "average_price"),
+        "fee": encoding.money_field(o, "fee"),
+        "submitted_at": codec.rfc3339_field(o, "submitted_at"),
+        "filled_at": codec.rfc3339_field(o, "filled_at"),
+        "fill_latency_ms": o.fill_latency_ms if o.HasField("filled_at") else None,
+    }
+
+
+def fill_json(f: pb.Fill) -> dict[str, Any]:
+    return {
+        "trade_id": f.trade_id,
+        "order_id": f.order_id,
+        "client_order_id": f.client_order_id or None,
+        "account_id": f.account_id,
+        "account_kind": encoding.account_kind(f.account_kind),
+        "symbol": f.symbol,
+        "side": encoding.side(f.side),
+        "quantity": f.quantity,
+        "price": encoding.money_field(f, "price"),
+        "fee": encoding.money_field(f, "fee"),
+        "executed_at": codec.rfc3339_field(f, "executed_at"),
+    }
+
+
+def _window(since: Any, until: Any) -> dict[str, Any]:
+    return {**({"since": codec.timestamp(since)} if since is not None else {}),
+            **({"until": codec.timestamp(until)} if until is not None else {})}
+
+
+@router.get("/{account_id}/orders", response_model=OrderPage)
+async def list_orders(account_id: str, principal: TradesReader, backends: Backends, page_size: PageSize = 50,
+                      page_token: PageToken = None, since: Since = None, until: Until = None) -> dict[str, Any]:
+    """The account's orders, newest first, each saying whether the account is paper or
+    live. Follow ``next_page_token`` for the next page (null on the last). 404 for an
+    account that is not yours; 400 for a page token that is not this listing's or an
+    empty window ``[since, until)``."""
+    resp = await backends.broker_gateway.ListOrders(
+        pb.ListOrdersRequest(account_id=account_id, page_size=page_size, page_token=page_token or "",
+                             **_window(since, until)),
+        timeout=backends.timeout_seconds,
+        metadata=await backends.acting_for(principal, BROKER_GATEWAY, "broker:accounts"),
+    )
+    return {"orders": [order_json(o) for o in resp.orders], "next_page_token": resp.next_page_token or None}
+
+
+@router.get("/{account_id}/fills", response_model=FillPage)
+async def list_fills(account_id: str, principal: TradesReader, backends: Backends, page_size: PageSize = 50,
+                     page_token: PageToken = None, since: Since = None, until: Until = None) -> dict[str, Any]:
+    """The account's fills (executions), newest first, each saying whether the account is
+    paper or live; paging and errors as for orders."""
+    resp = await backends.broker_gateway.ListFills(
+        pb.ListFillsRequest(account_id=account_id, page_size=page_size, page_token=page_token or "",
+                            **_window(since, until)),
+        timeout=backends.timeout_seconds,
+        metadata=await backends.acting_for(principal, BROKER_GATEWAY, "broker:accounts"),
+    )
+    return {"fills": [fill_json(f) for f in resp.fills], "next_page_token": resp.next_page_token or None}
 
 
 @router.post("/{account_id}/imports", response_model=None, responses={
