@@ -169,3 +169,22 @@ import_jobs = Table(
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
 )
+
+# Close-all requests of the sell module (0008, CloseAllPositions): written before the RPC
+# returns, claimed (``running``) and completed by the account's sell worker, resumed at
+# start-up when an earlier process left them ``queued`` or ``running``. ``status``:
+# queued | running | done | failed; the counts grow with each decision, in the transaction
+# that records the decision's event (so a replayed decision is never counted twice).
+close_all_requests = Table(
+    "close_all_requests", metadata,
+    Column("request_id", String(36), primary_key=True),
+    Column("account_id", String(64), nullable=False, index=True),
+    Column("user_id", String(64), nullable=False),
+    Column("status", String(8), nullable=False, index=True),
+    Column("positions_sold", Integer, nullable=False, server_default="0"),
+    Column("positions_refused", Integer, nullable=False, server_default="0"),
+    Column("error", String(500), nullable=False, server_default=""),
+    Column("requested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+)

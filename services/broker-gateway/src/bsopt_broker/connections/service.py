@@ -222,7 +222,7 @@ class ConnectedAccounts:
         self._store = store
         self._base_url = base_url
         self._options = dict(options or {})  # AlpacaBroker's keyword arguments (timeouts, retries, breaker)
-        self._venues: dict[str, tuple[datetime, AlpacaBroker]] = {}
+        self._venues: dict[str, tuple[datetime, AlpacaBroker, LatestTradePrices]] = {}
         self._lock = threading.Lock()
 
     def knows(self, account_id: str) -> bool:
@@ -242,16 +242,33 @@ class ConnectedAccounts:
         if ordering and found.status is ConnectionStatus.PAUSED:
             raise FailedPrecondition(f"broker connection {account_id!r} is paused: orders are refused until it "
                                      "is resumed (ResumeBrokerConnection)")
+        return self._built(found)[0]
+
+    def connection(self, account_id: str) -> Connection | None:
+        """The connection of a connection id (any owner, any status), or None (the sell module)."""
+        return self._store.find(account_id) if account_id else None
+
+    def prices(self, account_id: str, user_id: str) -> LatestTradePrices:
+        """The latest-trade price source of the user's connection, with its credentials (the
+        sell module's comparison price). Raises ConnectionNotFound (also: revoked, another
+        user's, no connection id)."""
+        found = self._store.find(account_id) if account_id else None
+        if found is None or found.user_id != user_id or found.status is ConnectionStatus.REVOKED:
+            raise ConnectionNotFound(f"no Alpaca account {account_id!r} for this user")
+        return self._built(found)[1]
+
+    def _built(self, found: Connection) -> tuple[AlpacaBroker, LatestTradePrices]:
+        account_id = found.connection_id
         with self._lock:
             cached = self._venues.get(account_id)
             if cached is not None and cached[0] == found.updated_at:
-                return cached[1]
-        venue = self._build(found)
+                return cached[1], cached[2]
+        venue, prices = self._build(found)
         with self._lock:
-            self._venues[account_id] = (found.updated_at, venue)
-        return venue
+            self._venues[account_id] = (found.updated_at, venue, prices)
+        return venue, prices
 
-    def _build(self, connection: Connection) -> AlpacaBroker:
+    def _build(self, connection: Connection) -> tuple[AlpacaBroker, LatestTradePrices]:
         creds = self._store.credentials(connection.connection_id)
         token = creds.get("oauth_token")
         config = ConnectedAccountConfig(
@@ -261,4 +278,5 @@ class ConnectedAccounts:
             oauth_token=SecretStr(token) if token else None,
             paper=connection.account_kind == AccountKind.PAPER.value,
             base_url=self._base_url, allow_live=connection.allow_live)
-        return AlpacaBroker({connection.connection_id: config}, LatestTradePrices(config), **self._options)
+        prices = LatestTradePrices(config)
+        return AlpacaBroker({connection.connection_id: config}, prices, **self._options), prices
