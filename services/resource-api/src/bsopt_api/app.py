@@ -23,7 +23,7 @@ from fastapi import Depends, FastAPI
 
 from bsopt_api import models
 from bsopt_api.api.deps import safe_path_params
-from bsopt_api.api.routes import ROUTERS
+from bsopt_api.api.routes import ROUTERS, sell_rules
 from bsopt_api.config import ApiSettings
 from bsopt_api.openapi import SCOPE_DESCRIPTIONS, build_openapi, origin
 from bsopt_api.problems import install_problem_handlers
@@ -84,6 +84,7 @@ def create_app(settings: ApiSettings, *, runtime: ApiRuntime | None = None) -> F
     install_problem_handlers(app)
     for router in ROUTERS:
         app.include_router(router, dependencies=[Depends(safe_path_params)])
+    app.include_router(sell_rules.router, dependencies=[Depends(safe_path_params)])
 
     def openapi() -> dict[str, Any]:
         return build_openapi(app, settings)
