@@ -11,6 +11,12 @@ Locating a trade's bar (:func:`locate_bar`): ``executed_at`` may be a ``date`` o
 convention of ``bsopt_common.marketdata``). The bar is the one whose time equals it
 exactly, or, for daily bars (every bar time at midnight), the bar of its calendar date.
 Callers wanting exchange-local trading dates should convert ``executed_at`` first.
+
+Indicators come from an :class:`~bsopt_scorer.domain.indicators.IndicatorLib`: TA-Lib
+(:class:`~bsopt_scorer.domain.indicators.TalibIndicators`, the module-level
+:data:`DEFAULT_INDICATORS`) unless a caller passes another one as ``indicators=`` (the
+pandas reference, :class:`~bsopt_scorer.domain.indicators.PandasIndicators`, in tests and
+benchmarks).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Literal, overload
 import numpy as np
 import pandas as pd
 
-from bsopt_scorer.domain.indicators import atr, bollinger, bollinger_position, pct_change, rsi
+from bsopt_scorer.domain.indicators import IndicatorLib, TalibIndicators, bollinger_position, pct_change
 
 RSI_PERIOD = 14
 ATR_PERIOD = 14
@@ -33,6 +39,9 @@ BB_NBDEV = 2.0
 # ATR need period+1 bars (first value at position 14), BBANDS needs 20 (position 19),
 # change_5d needs 6.
 MIN_BARS = max(RSI_PERIOD + 1, ATR_PERIOD + 1, BB_PERIOD, 5 + 1)
+
+#: The indicator library used when a function is not given one (read at call time).
+DEFAULT_INDICATORS: IndicatorLib = TalibIndicators()
 
 FEATURE_COLUMNS = ("rsi_14", "atr_14", "bollinger_position", "change_1d", "change_5d", "close_usd")
 _REQUIRED = ("high", "low", "close")
@@ -87,11 +96,13 @@ def _check_frame(bars: pd.DataFrame) -> None:
         raise ValueError("bars index must be sorted ascending and unique")
 
 
-def indicator_frame(bars: pd.DataFrame) -> pd.DataFrame:
-    """All feature columns for every bar at once.
+def indicator_frame(bars: pd.DataFrame, indicators: IndicatorLib | None = None) -> pd.DataFrame:
+    """All feature columns for every bar at once (one call per indicator over the whole
+    series).
 
     Args:
         bars: OHLCV frame (see module docstring); needs ``high``, ``low``, ``close``.
+        indicators: the indicator library; ``None`` = :data:`DEFAULT_INDICATORS` (TA-Lib).
 
     Returns:
         float64 DataFrame with the index of ``bars`` and the columns of
@@ -104,15 +115,19 @@ def indicator_frame(bars: pd.DataFrame) -> pd.DataFrame:
         ValueError: missing columns, unsorted/duplicate index, or NaN prices.
     """
     _check_frame(bars)
-    close = bars["close"].astype("float64")
-    upper, _middle, lower = bollinger(close, BB_PERIOD, BB_NBDEV)
+    lib = DEFAULT_INDICATORS if indicators is None else indicators
+    close = bars["close"].to_numpy(dtype="float64")
+    high = bars["high"].to_numpy(dtype="float64")
+    low = bars["low"].to_numpy(dtype="float64")
+    upper, _middle, lower = lib.bbands(close, BB_PERIOD, BB_NBDEV)
+    close_s = pd.Series(close)
     return pd.DataFrame(
         {
-            "rsi_14": rsi(close, RSI_PERIOD),
-            "atr_14": atr(bars["high"], bars["low"], close, ATR_PERIOD),
-            "bollinger_position": bollinger_position(close, upper, lower),
-            "change_1d": pct_change(close, 1),
-            "change_5d": pct_change(close, 5),
+            "rsi_14": lib.rsi(close, RSI_PERIOD),
+            "atr_14": lib.atr(high, low, close, ATR_PERIOD),
+            "bollinger_position": bollinger_position(close_s, upper, lower).to_numpy(),
+            "change_1d": pct_change(close_s, 1).to_numpy(),
+            "change_5d": pct_change(close_s, 5).to_numpy(),
             "close_usd": close,
         },
         index=bars.index,
@@ -176,7 +191,9 @@ def _row_features(values: np.ndarray) -> TradeFeatures:
     return TradeFeatures(*(float(v) for v in values))
 
 
-def features_at(bars: pd.DataFrame, executed_at: datetime | date) -> TradeFeatures:
+def features_at(
+    bars: pd.DataFrame, executed_at: datetime | date, *, indicators: IndicatorLib | None = None
+) -> TradeFeatures:
     """Features of one trade, from the bars up to and including the trade's bar only.
 
     The frame is cut at the trade's bar *before* any indicator is computed, so later
@@ -185,6 +202,7 @@ def features_at(bars: pd.DataFrame, executed_at: datetime | date) -> TradeFeatur
     Args:
         bars: OHLCV frame of the traded symbol (see module docstring), prices in USD.
         executed_at: trade time (``date`` or ``datetime``; aware datetimes in UTC).
+        indicators: the indicator library; ``None`` = :data:`DEFAULT_INDICATORS` (TA-Lib).
 
     Returns:
         :class:`TradeFeatures` at the close of the trade's bar.
@@ -197,25 +215,40 @@ def features_at(bars: pd.DataFrame, executed_at: datetime | date) -> TradeFeatur
     """
     pos = locate_bar(bars, executed_at)
     _require_history(pos, bars)
-    frame = indicator_frame(bars.iloc[: pos + 1])
+    frame = indicator_frame(bars.iloc[: pos + 1], indicators)
     return _row_features(frame.loc[:, list(FEATURE_COLUMNS)].to_numpy()[-1])
 
 
 @overload
 def features_for(
-    bars: pd.DataFrame, times: Iterable[datetime | date], *, on_error: Literal["raise"] = ...
+    bars: pd.DataFrame,
+    times: Iterable[datetime | date],
+    *,
+    on_error: Literal["raise"] = ...,
+    indicators: IndicatorLib | None = ...,
 ) -> list[TradeFeatures]: ...
 @overload
 def features_for(
-    bars: pd.DataFrame, times: Iterable[datetime | date], *, on_error: Literal["none"]
+    bars: pd.DataFrame,
+    times: Iterable[datetime | date],
+    *,
+    on_error: Literal["none"],
+    indicators: IndicatorLib | None = ...,
 ) -> list[TradeFeatures | None]: ...
 
 
 def features_for(
-    bars: pd.DataFrame, times: Iterable[datetime | date], *, on_error: Literal["raise", "none"] = "raise"
+    bars: pd.DataFrame,
+    times: Iterable[datetime | date],
+    *,
+    on_error: Literal["raise", "none"] = "raise",
+    indicators: IndicatorLib | None = None,
 ) -> list[TradeFeatures] | list[TradeFeatures | None]:
-    """Features of many trades on one symbol, computing the indicators once (O(bars +
-    trades) instead of O(bars x trades)).
+    """Features of many trades on one symbol, vectorised: the indicator frame is computed
+    once for the whole series (one call per indicator, not one per trade) and all trade
+    times are located with one index lookup, so the cost is O(bars + trades) instead of
+    O(bars x trades). 100,000 trades over the bundled GOOGL bars take about 0.4 s (see
+    ``bench/scoring_speed.py``).
 
     Equal to ``[features_at(bars, t) for t in times]``: every indicator is causal, so its
     value at a bar computed on the whole series is the value computed on the series cut
@@ -227,6 +260,7 @@ def features_for(
         times: trade times, any order, duplicates allowed.
         on_error: ``"raise"`` (default) raises on the first trade that cannot be
             featurised; ``"none"`` puts ``None`` in its place instead.
+        indicators: the indicator library; ``None`` = :data:`DEFAULT_INDICATORS` (TA-Lib).
 
     Returns:
         one :class:`TradeFeatures` (or ``None``) per element of ``times``, same order.
@@ -242,17 +276,42 @@ def features_for(
     _check_frame(bars)
     if not times:
         return []
-    values = indicator_frame(bars).loc[:, list(FEATURE_COLUMNS)].to_numpy()
+    values = indicator_frame(bars, indicators).loc[:, list(FEATURE_COLUMNS)].to_numpy()
     daily = is_daily(bars.index)
-    out: list[TradeFeatures | None] = []
-    for t in times:
-        try:
-            pos = _locate(bars.index, t, daily)
-            _require_history(pos, bars)
-        except (BarNotFoundError, InsufficientHistoryError, TypeError):
-            if on_error == "raise":
-                raise
-            out.append(None)
-            continue
-        out.append(_row_features(values[pos]))
+    positions = _locate_many(bars.index, times, daily)
+    bad = (positions < 0) | (positions + 1 < MIN_BARS)
+    if on_error == "raise" and bad.any():
+        t = times[int(np.flatnonzero(bad)[0])]
+        _require_history(_locate(bars.index, t, daily), bars)  # raises the trade's error
+        raise AssertionError(f"unreachable: {t!r} located in bulk but not alone")  # pragma: no cover
+    rows = values[np.where(bad, 0, positions)].tolist()
+    return [None if b else TradeFeatures(*row) for b, row in zip(bad.tolist(), rows, strict=True)]
+
+
+def _locate_many(index: pd.DatetimeIndex, times: list[datetime | date], daily: bool) -> np.ndarray:
+    """Bar position of every time (as :func:`_locate`), ``-1`` where there is none or the
+    element is not a date/datetime; one vectorised lookup instead of one per trade."""
+    valid = np.fromiter((isinstance(t, (date, pd.Timestamp)) for t in times), dtype=bool, count=len(times))
+    out = np.full(len(times), -1, dtype=np.int64)
+    if not valid.any():
+        return out
+    chosen = [t for t, ok in zip(times, valid.tolist(), strict=True) if ok]
+    try:
+        # naive values are taken as UTC, aware ones converted to it: the convention of _to_timestamp
+        stamps = pd.DatetimeIndex(pd.to_datetime(chosen, utc=True)).tz_localize(None)
+    except (TypeError, ValueError, OverflowError):  # e.g. a date out of pandas' range: one by one
+        return np.array([_locate_or_missing(index, t, daily) for t in times], dtype=np.int64)
+    pos = index.get_indexer(stamps).astype(np.int64)
+    if daily:
+        missing = pos < 0
+        if missing.any():
+            pos[missing] = index.get_indexer(stamps[missing].normalize())
+    out[valid] = pos
     return out
+
+
+def _locate_or_missing(index: pd.DatetimeIndex, t: datetime | date, daily: bool) -> int:
+    try:
+        return _locate(index, t, daily)
+    except (BarNotFoundError, TypeError, ValueError, OverflowError):
+        return -1
