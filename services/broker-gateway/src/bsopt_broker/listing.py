@@ -64,12 +64,15 @@ class Cursor:
 
 @dataclass(frozen=True, slots=True)
 class ListedOrder:
-    """An order with what its fills add up to (``filled_quantity`` 0: nothing filled)."""
+    """An order with what its fills add up to (``filled_quantity`` 0: nothing filled).
+    ``rebuilt``: read back from the venue's fills (Alpaca), so its submission time and
+    client order id are unknown (``order.submitted_at`` is only its place in the order)."""
 
     order: Order
     filled_quantity: int
     average_price: Money | None
     fee: Money | None
+    rebuilt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +212,7 @@ class Listing:
                           filled_at=last.executed_at, account_kind=first.account_kind)
             items.append((Cursor(last.executed_at, order_id),
                           ListedOrder(order, qty, Money(notional / qty, currency) if qty else None,
-                                      Money(fee, currency))))
+                                      Money(fee, currency), rebuilt=True)))
         return self._memory_page("orders", req, size, cursor, items)
 
     # -- fills -------------------------------------------------------------------------

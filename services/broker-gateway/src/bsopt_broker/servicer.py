@@ -186,8 +186,10 @@ def _page_request(request: pb.ListOrdersRequest | pb.ListFillsRequest) -> PageRe
 
 
 def _order_pb(listed: ListedOrder) -> pb.Order:
+    """Orders rebuilt from Alpaca's fills leave ``submitted_at`` unset (not known here)."""
+    unknown: dict[str, object] = {"submitted_at": None} if listed.rebuilt else {}
     return codec.to_message(listed.order, pb.Order, filled_quantity=listed.filled_quantity,
-                            average_price=listed.average_price, fee=listed.fee)
+                            average_price=listed.average_price, fee=listed.fee, **unknown)
 
 
 def _fill_pb(listed: ListedFill) -> pb.Fill:

@@ -189,6 +189,11 @@ async def test_alpaca_live_and_paper_accounts_say_their_kind(gateway, test_issue
         assert len(orders) == len({o.order_id for o in orders}) == len({f.order_id for f in fills})
         assert {o.account_kind for o in orders} == {kind}
         assert all(o.status == pb.ORDER_STATUS_FILLED and o.filled_quantity > 0 for o in orders)
+        # rebuilt from the venue's fills: filled, newest first by fill time, no submission time known
+        assert all(o.HasField("filled_at") and not o.HasField("submitted_at") for o in orders)
+        keys = [(o.filled_at.ToDatetime(), o.order_id) for o in orders]
+        assert keys == sorted(keys, reverse=True)
+        assert sum(o.filled_quantity for o in orders) == sum(f.quantity for f in fills)
 
 
 async def test_another_users_account_is_not_found(gateway, test_issuer):

@@ -98,7 +98,7 @@ def order_json(o: pb.Order) -> dict[str, Any]:
         "fee": encoding.money_field(o, "fee"),
         "submitted_at": codec.rfc3339_field(o, "submitted_at"),
         "filled_at": codec.rfc3339_field(o, "filled_at"),
-        "fill_latency_ms": o.fill_latency_ms if o.HasField("filled_at") else None,
+        "fill_latency_ms": o.fill_latency_ms if o.HasField("filled_at") and o.HasField("submitted_at") else None,
     }
 
 

@@ -166,6 +166,7 @@ async def test_alpaca_accounts_say_live_or_paper(client, tokens, account_id, kin
     assert {f["account_kind"] for f in fills} == {kind}
     orders, _ = await every_page(client, f"/v1/accounts/{account_id}/orders", headers, "orders")
     assert len(orders) == count and {o["account_kind"] for o in orders} == {kind}
+    assert all(o["submitted_at"] is None and o["filled_at"] and o["fill_latency_ms"] is None for o in orders)
 
 
 async def test_another_users_account_is_404(client, tokens):
