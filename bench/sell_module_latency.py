@@ -215,7 +215,8 @@ def main() -> None:
                                       **service_identity(issuer, "broker-gateway"))
             gw = BrokerGateway(settings)
             target = f"127.0.0.1:{port}"
-            tok = issuer.token(aud=BROKER_GATEWAY_AUDIENCE, scope="broker:accounts broker:orders", sub=USER,
+            tok = issuer.token(aud=BROKER_GATEWAY_AUDIENCE, scope="broker:accounts broker:orders broker:sells",
+                               sub=USER,
                                client_id="resource-api", act={"sub": "resource-api"}, ttl_seconds=3600)
             with ServiceThread(gw.run, port=port):
                 order = ["idle", "busy", "busy", "idle"] * ((args.runs + 3) // 4)

@@ -125,7 +125,8 @@ DEV_CLIENTS: tuple[DevClient, ...] = (
     DevClient(
         "resource-api",
         scopes="broker:accounts broker:orders broker:import broker:connections broker:connections.read "
-               "broker:connections.complete scorer:read trainer:jobs.read trainer:jobs.write kafka:cluster",
+               "broker:connections.complete broker:sells scorer:read trainer:jobs.read trainer:jobs.write "
+               "kafka:cluster",
         resources=(BROKER_GATEWAY_AUDIENCE, ML_SCORER_AUDIENCE, RL_TRAINER_AUDIENCE, KAFKA_AUDIENCE),
         token_exchange=True,
     ),

@@ -327,11 +327,12 @@ async def test_exchange_never_widens_the_users_scope(oauth, client, user_scope: 
 @pytest.mark.parametrize(("user_scope", "resource", "granted"), [
     ("trades:read", BROKER_GATEWAY_AUDIENCE, {"broker:accounts", "broker:connections.read"}),  # GET account, list
     ("trades:read", ML_SCORER_AUDIENCE, {"scorer:read"}),  # GET /v1/trades
-    ("trades:write", BROKER_GATEWAY_AUDIENCE, {"broker:accounts", "broker:import", "broker:connections"}),
+    ("trades:write", BROKER_GATEWAY_AUDIENCE, {"broker:accounts", "broker:import", "broker:connections",
+                                               "broker:sells"}),  # never broker:orders
     ("training:read", RL_TRAINER_AUDIENCE, {"trainer:jobs.read"}),
     ("training:write", RL_TRAINER_AUDIENCE, {"trainer:jobs.write"}),  # submit, cancel, paper trading
     (ALL_USER_SCOPES, BROKER_GATEWAY_AUDIENCE, {"broker:accounts", "broker:import", "broker:connections",
-                                                "broker:connections.read"}),
+                                                "broker:connections.read", "broker:sells"}),
     (ALL_USER_SCOPES, ML_SCORER_AUDIENCE, {"scorer:read"}),
     (ALL_USER_SCOPES, RL_TRAINER_AUDIENCE, {"trainer:jobs.read", "trainer:jobs.write"}),
 ])

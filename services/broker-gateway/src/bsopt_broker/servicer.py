@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -26,10 +27,10 @@ from bsopt_broker.domain.sell_rules import SellRules
 from bsopt_broker.domain.venue import Broker
 from bsopt_broker.import_jobs import ImportJobs, job_pb
 from bsopt_broker.listing import ListedFill, ListedOrder, Listing, PageRequest
-from bsopt_broker.sell import SellModule
+from bsopt_broker.sell import CloseAllRequest, SellModule
 from bsopt_broker.trade_import import TradeImporter
 from bsopt_common import codec
-from bsopt_common.errors import FailedPrecondition, InvalidArgument
+from bsopt_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from bsopt_common.events import Outbox
 from bsopt_common.grpc_server import GrpcService
 from bsopt_common.security.grpc import acting_user
@@ -42,8 +43,11 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "StartImport": ("broker:import",),
     "GetImport": ("broker:accounts",),
     **CONNECTION_METHOD_SCOPES,
-    "SetSellRules": ("broker:orders",),
-    "CloseAllPositions": ("broker:orders",),
+    # the sell module: rules and close-all, never an arbitrary order (a user's
+    # trades:write may grant it; broker:orders stays the trainer's)
+    "SetSellRules": ("broker:sells",),
+    "CloseAllPositions": ("broker:sells",),
+    "GetCloseAllRequest": ("broker:accounts",),  # reading how far a request came
     "ListOrders": ("broker:accounts",),
     "ListFills": ("broker:accounts",),
 }
@@ -161,8 +165,19 @@ class BrokerGatewayServicer(ConnectionRpcs, pb_grpc.BrokerGatewayServiceServicer
                                 context: aio.ServicerContext) -> pb.CloseAllPositionsResponse:
         """Queue the sale of every position of an Alpaca account; returns at once with the
         request id (no venue call here). NOT_FOUND, FAILED_PRECONDITION (read-only)."""
-        request_id = self._sell_module().close_all(request.account_id, acting_user())
+        request_id = await asyncio.to_thread(self._sell_module().close_all, request.account_id, acting_user())
         return pb.CloseAllPositionsResponse(request_id=request_id)
+
+    async def GetCloseAllRequest(self, request: pb.GetCloseAllRequestRequest,
+                                 context: aio.ServicerContext) -> pb.CloseAllRequest:
+        """The caller's close-all request and how far it came. NOT_FOUND for an unknown or
+        another user's id (a malformed id included: nothing to look up)."""
+        try:
+            request_id = str(uuid.UUID(request.request_id))
+        except ValueError:
+            raise NotFound(f"no close-all request {request.request_id[:64]!r} for this user") from None
+        found = await asyncio.to_thread(self._sell_module().close_all_request, request_id, acting_user())
+        return _close_all_pb(found)
 
 
     async def ListOrders(self, request: pb.ListOrdersRequest, context: aio.ServicerContext) -> pb.ListOrdersResponse:
@@ -194,6 +209,18 @@ def _order_pb(listed: ListedOrder) -> pb.Order:
 
 def _fill_pb(listed: ListedFill) -> pb.Fill:
     return codec.to_message(listed.fill, pb.Fill, client_order_id=listed.client_order_id)
+
+
+def _close_all_pb(r: CloseAllRequest) -> pb.CloseAllRequest:
+    message = pb.CloseAllRequest(
+        request_id=r.request_id, account_id=r.account_id, positions_sold=r.positions_sold,
+        positions_refused=r.positions_refused, error=r.error, requested_at=codec.timestamp(r.requested_at),
+        status=pb.CloseAllRequest.Status.Value(f"STATUS_{r.status.value.upper()}"))
+    if r.started_at is not None:
+        message.started_at.CopyFrom(codec.timestamp(r.started_at))
+    if r.finished_at is not None:
+        message.finished_at.CopyFrom(codec.timestamp(r.finished_at))
+    return message
 
 
 def _pct(request: pb.SetSellRulesRequest, field: str) -> Decimal | None:

@@ -39,7 +39,7 @@ from bsopt_common.testing.grpc_calls import grpc_calls
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
 
-SCOPES = "broker:accounts broker:orders broker:import"
+SCOPES = "broker:accounts broker:orders broker:import broker:sells"
 SECRET_ENV = "ALPACA_SELL_TEST_SECRET"
 SLOW = 3600  # check_interval_s of the file's rules: the tests drive the passes themselves
 

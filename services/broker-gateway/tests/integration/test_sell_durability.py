@@ -39,7 +39,7 @@ from bsopt_common.testing.grpc_calls import grpc_calls
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
 
-SCOPES = "broker:accounts broker:orders broker:import broker:connections broker:connections.read"
+SCOPES = "broker:accounts broker:orders broker:import broker:connections broker:connections.read broker:sells"
 SECRET_ENV = "ALPACA_SELL_DURABILITY_SECRET"
 KEY = base64.b64encode(hashlib.sha256(b"test key of test_sell_durability").digest()).decode()
 
@@ -188,6 +188,39 @@ async def test_a_close_all_queued_before_a_restart_completes_after_it(gateway, s
         assert len(sells(standin, "PKDURA", symbol)) == 1, symbol
     assert {(e.symbol, e.rule, e.outcome, e.request_id) for e in decisions(session_factory, "dura-d")} == {
         (s, "close_all", "sold", resp.request_id) for s in ("DR1", "DR2", "DR3")}
+
+
+async def test_a_request_reports_how_far_it_came_to_its_user_only(gateway, standin, session_factory,
+                                                                  test_issuer):
+    hold(standin, "PKDURA", "ST1", 4, "40", "41")
+    resp = await call(gateway.target, "CloseAllPositions", pb.CloseAllPositionsRequest(account_id="dura-d"),
+                      token(test_issuer, "trader-d"))
+    await wait_until(lambda: request_row(session_factory, resp.request_id).status == "done")
+    got = await call(gateway.target, "GetCloseAllRequest", pb.GetCloseAllRequestRequest(request_id=resp.request_id),
+                     token(test_issuer, "trader-d"))
+    assert (got.request_id, got.account_id, got.status, got.positions_sold, got.positions_refused, got.error) == (
+        resp.request_id, "dura-d", pb.CloseAllRequest.STATUS_DONE, 1, 0, "")
+    assert got.HasField("started_at") and got.HasField("finished_at")
+    for request_id, user in ((resp.request_id, "trader-other"), ("not-a-uuid", "trader-d"),
+                             ("00000000-0000-4000-8000-000000000000", "trader-d")):
+        err = await refused(gateway.target, "GetCloseAllRequest",
+                            pb.GetCloseAllRequestRequest(request_id=request_id), token(test_issuer, user))
+        assert err.code() == grpc.StatusCode.NOT_FOUND, (request_id, user)
+
+
+async def test_the_sell_module_needs_broker_sells_and_orders_alone_do_not_reach_it(gateway, test_issuer):
+    """A token that may place orders (rl-trainer's) cannot set rules or close positions,
+    and a user's broker:sells cannot place an order: one scope per power."""
+    orders_only = test_issuer.token(aud=BROKER_GATEWAY_AUDIENCE, scope="broker:accounts broker:orders",
+                                    client_id="rl-trainer", sub="trader-d", act={"sub": "rl-trainer"})
+    for method, request in (("SetSellRules", pb.SetSellRulesRequest(account_id="dura-d", stop_loss_pct=5)),
+                            ("CloseAllPositions", pb.CloseAllPositionsRequest(account_id="dura-d"))):
+        err = await refused(gateway.target, method, request, orders_only)
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED, method
+    sells_only = test_issuer.token(aud=BROKER_GATEWAY_AUDIENCE, scope="broker:accounts broker:sells",
+                                   client_id="resource-api", sub="trader-d", act={"sub": "resource-api"})
+    err = await refused(gateway.target, "PlaceOrder", pb.PlaceOrderRequest(account_id="dura-d"), sells_only)
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 class _Killed(BaseException):

@@ -40,7 +40,11 @@ subject token scope    backend scopes an exchange may grant
 ``trades:write``       ``broker:accounts`` (POST /v1/accounts: CreateAccount),
                        ``broker:import`` (POST /v1/accounts/{id}/imports: ImportTrades),
                        ``broker:connections`` (POST /v1/brokers/alpaca/connect, pause,
-                       revoke: Start/ConnectWithKeys/Pause/RevokeBrokerConnection)
+                       revoke: Start/ConnectWithKeys/Pause/RevokeBrokerConnection),
+                       ``broker:sells`` (PUT /v1/accounts/{id}/sell-rules,
+                       POST /v1/accounts/{id}:close-all-positions and its status:
+                       SetSellRules, CloseAllPositions, GetCloseAllRequest; the sell
+                       module only sells what the account holds, never buys)
 ``training:read``      ``trainer:jobs.read`` (GET /v1/training-jobs/{id})
 ``training:write``     ``trainer:jobs.write`` (submit, cancel, paper trading)
 ``trainer:jobs.write`` ``broker:accounts broker:orders`` (rl-trainer re-exchanging the
@@ -90,7 +94,7 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 #: (the event bus, resource-api itself) gets no user-bound tokens.
 RESOURCE_SCOPES: Mapping[str, frozenset[str]] = {
     BROKER_GATEWAY_AUDIENCE: frozenset({"broker:accounts", "broker:orders", "broker:import", "broker:connections",
-                                        "broker:connections.read"}),
+                                        "broker:connections.read", "broker:sells"}),
     ML_SCORER_AUDIENCE: frozenset({"scorer:read"}),
     RL_TRAINER_AUDIENCE: frozenset({"trainer:jobs.read", "trainer:jobs.write"}),
 }
@@ -99,7 +103,7 @@ RESOURCE_SCOPES: Mapping[str, frozenset[str]] = {
 #: user's consent, carried down every delegation hop. Scopes not listed allow nothing.
 DELEGATED_SCOPES: Mapping[str, frozenset[str]] = {
     "trades:read": frozenset({"broker:accounts", "scorer:read", "broker:connections.read"}),
-    "trades:write": frozenset({"broker:accounts", "broker:import", "broker:connections"}),
+    "trades:write": frozenset({"broker:accounts", "broker:import", "broker:connections", "broker:sells"}),
     "training:read": frozenset({"trainer:jobs.read"}),
     "training:write": frozenset({"trainer:jobs.write"}),
     "trainer:jobs.write": frozenset({"broker:accounts", "broker:orders"}),

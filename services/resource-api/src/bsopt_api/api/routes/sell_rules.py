@@ -5,31 +5,31 @@
 broker-gateway does the work off the request path (its per-account sell worker); these
 routes only record the rules or the request there (``SetSellRules``,
 ``CloseAllPositions``), acting for the user with a delegated token (RFC 8693) with scope
-``broker:orders``, like every other call. The account is an entry of broker-gateway's
-accounts file or a broker connection the user made (``/v1/brokers/alpaca/connect``).
-Errors are problem details: 404 for an account that is not the caller's (or a paper
-account), 422 for out-of-range values, 409 for a read-only account or a paused
-connection (FAILED_PRECONDITION), never a 5xx for the caller's input.
-
-Open: auth-server's token exchange (``bsopt_auth.rfc8693.DELEGATED_SCOPES``) does not yet
-derive ``broker:orders`` from the user's ``trades:write``, so against the real
-auth-server the exchange for these calls is refused (``invalid_scope``); the tests' issuer
-grants it. Adding it there (or a narrower scope for the two RPCs) is the other half.
+``broker:sells``, which auth-server derives from the user's ``trades:write``: the sell
+module only sells what the account holds, so the user's token never reaches
+``broker:orders`` (arbitrary orders). ``GET .../close-all-requests/{request_id}`` reads how
+far a request came (``GetCloseAllRequest``, ``broker:accounts`` from ``trades:read``). The
+account is an entry of broker-gateway's accounts file or a broker connection the user made
+(``/v1/brokers/alpaca/connect``). Errors are problem details: 404 for an account or
+request that is not the caller's (or a paper account), 422 for out-of-range values, 409
+for a read-only account or a paused connection (FAILED_PRECONDITION), never a 5xx for the
+caller's input.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, HTTPException, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as pb
-from bsopt_api.api.deps import Backends, TradesWriter
+from bsopt_api.api.deps import Backends, TradesReader, TradesWriter
 from bsopt_api.clients import BROKER_GATEWAY
+from bsopt_common import codec
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
-SCOPE = "broker:orders"
+SCOPE = "broker:sells"
 
 
 class SellRulesUpdate(BaseModel):
@@ -63,6 +63,21 @@ class CloseAllAccepted(BaseModel):
     status: str
 
 
+class CloseAllStatus(BaseModel):
+    """How far a close-all request came (``queued``, ``running``, ``done``, ``failed``)."""
+
+    request_id: str
+    account_id: str
+    status: str
+    positions_sold: int
+    positions_refused: int
+    #: Why a failed request failed ("" otherwise).
+    error: str
+    requested_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
 def _rules_json(rules: pb.SellRules) -> dict[str, Any]:
     return {"account_id": rules.account_id,
             "stop_loss_pct": rules.stop_loss_pct if rules.HasField("stop_loss_pct") else None,
@@ -92,10 +107,36 @@ async def put_sell_rules(account_id: str, body: SellRulesUpdate, principal: Trad
              response_model=CloseAllAccepted, responses={
                  404: {"description": "not an Alpaca account (or connection) of the caller"},
                  409: {"description": "a read-only account, or a paused connection"}})
-async def close_all_positions(account_id: str, principal: TradesWriter, backends: Backends) -> dict[str, Any]:
-    """Sell every position of an Alpaca account: 202 with the request id as soon as the
-    request is recorded; the account's sell worker does the selling."""
+async def close_all_positions(account_id: str, principal: TradesWriter, backends: Backends,
+                              response: Response) -> dict[str, Any]:
+    """Sell every position of an Alpaca account: 202 with the request id (and its status
+    resource in ``Location``) as soon as the request is recorded; the account's sell
+    worker does the selling."""
     accepted = await backends.broker_gateway.CloseAllPositions(
         pb.CloseAllPositionsRequest(account_id=account_id), timeout=backends.timeout_seconds,
         metadata=await backends.acting_for(principal, BROKER_GATEWAY, SCOPE))
+    response.headers["Location"] = f"{router.prefix}/{account_id}/close-all-requests/{accepted.request_id}"
     return {"request_id": accepted.request_id, "account_id": account_id, "status": "queued"}
+
+
+_STATUS_NAMES = {pb.CloseAllRequest.STATUS_QUEUED: "queued", pb.CloseAllRequest.STATUS_RUNNING: "running",
+                 pb.CloseAllRequest.STATUS_DONE: "done", pb.CloseAllRequest.STATUS_FAILED: "failed"}
+
+
+@router.get("/{account_id}/close-all-requests/{request_id}", response_model=CloseAllStatus, responses={
+    404: {"description": "not a close-all request of the caller on this account"}})
+async def get_close_all_request(
+        account_id: str, principal: TradesReader, backends: Backends,
+        request_id: str = Path(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z-]+$")) -> dict[str, Any]:
+    """How far a close-all request came: status, positions sold and refused, times."""
+    found = await backends.broker_gateway.GetCloseAllRequest(
+        pb.GetCloseAllRequestRequest(request_id=request_id), timeout=backends.timeout_seconds,
+        metadata=await backends.acting_for(principal, BROKER_GATEWAY, "broker:accounts"))
+    if found.account_id != account_id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no close-all request {request_id!r} on account {account_id!r}")
+    return {"request_id": found.request_id, "account_id": found.account_id,
+            "status": _STATUS_NAMES.get(found.status, "unknown"), "positions_sold": found.positions_sold,
+            "positions_refused": found.positions_refused, "error": found.error,
+            "requested_at": codec.rfc3339_field(found, "requested_at"),
+            "started_at": codec.rfc3339_field(found, "started_at"),
+            "finished_at": codec.rfc3339_field(found, "finished_at")}

@@ -165,6 +165,30 @@ async def test_close_all_through_the_api(client: httpx.AsyncClient, tokens, stan
     await wait_until(lambda: len(decisions(url, account_id)) == 2)
     assert {e.request_id for e in decisions(url, account_id)} == {body["request_id"]}
 
+    # its status resource (Location), readable with trades:read, done with both sold
+    location = r.headers["location"]
+    assert location == f"/v1/accounts/{account_id}/close-all-requests/{body['request_id']}"
+    reader = bearer(tokens, owner, "trades:read")
+    for _ in range(100):
+        got = await client.get(location, headers=reader)
+        assert got.status_code == 200, got.text
+        if got.json()["status"] == "done":
+            break
+        await asyncio.sleep(0.1)
+    status_ = got.json()
+    assert (status_["status"], status_["positions_sold"], status_["positions_refused"], status_["error"]) == (
+        "done", 2, 0, "")
+    assert status_["requested_at"] <= status_["started_at"] <= status_["finished_at"]
+    # another user's, another account's, an unknown and a malformed id: 404 / 404 / 404 / 422
+    other = tokens.new_user()
+    assert (await client.get(location, headers=bearer(tokens, other, "trades:read"))).status_code == 404
+    wrong_account = location.replace(account_id, f"ro-{owner}")
+    assert (await client.get(wrong_account, headers=reader)).status_code == 404
+    unknown = f"/v1/accounts/{account_id}/close-all-requests/00000000-0000-4000-8000-000000000000"
+    assert (await client.get(unknown, headers=reader)).status_code == 404
+    assert (await client.get(f"/v1/accounts/{account_id}/close-all-requests/not%20an%20id",
+                             headers=reader)).status_code == 422
+
 
 async def test_refusals_are_problems_never_5xx(client: httpx.AsyncClient, tokens, owner):
     headers = bearer(tokens, owner)
