@@ -30,6 +30,7 @@ from bsopt_broker.config import BrokerSettings
 from bsopt_broker.connections.service import ConnectedAccounts, ConnectionService
 from bsopt_broker.connections.store import ConnectionStore
 from bsopt_broker.import_jobs import ImportJobs
+from bsopt_broker.order_journal import OrderJournal
 from bsopt_broker.sell import SellModule
 from bsopt_broker.servicer import BrokerGatewayServicer, grpc_service
 from bsopt_broker.trade_import import TradeImporter
@@ -115,7 +116,8 @@ class BrokerGateway:
                 store = ConnectionStore(runtime.session_factory, self._cipher)
                 self.router = router = VenueRouter(
                     paper, alpaca, accounts, connections=ConnectedAccounts(store, settings.alpaca_trading_base_url,
-                                                                    settings.alpaca_options()))
+                                                                    settings.alpaca_options()),
+                    journal=OrderJournal(runtime.session_factory))
                 # The sell workers (one thread per Alpaca account with rules) sell through the
                 # router, like PlaceOrder: same per-account lock, balance guard and timing.
                 self.sells = sells = SellModule(

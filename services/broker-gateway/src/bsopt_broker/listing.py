@@ -32,6 +32,7 @@ from bsopt_broker import models
 from bsopt_broker.adapters.router import VenueRouter
 from bsopt_broker.domain.records import AccountKind, Fill, Order, OrderStatus
 from bsopt_broker.domain.venue import AccountNotFound, Broker
+from bsopt_broker.order_journal import OrderJournal, StoredTiming
 from bsopt_common.db import session_scope
 from bsopt_common.errors import InvalidArgument
 from bsopt_common.money import Money
@@ -73,6 +74,8 @@ class ListedOrder:
     average_price: Money | None
     fee: Money | None
     rebuilt: bool = False
+    #: Alpaca orders placed through broker-gateway: their stored timing.
+    timing: StoredTiming | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +199,20 @@ class Listing:
         return _page("orders", req.account_id, items, size, key)
 
     def _venue_orders(self, req: PageRequest, size: int, cursor: Cursor | None) -> Page[ListedOrder]:
-        fills = self._venue_fills_all(req)
+        """The orders placed through broker-gateway (the journal: client order id, times,
+        timing), then the filled orders of the venue's fills that it did not place
+        (rebuilt from the fills)."""
+        fills = self._venue_fills_all(req)  # also checks that the account is the caller's
+        items: list[tuple[Cursor, ListedOrder]] = []
+        journaled = set()
+        for j in OrderJournal(self.session_factory).orders_of(req.account_id, req.since, req.until):
+            journaled.add(j.order.order_id)
+            items.append((Cursor(j.order.submitted_at, j.order.order_id),
+                          ListedOrder(j.order, j.filled_quantity, j.average_price, j.fee, timing=j.timing)))
         by_order: dict[str, list[Fill]] = {}
         for fill in fills:
-            by_order.setdefault(fill.order_id, []).append(fill)
-        items: list[tuple[Cursor, ListedOrder]] = []
+            if fill.order_id not in journaled:
+                by_order.setdefault(fill.order_id, []).append(fill)
         for order_id, parts in by_order.items():
             first, last = min(parts, key=lambda p: p.executed_at), max(parts, key=lambda p: p.executed_at)
             qty = sum(p.quantity for p in parts)

@@ -188,3 +188,34 @@ close_all_requests = Table(
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
 )
+
+# Orders placed on Alpaca accounts through broker-gateway (PlaceOrder and the sell module),
+# with the order's timing (issue 8 §3): ``received_at`` is the wall-clock instant the
+# order reached the venue adapter, the ``*_ms`` columns the monotonic milliseconds from it
+# to each later step (null when timing is off, or for a replay answered from an earlier
+# call). One row per (account, client_order_id): a replay never adds a second.
+alpaca_orders = Table(
+    "alpaca_orders", metadata,
+    Column("account_id", String(64), primary_key=True),
+    Column("client_order_id", String(128), primary_key=True),
+    Column("user_id", String(64), nullable=False),
+    Column("broker_order_id", String(64), nullable=False),
+    Column("account_kind", String(8), nullable=False),
+    Column("symbol", String(32), nullable=False),
+    Column("side", String(4), nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("filled_quantity", BigInteger, nullable=False),
+    Column("average_price", amount_type()),
+    Column("fee", amount_type()),
+    Column("currency", String(3), nullable=False),
+    Column("reject_reason", String(500), nullable=False, server_default=""),
+    Column("submitted_at", DateTime(timezone=True)),
+    Column("filled_at", DateTime(timezone=True)),
+    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("balance_checked_ms", Float),
+    Column("sent_ms", Float),
+    Column("acknowledged_ms", Float),
+    Column("filled_ms", Float),
+    Column("balance_unchecked", Boolean, nullable=False, server_default="false"),
+)

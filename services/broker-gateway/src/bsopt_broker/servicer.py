@@ -203,8 +203,14 @@ def _page_request(request: pb.ListOrdersRequest | pb.ListFillsRequest) -> PageRe
 def _order_pb(listed: ListedOrder) -> pb.Order:
     """Orders rebuilt from Alpaca's fills leave ``submitted_at`` unset (not known here)."""
     unknown: dict[str, object] = {"submitted_at": None} if listed.rebuilt else {}
-    return codec.to_message(listed.order, pb.Order, filled_quantity=listed.filled_quantity,
-                            average_price=listed.average_price, fee=listed.fee, **unknown)
+    message = codec.to_message(listed.order, pb.Order, filled_quantity=listed.filled_quantity,
+                               average_price=listed.average_price, fee=listed.fee, **unknown)
+    if (t := listed.timing) is not None:
+        message.timing.received_at.CopyFrom(codec.timestamp(t.received_at))
+        for name in ("balance_checked_ms", "sent_ms", "acknowledged_ms", "filled_ms"):
+            if (value := getattr(t, name)) is not None:
+                setattr(message.timing, name, value)
+    return message
 
 
 def _fill_pb(listed: ListedFill) -> pb.Fill:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 import yaml  # type: ignore[import-untyped]
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -50,6 +51,7 @@ def standin() -> Iterator[Any]:
     s = _standin_module().AlpacaStandin()
     s.add_account("PKLISTPAPER", "listing-secret", cash=50_000)
     s.add_account("AKLISTLIVE", "listing-secret", cash=50_000)
+    s.add_account("PKLISTTIMED", "listing-secret", cash=50_000)
     start = datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
     s.seed_fills("PKLISTPAPER", 5, start, start + timedelta(days=3))
     s.seed_fills("AKLISTLIVE", 7, start, start + timedelta(days=3), fills_per_order=2)
@@ -62,7 +64,8 @@ def gateway(service_database_urls, kafka_bootstrap, test_issuer, standin, tmp_pa
     path = tmp_path_factory.mktemp("listing") / "accounts.yaml"
     entries = [{"name": name, "broker": "alpaca", "owner": "lister-alpaca", "api_key_id": key,
                 "api_secret_key_env": SECRET_ENV, "base_url": standin.base_url}
-               for name, key in (("list-paper", "PKLISTPAPER"), ("list-live", "AKLISTLIVE"))]
+               for name, key in (("list-paper", "PKLISTPAPER"), ("list-live", "AKLISTLIVE"),
+                                 ("list-timed", "PKLISTTIMED"))]
     path.write_text(yaml.safe_dump({"accounts": entries}), encoding="utf-8")
     os.environ[SECRET_ENV] = "listing-secret"
     port = free_port()
@@ -194,6 +197,42 @@ async def test_alpaca_live_and_paper_accounts_say_their_kind(gateway, test_issue
         keys = [(o.filled_at.ToDatetime(), o.order_id) for o in orders]
         assert keys == sorted(keys, reverse=True)
         assert sum(o.filled_quantity for o in orders) == sum(f.quantity for f in fills)
+
+
+async def test_orders_placed_through_the_gateway_are_listed_with_their_stored_timing(
+        gateway, test_issuer, standin, service_database_urls):
+    tok = token(test_issuer, "lister-alpaca")
+    placed = []
+    for i, (side, qty) in enumerate(((pb.SIDE_BUY, 3), (pb.SIDE_BUY, 2), (pb.SIDE_SELL, 4))):
+        resp = await call(gateway, "PlaceOrder", pb.PlaceOrderRequest(
+            account_id="list-timed", client_order_id=f"timed-{i}", symbol="AAPL", side=side, quantity=qty), tok)
+        placed.append(resp.order)
+    # the same client_order_id again: the same order, no second row
+    again = await call(gateway, "PlaceOrder", pb.PlaceOrderRequest(
+        account_id="list-timed", client_order_id="timed-0", symbol="AAPL", side=pb.SIDE_BUY, quantity=3), tok)
+    assert again.order.order_id == placed[0].order_id
+    orders, _ = await all_pages(gateway, "ListOrders", pb.ListOrdersRequest(account_id="list-timed", page_size=2),
+                                tok, "orders")
+    assert [o.client_order_id for o in orders] == ["timed-2", "timed-1", "timed-0"]  # newest first, once each
+    assert [o.order_id for o in orders] == [p.order_id for p in reversed(placed)]
+    for o in orders:
+        assert o.account_kind == pb.ACCOUNT_KIND_PAPER and o.status == pb.ORDER_STATUS_FILLED
+        assert o.HasField("submitted_at") and o.HasField("timing")
+        t = o.timing
+        steps = [t.balance_checked_ms, t.sent_ms, t.acknowledged_ms, t.filled_ms]
+        assert all(t.HasField(n) for n in ("balance_checked_ms", "sent_ms", "acknowledged_ms", "filled_ms"))
+        assert 0 <= steps[0] <= steps[1] <= steps[2] <= steps[3] < 10_000, steps
+        assert t.received_at.ToDatetime() <= o.filled_at.ToDatetime() + timedelta(seconds=1)
+    assert [o.filled_quantity for o in orders] == [4, 2, 3]
+    assert orders[0].side == pb.SIDE_SELL and orders[0].average_price.units == 100
+    # the venue's fills of these orders are not listed a second time as rebuilt orders
+    fills, _ = await all_pages(gateway, "ListFills", pb.ListFillsRequest(account_id="list-timed"), tok, "fills")
+    assert {f.order_id for f in fills} == {o.order_id for o in orders}
+    url = service_database_urls["broker-gateway"].replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT client_order_id, user_id, account_kind FROM broker.alpaca_orders "
+                            "WHERE account_id = 'list-timed' ORDER BY client_order_id").fetchall()
+    assert rows == [(f"timed-{i}", "lister-alpaca", "paper") for i in range(3)]
 
 
 async def test_another_users_account_is_not_found(gateway, test_issuer):

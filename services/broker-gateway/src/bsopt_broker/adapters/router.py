@@ -44,6 +44,7 @@ ALPACA = "alpaca"
 
 if TYPE_CHECKING:
     from bsopt_broker.connections.service import ConnectedAccounts
+    from bsopt_broker.order_journal import OrderJournal
 
 R = TypeVar("R", Account, Order, Fill)
 
@@ -71,9 +72,11 @@ class VenueRouter:
 
     def __init__(self, paper: Broker, alpaca: AlpacaBroker | None = None,
                  alpaca_accounts: Mapping[str, AlpacaAccountConfig] | None = None, *,
-                 connections: ConnectedAccounts | None = None):
+                 connections: ConnectedAccounts | None = None, journal: OrderJournal | None = None):
         self.paper = paper
         self.connections = connections
+        #: Where Alpaca orders are stored with their timing (``bsopt_broker.order_journal``).
+        self.journal = journal
         self._pool = _AlpacaPool(alpaca, dict(alpaca_accounts or {}) if alpaca is not None else {})
         self._order_locks: dict[str, threading.Lock] = {}
         self._order_locks_guard = threading.Lock()
@@ -136,6 +139,8 @@ class VenueRouter:
             return _kinded_result(result, AccountKind.PAPER)
         with self._order_lock(order.account_id):
             alpaca_result = alpaca.submit_market_order(order)
+        if self.journal is not None:
+            self.journal.record(order, alpaca_result)
         return _kinded_result(alpaca_result, _kind(alpaca_result.kind))
 
     def fills_between(self, account_id: str, user_id: str, start: datetime, end: datetime, *,

@@ -209,6 +209,16 @@ class Account(BaseModel):
     created_at: str | None
 
 
+class OrderTiming(BaseModel):
+    """An order's path through broker-gateway (issue 8 §3)."""
+
+    received_at: str | None
+    balance_checked_ms: float | None
+    sent_ms: float | None
+    acknowledged_ms: float | None
+    filled_ms: float | None
+
+
 class Order(BaseModel):
     """An order of one account (``GET /v1/accounts/{id}/orders``)."""
 
@@ -237,6 +247,9 @@ class Order(BaseModel):
     filled_at: str | None
     #: ``filled_at - submitted_at``, milliseconds; null when not measured.
     fill_latency_ms: float | None
+    #: Alpaca orders placed through bsopt: when the order was received and the
+    #: milliseconds (monotonic clock) to each later step; null otherwise.
+    timing: OrderTiming | None = None
 
 
 class OrderPage(BaseModel):

@@ -99,7 +99,14 @@ def order_json(o: pb.Order) -> dict[str, Any]:
         "submitted_at": codec.rfc3339_field(o, "submitted_at"),
         "filled_at": codec.rfc3339_field(o, "filled_at"),
         "fill_latency_ms": o.fill_latency_ms if o.HasField("filled_at") and o.HasField("submitted_at") else None,
+        "timing": _timing_json(o.timing) if o.HasField("timing") else None,
     }
+
+
+def _timing_json(t: pb.OrderTiming) -> dict[str, Any]:
+    return {"received_at": codec.rfc3339_field(t, "received_at"),
+            **{name: getattr(t, name) if t.HasField(name) else None
+               for name in ("balance_checked_ms", "sent_ms", "acknowledged_ms", "filled_ms")}}
 
 
 def fill_json(f: pb.Fill) -> dict[str, Any]:

@@ -167,6 +167,24 @@ async def test_alpaca_accounts_say_live_or_paper(client, tokens, account_id, kin
     orders, _ = await every_page(client, f"/v1/accounts/{account_id}/orders", headers, "orders")
     assert len(orders) == count and {o["account_kind"] for o in orders} == {kind}
     assert all(o["submitted_at"] is None and o["filled_at"] and o["fill_latency_ms"] is None for o in orders)
+    assert all(o["timing"] is None for o in orders)  # not placed through bsopt: no timing known
+
+
+async def test_an_alpaca_order_placed_through_bsopt_shows_its_timing(client, tokens, gateway, test_issuer):
+    tok = test_issuer.token(aud=BROKER_GATEWAY_AUDIENCE, scope="broker:orders", client_id="resource-api",
+                            sub=OWNER, act={"sub": "resource-api"})
+    placed = await call(gateway, "PlaceOrder", pb.PlaceOrderRequest(
+        account_id="rest-paper", client_order_id="rest-timed-1", symbol="AAPL", side=pb.SIDE_BUY, quantity=2), tok)
+    headers = bearer(tokens, OWNER, "trades:read")
+    orders, _ = await every_page(client, "/v1/accounts/rest-paper/orders", headers, "orders")
+    [mine] = [o for o in orders if o["client_order_id"] == "rest-timed-1"]
+    assert mine["order_id"] == placed.order.order_id and mine["account_kind"] == "paper"
+    assert mine["submitted_at"].endswith("Z") and mine["filled_quantity"] == 2
+    timing = mine["timing"]
+    assert timing["received_at"].endswith("Z")
+    steps = [timing[k] for k in ("balance_checked_ms", "sent_ms", "acknowledged_ms", "filled_ms")]
+    assert all(isinstance(v, float) for v in steps) and steps == sorted(steps) and steps[0] >= 0
+    assert len(orders) == 3 + 1  # the seeded fills' orders, and this one once (not again from its fill)
 
 
 async def test_another_users_account_is_404(client, tokens):
