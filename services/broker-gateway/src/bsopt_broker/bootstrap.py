@@ -123,6 +123,9 @@ class BrokerGateway:
                 self.sells = sells = SellModule(
                     router, accounts, LatestTradePrices.from_accounts(accounts), runtime.session_factory,
                     runtime.outbox, notify=lambda: loop.call_soon_threadsafe(runtime.outbox.notify))
+            if stale := await asyncio.to_thread(store.sealed_with_other_keys):
+                log.warning("%d broker connection(s) have credentials sealed with a previous key: run "
+                            "`python -m bsopt_broker reseal-credentials`, then drop the previous key", stale)
             servicer = BrokerGatewayServicer(
                 router, TradeImporter(runtime.session_factory, router, runtime.outbox), runtime.outbox,
                 connections=ConnectionService.from_settings(settings, store),

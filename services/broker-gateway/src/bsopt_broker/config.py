@@ -50,6 +50,11 @@ class BrokerSettings(ServiceSettings):
     #: the dev-only key (derived from a public constant) is refused.
     credentials_key_file: Path | None = None
     credentials_key: SecretStr | None = Field(default=None, repr=False)
+    #: Keys that sealed stored credentials before the current one (rotation): base64 of 32
+    #: bytes each, one per line in the file, or separated by commas or spaces in the
+    #: variable. Opened with, never sealed with (``reseal-credentials`` moves rows off them).
+    credentials_previous_keys_file: Path | None = None
+    credentials_previous_keys: SecretStr | None = Field(default=None, repr=False)
     #: bsopt's OAuth client at Alpaca (registered in Alpaca's dashboard, OAuth Apps).
     alpaca_oauth_client_id: str | None = None
     alpaca_oauth_client_secret: SecretStr | None = Field(default=None, repr=False)
@@ -87,6 +92,9 @@ class BrokerSettings(ServiceSettings):
         if self.credentials_key_file is not None and self.credentials_key is not None:
             raise ValueError(f"{self.service_name}: set only one of BSOPT_BROKER_CREDENTIALS_KEY_FILE and "
                              "BSOPT_BROKER_CREDENTIALS_KEY")
+        if self.credentials_previous_keys_file is not None and self.credentials_previous_keys is not None:
+            raise ValueError(f"{self.service_name}: set only one of BSOPT_BROKER_CREDENTIALS_PREVIOUS_KEYS_FILE "
+                             "and BSOPT_BROKER_CREDENTIALS_PREVIOUS_KEYS")
         if self.environment not in DEV_ENVIRONMENTS:
             if self.credentials_key is None and self.credentials_key_file is None:
                 raise ValueError(
@@ -100,9 +108,25 @@ class BrokerSettings(ServiceSettings):
         return self
 
     def credentials_cipher(self) -> CredentialsCipher:
-        """The cipher of the stored broker credentials: from the file or the variable; the
-        dev-only key in dev/test when neither is set. Reads the file. Raises ValueError
-        (unreadable file, not base64 of 32 bytes, the dev-only key outside dev/test)."""
+        """The cipher of the stored broker credentials (the current key, and the previous
+        keys it still opens rows with). Raises ValueError (unreadable file, not base64 of
+        32 bytes, the dev-only key outside dev/test); messages name no key material."""
+        from bsopt_broker.connections.crypto import CredentialsCipher
+
+        previous_text = ""
+        if self.credentials_previous_keys_file is not None:
+            try:
+                previous_text = self.credentials_previous_keys_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError("cannot read BSOPT_BROKER_CREDENTIALS_PREVIOUS_KEYS_FILE="
+                                 f"{self.credentials_previous_keys_file}: {exc.strerror}") from None
+        elif self.credentials_previous_keys is not None:
+            previous_text = self.credentials_previous_keys.get_secret_value()
+        previous = [CredentialsCipher.from_base64(k, environment=self.environment)
+                    for k in previous_text.replace(",", " ").split()]
+        return self._current_cipher().with_previous(previous)
+
+    def _current_cipher(self) -> CredentialsCipher:
         from bsopt_broker.connections.crypto import CredentialsCipher
 
         if self.credentials_key_file is not None:

@@ -7,6 +7,15 @@ from ``BSOPT_BROKER_CREDENTIALS_KEY_FILE`` / ``BSOPT_BROKER_CREDENTIALS_KEY`` (b
 :meth:`CredentialsCipher.dev_only` is derived from a public constant, protects nothing,
 and is refused outside dev/test. Neither keys nor plaintexts appear in a repr, a log line
 or an error message.
+
+Key rotation: each row stores the fingerprint of the key that sealed it
+(``credentials_key_id``). A cipher carries the current key and the previous ones
+(``BSOPT_BROKER_CREDENTIALS_PREVIOUS_KEYS_FILE`` / ``..._PREVIOUS_KEYS``); it seals with
+the current key and opens a row with the key its fingerprint names. ``python -m
+bsopt_broker reseal-credentials`` re-seals every row under the current key
+(:meth:`bsopt_broker.connections.store.ConnectionStore.reseal`), after which the previous
+keys can be dropped. Procedure: add the new key as current and the old one as previous,
+restart (every replica), reseal, remove the previous key, restart.
 """
 
 from __future__ import annotations
@@ -16,11 +25,13 @@ import binascii
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from bsopt_common.errors import Unavailable
 from bsopt_common.settings import DEV_ENVIRONMENTS
 
 KEY_BYTES = 32
@@ -31,7 +42,14 @@ _DEV_ONLY_SEED = b"bsopt DEV-ONLY broker credentials key; never protects real cr
 
 
 class CredentialsDecryptionError(Exception):
-    """Stored credentials could not be decrypted: another key, or a tampered or moved row."""
+    """Stored credentials could not be decrypted: another key, or a tampered or moved row
+    (a stray error: INTERNAL, logged)."""
+
+
+class CredentialsKeyMissing(CredentialsDecryptionError, Unavailable):
+    """The row names a key this process does not have (rotation without the previous key):
+    UNAVAILABLE (503), the gateway's configuration is at fault, not the caller's request;
+    the message names the key id, never a key."""
 
 
 def _aad(connection_id: str) -> bytes:
@@ -48,6 +66,33 @@ class CredentialsCipher:
         self._aead = AESGCM(key)
         self._fingerprint = hashlib.sha256(b"bsopt-credentials-key-id:" + key).hexdigest()[:16]
         self.label = label
+        #: Keys that sealed rows before this one, by key id (opened, never used to seal).
+        self.previous: dict[str, CredentialsCipher] = {}
+
+    def with_previous(self, previous: Sequence[CredentialsCipher]) -> CredentialsCipher:
+        """This cipher, also opening rows sealed by ``previous`` (rotation); returns self."""
+        self.previous = {c.key_id: c for c in previous if c.key_id != self.key_id}
+        return self
+
+    def open_sealed(self, connection_id: str, sealed: bytes, key_id: str | None) -> dict[str, str]:
+        """:meth:`open` with the key that sealed the row (``key_id`` as stored; None: the
+        current key, then each previous one). Raises CredentialsDecryptionError naming an
+        unknown key id."""
+        if key_id is None:
+            for cipher in (self, *self.previous.values()):
+                try:
+                    return cipher.open(connection_id, sealed)
+                except CredentialsDecryptionError:
+                    continue
+            return self.open(connection_id, sealed)  # raises
+        if key_id == self.key_id:
+            return self.open(connection_id, sealed)
+        cipher = self.previous.get(key_id)
+        if cipher is None:
+            raise CredentialsKeyMissing(
+                f"connection {connection_id!r}: its credentials were sealed with key {key_id!r}, which this "
+                "broker-gateway does not have; add it to BSOPT_BROKER_CREDENTIALS_PREVIOUS_KEYS_FILE")
+        return cipher.open(connection_id, sealed)
 
     def __repr__(self) -> str:  # never the key
         return f"CredentialsCipher(key_id={self.key_id!r})"

@@ -10,19 +10,22 @@ opened only by :meth:`ConnectionStore.credentials`; a revoked connection keeps i
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, true, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt_broker import models
-from bsopt_broker.connections.crypto import CredentialsCipher
+from bsopt_broker.connections.crypto import CredentialsCipher, CredentialsDecryptionError
 from bsopt_broker.domain.venue import AccountNotFound
 from bsopt_common.db import session_scope
 from bsopt_common.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
 
 
 class ConnectionStatus(StrEnum):
@@ -136,10 +139,55 @@ class ConnectionStore:
         CredentialsDecryptionError (another key, or a tampered or moved row)."""
         t = models.broker_connections
         with session_scope(self._sf) as s:
-            sealed = s.execute(select(t.c.credentials).where(t.c.connection_id == connection_id)).scalar_one_or_none()
-        if sealed is None:
+            row = s.execute(select(t.c.credentials, t.c.credentials_key_id)
+                            .where(t.c.connection_id == connection_id)).one_or_none()
+        if row is None or row.credentials is None:
             raise ConnectionNotFound(f"no credentials stored for broker connection {connection_id!r}")
-        return self._cipher.open(connection_id, bytes(sealed))
+        return self._cipher.open_sealed(connection_id, bytes(row.credentials), row.credentials_key_id)
+
+    def sealed_with_other_keys(self) -> int:
+        """How many connections' credentials a key other than the current one sealed."""
+        t = models.broker_connections
+        with session_scope(self._sf) as s:
+            return int(s.scalar(select(func.count()).select_from(t).where(
+                t.c.credentials.is_not(None), t.c.credentials_key_id.is_distinct_from(self._cipher.key_id))) or 0)
+
+    def reseal(self, batch_size: int = 100) -> tuple[int, int]:
+        """Re-seal, under the current key, every connection's credentials that another key
+        sealed (key rotation; see :mod:`bsopt_broker.connections.crypto`). Each row is
+        rewritten only if it did not change meanwhile. Returns (resealed, failed): a row
+        whose key this process does not have is counted as failed, logged by key id and
+        connection id, and left as it was."""
+        t = models.broker_connections
+        resealed = failed = 0
+        skipped: set[str] = set()
+        while True:
+            with session_scope(self._sf) as s:
+                rows = s.execute(
+                    select(t.c.connection_id, t.c.credentials, t.c.credentials_key_id)
+                    .where(t.c.credentials.is_not(None), t.c.credentials_key_id.is_distinct_from(self._cipher.key_id),
+                           t.c.connection_id.not_in(skipped) if skipped else true())
+                    .order_by(t.c.connection_id).limit(batch_size)).all()
+            if not rows:
+                return resealed, failed
+            for row in rows:
+                try:
+                    plain = self._cipher.open_sealed(row.connection_id, bytes(row.credentials),
+                                                     row.credentials_key_id)
+                except CredentialsDecryptionError as exc:
+                    log.error("cannot reseal: %s", exc)
+                    skipped.add(row.connection_id)
+                    failed += 1
+                    continue
+                with session_scope(self._sf) as s:
+                    done = s.execute(update(t).where(
+                        t.c.connection_id == row.connection_id, t.c.credentials == row.credentials,
+                    ).values(credentials=self._cipher.seal(row.connection_id, plain),
+                             credentials_key_id=self._cipher.key_id)).rowcount
+                if done:
+                    resealed += 1
+                else:
+                    skipped.add(row.connection_id)  # changed meanwhile (revoked, re-created): left alone
 
     def set_status(self, connection_id: str, user_id: str, status: ConnectionStatus) -> Connection:
         """Pause, resume or revoke the user's connection; revoking deletes its credentials.
@@ -198,7 +246,8 @@ class ConnectionStore:
             if known["used_at"] is not None:
                 raise StateRefused("this state was used already: start the connection again")
             raise StateRefused("this state has expired: start the connection again")
-        verifier = self._cipher.open(row["connection_id"], bytes(row["code_verifier"]))["code_verifier"]
+        verifier = self._cipher.open_sealed(row["connection_id"], bytes(row["code_verifier"]),
+                                            None)["code_verifier"]
         return PendingState(user_id=row["user_id"], connection_id=row["connection_id"], broker=row["broker"],
                             account_kind=row["account_kind"], allow_live=row["allow_live"], code_verifier=verifier,
                             redirect_uri=row["redirect_uri"])
