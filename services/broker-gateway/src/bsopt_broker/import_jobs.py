@@ -228,6 +228,40 @@ class ImportJobs:
         self._submit(import_id)
         return _job(row)
 
+    def import_now(self, account_id: str, user_id: str, start: datetime, end: datetime) -> ImportResult:
+        """The synchronous ``ImportTrades``: the window imported in the calling thread,
+        recorded as the window's job like :meth:`start_import` (so ``GetImport`` knows it,
+        with progress events) unless that job is queued or running right now, when the
+        import still runs (deduplication makes it safe) and leaves the job alone. A window
+        imported before runs again: its trades count as duplicates. Raises as
+        :meth:`start_import`, and the import's own errors. Blocking."""
+        if not account_id:
+            raise InvalidArgument("account_id is required")
+        if not end > start:
+            raise InvalidArgument(f"import window end ({end.isoformat()}) must be after start ({start.isoformat()})")
+        importer = self.importer_for(account_id)
+        import_id = import_id_of(user_id, importer.broker.name, account_id, start, end)
+        importer.broker.get_account(account_id, user_id)  # NOT_FOUND before anything is recorded
+        t = models.import_jobs
+        fresh = dict(status=ImportStatus.RUNNING.value, pages_fetched=0, fills_seen=0, trades_imported=0,
+                     duplicates_skipped=0, error="", started_at=func.now(), finished_at=None, account_kind=None)
+        with session_scope(self.session_factory) as s:
+            row = s.execute(pg_insert(t).values(
+                import_id=import_id, user_id=user_id, broker=importer.broker.name, account_id=account_id,
+                window_start=start, window_end=end, attempts=1, **fresh,
+            ).on_conflict_do_update(
+                index_elements=[t.c.import_id], set_={**fresh, "attempts": t.c.attempts + 1},
+                where=t.c.status.in_((ImportStatus.DONE.value, ImportStatus.FAILED.value)),
+            ).returning(*t.c)).mappings().first()
+            if row is not None:
+                self.outbox.add(s, topics.IMPORTS_PROGRESS, progress_event(_job(row)))
+        if row is None:  # the window's job is queued or running elsewhere: not ours to record
+            return importer.import_trades(account_id, user_id, start, end)
+        self.notify()
+        result = self._execute(_job(row), background=False)
+        assert result is not None
+        return result
+
     def get(self, import_id: str, user_id: str) -> ImportJob:
         """The user's import. Raises ImportNotFound (unknown, or another user's). Blocking."""
         job = self._find(import_id, user_id)
@@ -277,8 +311,18 @@ class ImportJobs:
         log.info("import %s: running (account %s, %s .. %s)", import_id, job.account_id, job.start.isoformat(),
                  job.end.isoformat())
 
+        self._execute(job, background=True)
+
+    def _execute(self, job: ImportJob, *, background: bool) -> ImportResult | None:
+        """Run a claimed (``running``) job in this thread: progress per page, ``done`` with
+        the counts in the import's own transaction, ``failed`` with the error. Background:
+        stops at the next page when the process stops (None), and a failure is recorded,
+        not raised (None). In a request: never stops early, and a failure is recorded and
+        raised to the caller."""
+        import_id = job.import_id
+
         def on_page(progress: FetchProgress) -> None:
-            if self._stopping.is_set():
+            if background and self._stopping.is_set():
                 raise _Stopping()
             with session_scope(self.session_factory) as s:
                 now = self._update(s, import_id, pages_fetched=progress.pages_fetched,
@@ -299,7 +343,7 @@ class ImportJobs:
                 job.account_id, job.user_id, job.start, job.end, on_page=on_page, on_commit=on_commit)
         except _Stopping:
             log.info("import %s: stopped with the process; resumed at the next start", import_id)
-            return
+            return None
         except Exception as exc:  # the job fails; the process goes on
             if not isinstance(exc, DomainError):
                 log.exception("import %s failed", import_id)
@@ -310,10 +354,13 @@ class ImportJobs:
                                       finished_at=func.now())
                 self.outbox.add(s, topics.IMPORTS_PROGRESS, progress_event(failed))
             self.notify()
-            return
+            if background:
+                return None
+            raise
         self.notify()
         log.info("import %s: done, %d imported, %d duplicates skipped", import_id, result.trades_imported,
                  result.duplicates_skipped)
+        return result
 
 
 def _log_crash(future: Future[None]) -> None:

@@ -119,9 +119,14 @@ class BrokerGatewayServicer(ConnectionRpcs, pb_grpc.BrokerGatewayServiceServicer
 
     async def ImportTrades(self, request: pb.ImportTradesRequest,
                            context: aio.ServicerContext) -> pb.ImportTradesResponse:
-        result = await asyncio.to_thread(
-            self._importer_for(request.account_id).import_trades, request.account_id, acting_user(),
-            codec.required_timestamp(request, "start"), codec.required_timestamp(request, "end"))
+        """Import the window now and answer with the counts; recorded as the window's import
+        job (``GetImport`` knows ``import_id``) where background imports run."""
+        start, end = codec.required_timestamp(request, "start"), codec.required_timestamp(request, "end")
+        if self.jobs is not None:
+            result = await asyncio.to_thread(self.jobs.import_now, request.account_id, acting_user(), start, end)
+        else:
+            result = await asyncio.to_thread(
+                self._importer_for(request.account_id).import_trades, request.account_id, acting_user(), start, end)
         self.outbox.notify()
         return codec.to_message(result, pb.ImportTradesResponse)
 

@@ -44,7 +44,7 @@ START = END - timedelta(days=30)
 SECRET_ENV = "IMPORT_JOBS_TEST_SECRET"
 ACCOUNTS = {  # account name -> (owner, key id)
     "slow": ("imp-slow", "PKSLOW"), "twice": ("imp-twice", "PKTWICE"), "broken": ("imp-broken", "PKBROKEN"),
-    "left": ("imp-left", "PKLEFT"),
+    "left": ("imp-left", "PKLEFT"), "sync": ("imp-sync", "PKSYNC"),
 }
 
 
@@ -238,6 +238,43 @@ async def test_the_same_window_twice_is_one_job_and_one_import(gateway, test_iss
     sync = await call(gateway, "ImportTrades", pb.ImportTradesRequest(
         account_id="twice", start=codec.timestamp(START), end=codec.timestamp(END)), tok)
     assert (sync.import_id, sync.trades_imported, sync.duplicates_skipped) == (first.import_id, 0, 250)
+
+
+async def test_a_synchronous_import_is_recorded_as_the_windows_job(gateway, test_issuer, standin,
+                                                                   session_factory):
+    owner, key = ACCOUNTS["sync"]
+    seed_month(standin, key)
+    tok = token(test_issuer, owner)
+    request = pb.ImportTradesRequest(account_id="sync", start=codec.timestamp(START), end=codec.timestamp(END))
+    first = await call(gateway, "ImportTrades", request, tok)
+    assert (first.trades_imported, first.duplicates_skipped) == (250, 0)
+    job = await call(gateway, "GetImport", pb.GetImportRequest(import_id=first.import_id), tok)
+    assert (job.status, job.trades_imported, job.duplicates_skipped, job.pages_fetched, job.attempts) == (
+        pb.IMPORT_STATUS_DONE, 250, 0, 3, 1)
+    assert job.account_kind == pb.ACCOUNT_KIND_PAPER and job.HasField("finished_at")
+    statuses = [e.status for _, e in progress_rows(session_factory, first.import_id)]
+    assert statuses[0] == pb.IMPORT_STATUS_RUNNING and statuses[-1] == pb.IMPORT_STATUS_DONE
+    assert statuses.count(pb.IMPORT_STATUS_DONE) == 1
+
+    # again: it runs again (all duplicates) and the job says so, one row still
+    again = await call(gateway, "ImportTrades", request, tok)
+    assert (again.import_id, again.trades_imported, again.duplicates_skipped) == (first.import_id, 0, 250)
+    job = await call(gateway, "GetImport", pb.GetImportRequest(import_id=first.import_id), tok)
+    assert (job.status, job.trades_imported, job.duplicates_skipped, job.attempts) == (
+        pb.IMPORT_STATUS_DONE, 0, 250, 2)
+    assert imported_events(session_factory, first.import_id) == 250  # each trade published once
+
+    # while a background import of the window runs, a synchronous one leaves its job alone
+    later = pb.ImportTradesRequest(account_id="sync", start=codec.timestamp(START - timedelta(days=1)),
+                                   end=codec.timestamp(END))
+    standin.accounts[key].delay_s = 0.3
+    started = await call(gateway, "StartImport", pb.StartImportRequest(
+        account_id="sync", start=later.start, end=later.end), tok)
+    sync = await call(gateway, "ImportTrades", later, tok)
+    standin.accounts[key].delay_s = 0.0
+    assert sync.import_id == started.import_id and sync.trades_imported == 0
+    done, _ = await wait_for(gateway, tok, started.import_id, {pb.IMPORT_STATUS_DONE, pb.IMPORT_STATUS_FAILED})
+    assert (done.status, done.attempts) == (pb.IMPORT_STATUS_DONE, 1)
 
 
 async def test_a_failed_job_says_why_and_can_be_started_again(gateway, test_issuer, standin, session_factory):
