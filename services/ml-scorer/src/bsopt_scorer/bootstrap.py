@@ -17,6 +17,7 @@ from bsopt_common.settings import ML_SCORER_AUDIENCE
 from bsopt_scorer import models
 from bsopt_scorer.config import ScorerSettings
 from bsopt_scorer.consumers import imported_trades
+from bsopt_scorer.reflections import reflector_from
 from bsopt_scorer.scoring import TradeScorer
 from bsopt_scorer.servicer import MlScorerServicer, grpc_service
 
@@ -38,7 +39,7 @@ async def serve(settings: ScorerSettings, stop: asyncio.Event, market_data: Mark
     runtime = ServiceRuntime(settings, schema=models.SCHEMA, migrations_package="bsopt_scorer",
                              audience=ML_SCORER_AUDIENCE)
     await runtime.connect()
-    scorer = TradeScorer(market_data or market_data_from(settings), runtime.outbox)
+    scorer = TradeScorer(market_data or market_data_from(settings), runtime.outbox, reflector_from(settings))
     async with runtime.running([imported_trades(scorer)]):
         await serve_grpc(stop, host=settings.host, port=settings.port, verifier=runtime.verifier,
                          services=[grpc_service(MlScorerServicer(runtime.session_factory))])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, Text, func
+from sqlalchemy import BigInteger, CheckConstraint, Column, DateTime, MetaData, String, Table, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 
 from bsopt_common.db import amount_type
@@ -25,7 +25,19 @@ scored_trades = Table(
     Column("rule", String(64), nullable=False),
     Column("explanation", Text, nullable=False),
     Column("reflection", Text, nullable=False),
+    # who wrote the reflection: "template", or "openai:<model>" (revision 0003)
+    Column("reflection_provider", String(64), nullable=False, server_default="template"),
     # The indicator values the tag was computed from (TradeFeatures fields).
     Column("features", JSONB, nullable=False),
     Column("scored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Each user's reflection tone, "supportive" (the default, also for a user without a row)
+# or "strict" (revision 0003).
+reflection_settings = Table(
+    "reflection_settings", metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("tone", String(16), nullable=False, server_default="supportive"),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("tone IN ('supportive', 'strict')", name="reflection_settings_tone_check"),
 )

@@ -1,6 +1,8 @@
 """Score one imported trade: features from the real bars up to and including the
-trade's bar (no look-ahead), the bias tag with its explanation, a reflection; stored
-with the features it used, and published as ``trades.scored.v1`` via the outbox."""
+trade's bar (no look-ahead), the bias tag with its explanation, a reflection (in the
+user's tone, from the configured :class:`~bsopt_scorer.domain.reflections.Reflector`:
+templates by default); stored with the features it used and the reflection's provider,
+and published as ``trades.scored.v1`` via the outbox."""
 
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from bsopt_common.vocabulary import BiasLabel, Side
 from bsopt_scorer import models
 from bsopt_scorer.domain.features import TradeFeatures, features_at, is_daily
 from bsopt_scorer.domain.records import ScoredTrade
-from bsopt_scorer.domain.tags import reflection, tag_trade
+from bsopt_scorer.domain.reflections import Reflector
+from bsopt_scorer.domain.tags import tag_trade
+from bsopt_scorer.reflections import reflection_tone
 
 
 def scored_trade_pb(trade: ScoredTrade) -> pb.ScoredTrade:
@@ -56,9 +60,10 @@ def _scored(row: RowMapping) -> ScoredTrade:
 
 
 class TradeScorer:
-    def __init__(self, market_data: MarketDataProvider, outbox: Outbox):
+    def __init__(self, market_data: MarketDataProvider, outbox: Outbox, reflector: Reflector | None = None):
         self.market_data = market_data
         self.outbox = outbox
+        self.reflector = reflector if reflector is not None else Reflector()
 
     def score(self, trade: broker_events.TradeImported, session: Session) -> ScoredTrade:
         """Raises InvalidArgument for a malformed event, InsufficientHistoryError /
@@ -71,17 +76,22 @@ class TradeScorer:
         bars = self.market_data.fetch_history(trade.symbol, end=executed_at.astimezone(UTC).date())
         features = features_at(bars, bar_key(executed_at, daily=is_daily(bars.index)))
         tag = tag_trade(side.value, features)
+        # only the side, the tag and the features reach a provider (never ids); a provider's
+        # failure is the template, never an error here
+        reflected = self.reflector.reflect(side.value, tag.label, tag.rule, features,
+                                           reflection_tone(session, trade.user_id))
         scored = ScoredTrade(
             trade_id=trade.trade_id, user_id=trade.user_id, account_id=trade.account_id, symbol=trade.symbol,
             side=side, quantity=trade.quantity, price=price, executed_at=executed_at, label=BiasLabel(tag.label),
             rule=tag.rule, explanation=tag.explanation, features=features,
-            reflection=reflection(side.value, tag, features), scored_at=datetime.now(UTC),
+            reflection=reflected.text, scored_at=datetime.now(UTC),
         )
         inserted = session.execute(pg_insert(models.scored_trades).values(
             trade_id=scored.trade_id, user_id=scored.user_id, account_id=scored.account_id, symbol=scored.symbol,
             side=scored.side.value, quantity=scored.quantity, price=price.amount, currency=price.currency,
             executed_at=executed_at, label=scored.label.value, rule=scored.rule, explanation=scored.explanation,
-            reflection=scored.reflection, features=asdict(features), scored_at=scored.scored_at,
+            reflection=scored.reflection, reflection_provider=reflected.provider, features=asdict(features),
+            scored_at=scored.scored_at,
         ).on_conflict_do_nothing().returning(models.scored_trades.c.trade_id)).first()
         if inserted is not None:
             self.outbox.add(session, topics.TRADES_SCORED, events_pb2.TradeScored(trade=scored_trade_pb(scored)))

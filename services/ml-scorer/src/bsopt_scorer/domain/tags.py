@@ -279,8 +279,10 @@ def tag_trade(side: Side, f: TradeFeatures, th: BiasThresholds = BiasThresholds(
 
 
 def reflection(side: Side, tag: TagResult, f: TradeFeatures) -> str:
-    """A short post-trade reflection prompt for the coach: one or two questions for the
-    trader, grounded in the trade's numbers (maps to ``ScoredTrade.reflection``).
+    """A short post-trade reflection prompt: one or two questions for the trader, grounded
+    in the trade's numbers. Scoring stores the reflection of
+    :mod:`bsopt_scorer.domain.reflections` instead (two sentences ending in one habit, per
+    tone, through an ``LLMService``), whose templates reuse this wording.
 
     Args:
         side: ``"BUY"`` or ``"SELL"``.
