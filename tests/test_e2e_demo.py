@@ -201,6 +201,18 @@ def test_a_services_own_token_reads_no_users_account(stack, summary):
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+def test_alpaca_orders_listed_with_timing_and_closed_by_the_sell_module(summary):
+    """The agent's orders are listed with their stored timing; the user's sell rules and
+    close-all go through resource-api with a token the real auth-server exchanged
+    (broker:sells from trades:write), and the sell module sells every position."""
+    a = summary["alpaca"]
+    assert a["orders_with_timing"] == a["orders"] > 0
+    assert a["orders_listed"] >= a["orders"]
+    c = a["close_all"]
+    assert c["status"] == "done" and c["positions_refused"] == 0
+    assert c["positions_sold"] == c["positions_held"] and c["positions_after"] == 0
+
+
 def test_alpaca_fills_scored_on_alpacas_bars(summary):
     """ml-scorer scores the imported Alpaca fills on the stand-in's daily bars (the bundled
     bars end in 2018): every past fill (the stand-in dates them on trading days) and this

@@ -226,7 +226,8 @@ def print_report(s: dict) -> None:
     else:
         console.print(f"alpaca {a['account_id']} ({a['account_kind']}): {a['orders']} orders, {a['fills']} fills, "
                       f"{a['rejected']} rejected; imported {a['fills_imported']} fills, re-import skipped "
-                      f"{a['duplicates_skipped']}")
+                      f"{a['duplicates_skipped']}; {a['orders_with_timing']} orders with their timing; close-all "
+                      f"{a['close_all']['status']} ({a['close_all']['positions_sold']} positions sold)")
 
 
 def main() -> None:

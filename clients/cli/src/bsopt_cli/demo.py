@@ -227,6 +227,22 @@ async def _alpaca_journey(api: httpx.AsyncClient, name: str, job_id: str, log) -
     log(f"alpaca fills scored on Alpaca's daily bars: {len(scored)} of {first['trades_imported']}"
         + ("" if len(scored) >= first["trades_imported"] else
            " (the rest have no daily bar: a weekend or holiday fill is dead-lettered by ml-scorer)"))
+    orders = await _all_pages(api, f"{path}/orders", "orders")
+    timed = [o for o in orders if o["timing"] is not None]
+    log(f"alpaca orders listed: {len(orders)}, {len(timed)} placed through bsopt with their timing"
+        + (f" (median received -> filled {_median([o['timing']['filled_ms'] for o in timed]):.1f} ms)"
+           if timed else ""))
+    # the sell module, set by the user through the API: rules, then close every position
+    holding = _check(await api.get(path), f"GET {path}")["positions"]
+    rules = _check(await api.put(f"{path}/sell-rules", json={"stop_loss_pct": 50, "take_profit_pct": 1000}),
+                   "PUT sell-rules")
+    accepted = await api.post(f"{path}:close-all-positions")
+    close_all = _check(accepted, "POST close-all-positions")
+    status = await _poll(lambda: _get_json(api, accepted.headers["location"]),
+                         lambda r: r["status"] in ("done", "failed"), "close-all", 120.0)
+    log(f"alpaca sell module: rules stop-loss {rules['stop_loss_pct']} % / take-profit {rules['take_profit_pct']} %;"
+        f" close-all {close_all['request_id'][:8]}: {status['status']}, {status['positions_sold']} positions sold, "
+        f"{status['positions_refused']} refused")
     return {"account_id": name, "broker": before["broker"], "account_kind": before["account_kind"],
             "cash_before": before["cash"], "cash_after": after["cash"],
             "orders": run["orders"], "fills": run["fills"], "rejected": run["rejected"],
@@ -234,7 +250,30 @@ async def _alpaca_journey(api: httpx.AsyncClient, name: str, job_id: str, log) -
             "duplicates_skipped": second["duplicates_skipped"],
             "second_import_fills_imported": second["trades_imported"],
             "fills_scored": len(scored),
-            "scored_bias": dict(sorted(Counter(t["label"] for t in scored).items()))}
+            "scored_bias": dict(sorted(Counter(t["label"] for t in scored).items())),
+            "orders_listed": len(orders), "orders_with_timing": len(timed),
+            "close_all": {"positions_held": len(holding), "status": status["status"],
+                          "positions_sold": status["positions_sold"],
+                          "positions_refused": status["positions_refused"],
+                          "positions_after": len(_check(await api.get(path), f"GET {path}")["positions"])}}
+
+
+async def _all_pages(api: httpx.AsyncClient, path: str, field: str) -> list[dict]:
+    items: list[dict] = []
+    token = None
+    for _ in range(100):
+        page = _check(await api.get(path, params={"page_size": 500, **({"page_token": token} if token else {})}),
+                      f"GET {path}")
+        items.extend(page[field])
+        token = page["next_page_token"]
+        if token is None:
+            break
+    return items
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else 0.0
 
 
 #: How long the demo waits for ml-scorer to score the imported Alpaca fills, seconds.
