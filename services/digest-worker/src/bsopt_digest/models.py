@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Date, DateTime, Integer, MetaData, String, Table, Text, func
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 from bsopt_common.db import amount_type
@@ -23,6 +38,19 @@ trades = Table(
     Column("executed_at", DateTime(timezone=True), nullable=False),
     Column("week_start", Date, nullable=False),
     Column("label", String(12), nullable=False),
+    #: When this row (or its label) was last written: a week whose trades were recorded
+    #: after its digest was built is built again (revision 0003).
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_digest_trades_user_executed", "user_id", "executed_at"),
+    Index("ix_digest_trades_recorded_at", "recorded_at"),
+)
+
+#: Per-user settings (revision 0003): the IANA time zone weeks are cut in.
+user_settings = Table(
+    "user_settings", metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("time_zone", String(64), nullable=False, server_default=text("'UTC'")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 digests = Table(
@@ -38,4 +66,18 @@ digests = Table(
     Column("summary", Text, nullable=False),
     Column("version", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # revision 0003: the weekly tick's digest
+    Column("time_zone", String(64), nullable=False, server_default=text("'UTC'")),
+    Column("pnl", amount_type(), nullable=True),
+    Column("round_trips", Integer, nullable=False, server_default=text("0")),
+    Column("best_decision", JSONB, nullable=True),
+    Column("worst_decision", JSONB, nullable=True),
+    Column("habit", Text, nullable=False, server_default=text("''")),
+    Column("habit_label", String(12), nullable=False, server_default=text("''")),
+    Column("previous_habit", Text, nullable=False, server_default=text("''")),
+    Column("previous_habit_kept", Boolean, nullable=True),
+    #: The latest ``trades.recorded_at`` of the week when it was built (null: built by an
+    #: older version, per scored trade).
+    Column("built_through", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("user_id", "period_start", name="digests_user_period_key"),
 )

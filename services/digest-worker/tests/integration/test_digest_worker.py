@@ -2,7 +2,8 @@
 are unsigned, signed by a key ml-scorer never registered, signed by a client not allowed
 on the topic, or forged by copying a real event's headers onto a payload re-addressed to
 another user (the audit's attack, issue 6 §1) are dead-lettered and change nothing; a
-valid event builds the week's digest and publishes digests.ready.v1."""
+valid event only records the trade (no digest per trade). The weekly tick (issue 9 §2),
+driven by a controlled clock, is tested in test_weekly_tick.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import create_engine, select
 
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as bpb
-from bsopt.digest_worker.v1 import events_pb2 as digest_events
 from bsopt.ml_scorer.v1 import events_pb2 as scorer_events
 from bsopt.ml_scorer.v1 import ml_scorer_pb2 as spb
 from bsopt_common import codec, topics
@@ -38,8 +38,10 @@ def worker(postgres_url, service_database_urls, kafka_bootstrap, test_issuer):
     port = free_port()
     settings = DigestSettings(
         database_url=service_database_urls["digest-worker"], kafka_bootstrap_servers=kafka_bootstrap, health_port=port,
-        **service_identity(test_issuer, "digest-worker"))
-    with ServiceThread(lambda stop: serve(settings, stop), port=port):
+        catchup_settle_seconds=None, **service_identity(test_issuer, "digest-worker"))
+    # a clock standing still mid-week: the tick never fires in this module
+    clock = lambda: datetime(2017, 3, 1, 12, 0, tzinfo=UTC)  # noqa: E731
+    with ServiceThread(lambda stop: serve(settings, stop, clock=clock), port=port):
         yield create_engine(postgres_url)
 
 
@@ -154,28 +156,24 @@ async def test_forged_and_unsigned_events_are_dead_lettered_and_change_nothing(w
     assert "carries no signature" in reasons["unsigned"]
     assert real_id not in found  # the authentic event was handled
     assert digests_for(worker, "victim") == []
+    assert trades_for(worker, "victim") == []
 
 
-async def test_valid_event_builds_the_weekly_digest(worker, kafka_bootstrap, test_issuer):
+def trades_for(engine, user: str) -> list:
+    with engine.connect() as c:
+        return list(c.execute(select(models.trades).where(models.trades.c.user_id == user)).mappings())
+
+
+async def test_valid_event_records_the_trade_and_builds_no_digest(worker, kafka_bootstrap, test_issuer):
     event = scored("trader", "2017-03-01")  # a Wednesday
     await publish(kafka_bootstrap, ml_scorer(test_issuer), event)
-    await publish(kafka_bootstrap, ml_scorer(test_issuer), event)  # same trade again: counted once
-    consumer = AIOKafkaConsumer(topics.DIGESTS_READY.name, bootstrap_servers=kafka_bootstrap,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    ready = []
-    try:
-        deadline = asyncio.get_running_loop().time() + 20
-        while not ready and asyncio.get_running_loop().time() < deadline:
-            for msgs in (await consumer.getmany(timeout_ms=300)).values():
-                ready += [d for d in (digest_events.DigestReady.FromString(m.value) for m in msgs)
-                          if d.user_id == "trader"]
-    finally:
-        await consumer.stop()
-    assert ready, "no digests.ready.v1 for the trader"
-    (row,) = digests_for(worker, "trader")
-    assert (row["period_start"].isoformat(), row["period_end"].isoformat()) == ("2017-02-27", "2017-03-05")
-    assert row["trades"] == 1 and row["label_counts"]["FOMO"] == 1
-    # a 3-share buy at 800.10: exactly -2400.30, in its currency, in the store and on the wire
-    assert (row["net_cash_flow"], row["currency"]) == (Decimal("-2400.30"), "USD")
-    assert codec.money_from_pb(ready[-1], "net_cash_flow") == Money.of("-2400.30", "USD")
+    await publish(kafka_bootstrap, ml_scorer(test_issuer), event)  # same trade again: recorded once
+    deadline = asyncio.get_running_loop().time() + 20
+    while not trades_for(worker, "trader") and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    (row,) = trades_for(worker, "trader")
+    assert (row["trade_id"], row["label"], row["side"], row["quantity"]) == (event.trade.trade_id, "FOMO", "BUY", 3)
+    # 3 shares at 800.10, exact, in its currency
+    assert (row["price"], row["currency"]) == (Decimal("800.10"), "USD")
+    assert digests_for(worker, "trader") == []  # the weekly tick builds digests, not each trade

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Date,
     DateTime,
@@ -61,6 +62,18 @@ digests = Table(
     #: Monotonic per digest_id; the row keeps the highest seen.
     Column("version", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=True),
+    # revision 0004: the weekly tick's digest (null on digests built before it)
+    Column("time_zone", String(64), nullable=True),
+    #: Realised P&L of the round trips closed in the week, in ``currency``.
+    Column("pnl", amount_type(), nullable=True),
+    Column("round_trips", Integer, nullable=True),
+    #: The round trips with the highest and lowest P&L (REST JSON, Money as strings).
+    Column("best_decision", JSONB, nullable=True),
+    Column("worst_decision", JSONB, nullable=True),
+    Column("habit", Text, nullable=True),
+    Column("habit_label", String(12), nullable=True),
+    Column("previous_habit", Text, nullable=True),
+    Column("previous_habit_kept", Boolean, nullable=True),
     Index("digests_user_period_idx", "user_id", "period_start"),
 )
 

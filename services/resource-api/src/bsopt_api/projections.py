@@ -79,6 +79,16 @@ def upsert_digest(session: Session, d: digest_events.DigestReady) -> None:
         "summary": d.summary,
         "version": d.version,
         "updated_at": codec.from_timestamp(d, "updated_at"),
+        # the weekly tick's fields (unset on digests of an older digest-worker)
+        "time_zone": d.time_zone or None,
+        "pnl": codec.money_from_pb(d, "pnl").amount if d.HasField("pnl") else None,
+        "round_trips": d.round_trips if d.HasField("pnl") else None,
+        "best_decision": _decision(d.best_decision) if d.HasField("best_decision") else None,
+        "worst_decision": _decision(d.worst_decision) if d.HasField("worst_decision") else None,
+        "habit": d.habit or None,
+        "habit_label": d.habit_label or None,
+        "previous_habit": d.previous_habit or None,
+        "previous_habit_kept": d.previous_habit_kept if d.HasField("previous_habit_kept") else None,
     }
     stmt = pg_insert(digests).values(**values)
     session.execute(
@@ -88,6 +98,55 @@ def upsert_digest(session: Session, d: digest_events.DigestReady) -> None:
             where=digests.c.version < stmt.excluded.version,
         )
     )
+
+
+def _decision(d: digest_events.Decision) -> dict[str, Any]:
+    """A round trip of a digest as REST JSON (Money as ``{"amount", "currency"}``)."""
+    return {
+        "symbol": d.symbol,
+        "open_trade_id": d.open_trade_id,
+        "close_trade_id": d.close_trade_id,
+        "quantity": d.quantity,
+        "direction": d.direction,
+        "open_price": encoding.money_field(d, "open_price"),
+        "close_price": encoding.money_field(d, "close_price"),
+        "pnl": encoding.money_field(d, "pnl"),
+        "opened_at": codec.rfc3339_field(d, "opened_at"),
+        "closed_at": codec.rfc3339_field(d, "closed_at"),
+    }
+
+
+def _weekly(row: Any) -> dict[str, Any]:
+    return {
+        "digest_id": row.digest_id,
+        "period_start": row.period_start.isoformat(),
+        "period_end": row.period_end.isoformat(),
+        "time_zone": row.time_zone,
+        "trades": row.trades,
+        "label_counts": row.label_counts,
+        "pnl": None if row.pnl is None else encoding.money(Money(row.pnl, row.currency)),
+        "round_trips": row.round_trips,
+        "best_decision": row.best_decision,
+        "worst_decision": row.worst_decision,
+        "habit": row.habit,
+        "habit_label": row.habit_label,
+        "previous_habit": row.previous_habit,
+        "previous_habit_kept": row.previous_habit_kept,
+        "net_cash_flow": encoding.money(Money(row.net_cash_flow, row.currency)),
+        "summary": row.summary,
+        "version": row.version,
+        "updated_at": codec.rfc3339(row.updated_at) if row.updated_at else None,
+    }
+
+
+def weekly_digests(session: Session, user_id: str, *, limit: int, before: date | None = None) -> list[dict[str, Any]]:
+    """The user's weekly digests, newest week first, at most ``limit``; with ``before``,
+    only weeks starting before that date (the next page of a listing)."""
+    q = select(digests).where(digests.c.user_id == user_id)
+    if before is not None:
+        q = q.where(digests.c.period_start < before)
+    rows = session.execute(q.order_by(digests.c.period_start.desc(), digests.c.version.desc()).limit(limit)).all()
+    return [_weekly(r) for r in rows]
 
 
 def latest_digest(session: Session, user_id: str) -> dict[str, Any] | None:
