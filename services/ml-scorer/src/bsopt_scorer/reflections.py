@@ -38,10 +38,11 @@ class InvalidAnswer(ValueError):
 class OpenAICompatibleLLM:
     """An :class:`~bsopt_scorer.domain.reflections.LLMService` over a chat-completions
     API (the ``openai`` client: OpenAI, vLLM, Ollama, ...): temperature 0, JSON mode
-    (``response_format={"type": "json_object"}``), one attempt (no retries) bounded by
-    ``timeout_s``. It sends the prompt's system text (rules and schema) and its facts
-    (feature summaries), nothing else. Raises the client's errors (timeout, connection,
-    HTTP status) and :class:`InvalidAnswer`; the reflector turns each into the template."""
+    (``response_format={"type": "json_object"}``), one attempt (no retries) with connect and
+    read timeouts of ``timeout_s`` (the answer must start within it). It sends the prompt's
+    system text (rules and schema) and its facts (feature summaries), nothing else. Raises
+    the client's errors (timeout, connection, HTTP status) and :class:`InvalidAnswer`; the
+    reflector turns each into the template."""
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 10.0):
         self.model = model
