@@ -437,7 +437,8 @@ class EventConsumer:
         await self._consumer.stop()
 
     async def run(self) -> None:
-        """Consume until :meth:`stop`: each record is processed, then its offset committed.
+        """Consume until :meth:`stop`: each record is processed in its own transaction; the
+        offsets are committed once per partition and batch (up to 50 records), after them.
 
         A rebalance can take a partition away while its batch is being processed. The
         rest of that batch is then left to the partition's new owner, which starts from
@@ -449,19 +450,26 @@ class EventConsumer:
         while not self._stopping.is_set():
             batches = await self._consumer.getmany(timeout_ms=200, max_records=50)
             for tp, messages in batches.items():
+                done: int | None = None  # offset of the last record of tp processed
                 for msg in messages:
                     if tp not in self._consumer.assignment():
                         log.info("%s[%d] was reassigned mid-batch; its new owner resumes at its "
                                  "last committed offset", tp.topic, tp.partition)
                         break
                     await self._process(msg)
-                    try:
-                        await self._consumer.commit({TopicPartition(tp.topic, tp.partition): msg.offset + 1})
-                    except (CommitFailedError, IllegalStateError) as exc:
-                        log.info("offset %d of %s[%d] not committed (%s: the group rebalanced); "
-                                 "its redelivery will be skipped as a duplicate",
-                                 msg.offset, tp.topic, tp.partition, type(exc).__name__)
-                        break
+                    done = msg.offset
+                if done is not None:
+                    # one commit per partition and batch (each record's transaction is
+                    # already committed; a redelivery after a crash is skipped as a duplicate)
+                    await self._commit(tp, done)
+
+    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+        try:
+            await self._consumer.commit({TopicPartition(tp.topic, tp.partition): offset + 1})
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.info("offset %d of %s[%d] not committed (%s: the group rebalanced); "
+                     "its redelivery will be skipped as a duplicate",
+                     offset, tp.topic, tp.partition, type(exc).__name__)
 
     async def _process(self, msg: KafkaRecord) -> None:
         headers = {k: v.decode(errors="replace") for k, v in (msg.headers or ())}
