@@ -21,8 +21,8 @@ async def serve(settings: DigestSettings, stop: asyncio.Event, *, clock: Clock =
     runtime = ServiceRuntime(settings, schema=models.SCHEMA, migrations_package="bsopt_digest")
     await runtime.connect()
     async with runtime.running([scored_trades()]):
-        factory, outbox = runtime._database()
-        scheduler = DigestScheduler(factory, outbox, cron=settings.tick_cron, clock=clock,
+        assert runtime.session_factory is not None and runtime.outbox is not None  # connect() ran
+        scheduler = DigestScheduler(runtime.session_factory, runtime.outbox, cron=settings.tick_cron, clock=clock,
                                     catchup_settle_seconds=settings.catchup_settle_seconds,
                                     poll_seconds=poll_seconds, notify=runtime.notify_outbox_threadsafe)
         ticking = asyncio.create_task(scheduler.run(stop), name="digest-tick")
