@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, DateTime, MetaData, String, Table, Text, func
+from sqlalchemy import BigInteger, CheckConstraint, Column, DateTime, Double, MetaData, String, Table, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 
 from bsopt_common.db import amount_type
@@ -29,6 +29,11 @@ scored_trades = Table(
     Column("reflection_provider", String(64), nullable=False, server_default="template"),
     # The indicator values the tag was computed from (TradeFeatures fields).
     Column("features", JSONB, nullable=False),
+    # The thresholds the tag was computed with, for audit (revision 0004):
+    # bsopt_scorer.domain.calibration.Calibration.record(), {"source": "population" |
+    # "calibrated", "trades", "scale", "thresholds": {BiasThresholds fields}}; NULL for rows
+    # scored before it (population thresholds).
+    Column("thresholds", JSONB, nullable=True),
     Column("scored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
@@ -40,4 +45,19 @@ reflection_settings = Table(
     Column("tone", String(16), nullable=False, server_default="supportive"),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("tone IN ('supportive', 'strict')", name="reflection_settings_tone_check"),
+)
+
+# Per-user calibration of the tag thresholds (revision 0004; bsopt_scorer.domain.calibration):
+# the sufficient statistics of the user's scored trades (how many with a positive ATR, and
+# the sum of their ln(ATR/close)), updated by every newly scored trade, and the thresholds
+# computed from them (a Calibration.record(); NULL below 30 trades, and after the migration's
+# backfill until the user's next scored trade; scoring then calibrates from the statistics).
+user_calibration = Table(
+    "user_calibration", metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("trades", BigInteger, nullable=False),
+    Column("sum_log_atr_pct", Double, nullable=False),
+    Column("thresholds", JSONB, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("trades >= 0", name="user_calibration_trades_check"),
 )

@@ -43,6 +43,12 @@ Measured on the real daily bars (GOOGL 2009-2018, SPY 1999-2020, AAPL/IBM/MSFT
 DISCIPLINE 16-29% (GOOGL 18%), SELL PANIC 5-11% (GOOGL 8%), SELL DISCIPLINE 10-24%
 (GOOGL 21%); the rest NONE. Labels stay the exception, as tags meant to prompt
 reflection should.
+
+Per-user calibration (:mod:`bsopt_scorer.domain.calibration`): from 30 scored trades on, a
+user's three return thresholds (FOMO's 5-day run-up, PANIC's 1-day and 5-day drops) are the
+defaults rescaled by a Bayesian estimate of how volatile the user's names are; RSI and
+Bollinger levels are not changed. :func:`tag_trade` is then given those thresholds and
+``calibrated_trades``, and the explanation says so.
 """
 
 from __future__ import annotations
@@ -220,10 +226,20 @@ def _strength_rule(f: TradeFeatures, th: BiasThresholds) -> list[tuple[str, str]
     return [("discipline.sell_strength", text)]
 
 
-def _result(label: Label, fired: list[tuple[str, str]], f: TradeFeatures) -> TagResult:
+def _calibration_note(th: BiasThresholds, calibrated_trades: int | None) -> str:
+    if calibrated_trades is None:
+        return ""
+    return (
+        f" Used calibrated thresholds ({calibrated_trades} trades): 5-day run-up >= "
+        f"{th.fomo_change_5d:+.1%}, 1-day drop <= {th.panic_change_1d:+.1%}, 5-day slide <= "
+        f"{th.panic_change_5d:+.1%}."
+    )
+
+
+def _result(label: Label, fired: list[tuple[str, str]], f: TradeFeatures, note: str) -> TagResult:
     rule, headline = fired[0]
     also = "".join(f"; also {text}" for _, text in fired[1:])
-    return TagResult(label, f"{label}: {headline}{also}. Context: {_context(f)}.", rule)
+    return TagResult(label, f"{label}: {headline}{also}. Context: {_context(f)}.{note}", rule)
 
 
 def _check_side(side: str) -> Side:
@@ -240,7 +256,9 @@ def _check_features(f: TradeFeatures) -> None:
         raise ValueError(f"features must be finite; not finite: {bad}")
 
 
-def tag_trade(side: Side, f: TradeFeatures, th: BiasThresholds = BiasThresholds()) -> TagResult:
+def tag_trade(
+    side: Side, f: TradeFeatures, th: BiasThresholds = BiasThresholds(), *, calibrated_trades: int | None = None
+) -> TagResult:
     """Tag one trade FOMO / PANIC / DISCIPLINE / NONE with an explanation.
 
     See the module docstring for the rules and their precedence.
@@ -248,7 +266,13 @@ def tag_trade(side: Side, f: TradeFeatures, th: BiasThresholds = BiasThresholds(
     Args:
         side: ``"BUY"`` or ``"SELL"`` (upper case; ``SIDE_BUY``/``SIDE_SELL`` map to them).
         f: the trade's features at the close of its bar.
-        th: rule thresholds (defaults documented on :class:`BiasThresholds`).
+        th: rule thresholds (defaults documented on :class:`BiasThresholds`: the
+            population thresholds).
+        calibrated_trades: set when ``th`` are a user's calibrated thresholds
+            (:mod:`bsopt_scorer.domain.calibration`), to the number of that user's trades
+            they were calibrated on; the explanation then ends with ``"Used calibrated
+            thresholds (42 trades): 5-day run-up >= +7.5%, 1-day drop <= -4.5%, 5-day
+            slide <= -10.5%."``. ``None`` (the default): the explanation is unchanged.
 
     Returns:
         :class:`TagResult`; its explanation reads e.g. ``"FOMO: bought after a +6.2%
@@ -257,25 +281,29 @@ def tag_trade(side: Side, f: TradeFeatures, th: BiasThresholds = BiasThresholds(
         band), 1-day +1.1%, 5-day +6.2%, close $1,010.00, ATR $14.20."``
 
     Raises:
-        ValueError: ``side`` is not BUY/SELL, or a feature is NaN/infinite.
+        ValueError: ``side`` is not BUY/SELL, a feature is NaN/infinite, or
+            ``calibrated_trades`` is negative.
         TypeError: ``f`` is not a :class:`TradeFeatures`.
     """
     side = _check_side(side)
     _check_features(f)
+    if calibrated_trades is not None and (isinstance(calibrated_trades, bool) or calibrated_trades < 0):
+        raise ValueError(f"calibrated_trades must be a count >= 0 or None, got {calibrated_trades!r}")
+    note = _calibration_note(th, calibrated_trades)
     if side == "BUY":
         fired = _fomo_rules(f, th)
         if fired:
-            return _result("FOMO", fired, f)
+            return _result("FOMO", fired, f, note)
         fired = _pullback_rule(f, th)
     else:
         fired = _panic_rules(f, th)
         if fired:
-            return _result("PANIC", fired, f)
+            return _result("PANIC", fired, f, note)
         fired = _strength_rule(f, th)
     if fired:
-        return _result("DISCIPLINE", fired, f)
+        return _result("DISCIPLINE", fired, f, note)
     verb = "bought" if side == "BUY" else "sold"
-    return TagResult("NONE", f"NONE: no bias rule fired; {verb} with {_context(f)}.", RULE_NONE)
+    return TagResult("NONE", f"NONE: no bias rule fired; {verb} with {_context(f)}.{note}", RULE_NONE)
 
 
 def reflection(side: Side, tag: TagResult, f: TradeFeatures) -> str:
