@@ -4,11 +4,9 @@ Postgres (rules table, outbox), the local Alpaca stand-in over real HTTP."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -38,21 +36,11 @@ from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
 from bsopt_common.testing.grpc_calls import grpc_calls
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
+from bsopt_common.testing.standins import alpaca_standin_module
 
 SCOPES = "broker:accounts broker:orders broker:import broker:sells"
 SECRET_ENV = "ALPACA_SELL_TEST_SECRET"
 SLOW = 3600  # check_interval_s of the file's rules: the tests drive the passes themselves
-
-
-def _standin_module() -> Any:  # the tests run with --import-mode=importlib: load it by path
-    name = "bsopt_broker_tests_alpaca_standin"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "alpaca_standin.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def entry(standin: Any, name: str, owner: str, key: str, **extra: Any) -> dict[str, Any]:
@@ -62,7 +50,7 @@ def entry(standin: Any, name: str, owner: str, key: str, **extra: Any) -> dict[s
 
 @pytest.fixture(scope="module")
 def standin() -> Iterator[Any]:
-    s = _standin_module().AlpacaStandin()
+    s = alpaca_standin_module().AlpacaStandin()
     for key in ("PKRULES", "PKCLOSE", "PKRO", "PKAPI"):
         s.add_account(key, "sell-secret", cash=100_000)
     with s.serving():

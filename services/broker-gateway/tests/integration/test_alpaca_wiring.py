@@ -4,7 +4,6 @@ protocol broker, the local Alpaca stand-in over real HTTP, alpaca-py as the clie
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import os
 import signal
@@ -35,20 +34,10 @@ from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
 from bsopt_common.testing.grpc_calls import grpc_calls
 from bsopt_common.testing.identity import service_identity, service_identity_env
 from bsopt_common.testing.services import ServiceThread, free_port, wait_for_port
+from bsopt_common.testing.standins import alpaca_standin_module
 from bsopt_common.vocabulary import Side
 
 SCOPES = "broker:accounts broker:orders broker:import"
-
-
-def _standin_module() -> Any:  # the tests run with --import-mode=importlib: load it by path
-    name = "bsopt_broker_tests_alpaca_standin"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "alpaca_standin.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def entry(standin: Any, name: str, owner: str, key: str, **extra: Any) -> dict[str, Any]:
@@ -62,7 +51,7 @@ def write_accounts(path: Path, entries: list[dict[str, Any]]) -> None:
 
 @pytest.fixture(scope="module")
 def standin() -> Iterator[Any]:
-    s = _standin_module().AlpacaStandin()
+    s = alpaca_standin_module().AlpacaStandin()
     for key, cash in (("PKALICE", 20_000), ("AKBOB", 100_000), ("PKCAROL", 30_000)):
         s.add_account(key, "wiring-secret", cash=cash)
     with s.serving():

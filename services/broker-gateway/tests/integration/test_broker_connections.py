@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,6 +29,7 @@ from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
 from bsopt_common.testing.grpc_calls import grpc_calls
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
+from bsopt_common.testing.standins import alpaca_standin_module
 
 USER_SCOPES = "broker:accounts broker:orders broker:import broker:connections broker:connections.read"
 CLIENT_ID, CLIENT_SECRET = "bsopt-oauth-app", "standin-oauth-secret"
@@ -39,20 +37,9 @@ REDIRECT_URI = "http://127.0.0.1:8000/v1/brokers/alpaca/callback"
 KEY = base64.b64encode(hashlib.sha256(b"test key of test_broker_connections").digest()).decode()
 
 
-def _standin_module() -> Any:
-    name = "bsopt_broker_tests_alpaca_standin"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "alpaca_standin.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def standin() -> Iterator[Any]:
-    s = _standin_module().AlpacaStandin()
+    s = alpaca_standin_module().AlpacaStandin()
     s.add_account("PKOAUTHA", "secret-a", cash=50_000)
     s.add_account("PKKEYSB", "secret-b-very-secret", cash=30_000)
     s.add_account("PKKEYSC", "secret-c-very-secret", cash=30_000)

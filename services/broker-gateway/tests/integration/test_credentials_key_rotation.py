@@ -7,13 +7,11 @@ the Alpaca stand-in through alpaca-py."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -29,25 +27,15 @@ from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
 from bsopt_common.testing.grpc_calls import grpc_calls
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
+from bsopt_common.testing.standins import alpaca_standin_module
 
 OLD, NEW, OTHER = (base64.b64encode(os.urandom(32)).decode() for _ in range(3))
 SCOPES = "broker:accounts broker:connections broker:connections.read"
 
 
-def _standin_module() -> Any:
-    name = "bsopt_broker_tests_alpaca_standin"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "alpaca_standin.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def standin() -> Iterator[Any]:
-    s = _standin_module().AlpacaStandin()
+    s = alpaca_standin_module().AlpacaStandin()
     s.add_account("PKROTATE1", "rotate-secret-1", cash=20_000)
     s.add_account("PKROTATE2", "rotate-secret-2", cash=30_000)
     with s.serving():

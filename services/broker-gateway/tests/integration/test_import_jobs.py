@@ -6,13 +6,10 @@ Alpaca stand-in over real HTTP (slowed per account with ``delay_s``, failing wit
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -36,6 +33,7 @@ from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
 from bsopt_common.testing.grpc_calls import grpc_calls
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
+from bsopt_common.testing.standins import alpaca_standin_module
 
 SCOPES = "broker:accounts broker:orders broker:import"
 FILL_PATH = "/v2/account/activities/FILL"
@@ -48,20 +46,9 @@ ACCOUNTS = {  # account name -> (owner, key id)
 }
 
 
-def _standin_module() -> Any:  # the tests run with --import-mode=importlib: load it by path
-    name = "bsopt_broker_tests_alpaca_standin"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "alpaca_standin.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def standin() -> Iterator[Any]:
-    s = _standin_module().AlpacaStandin()
+    s = alpaca_standin_module().AlpacaStandin()
     for _, key in ACCOUNTS.values():
         s.add_account(key, "jobs-secret", cash=10_000)
     with s.serving():

@@ -4,12 +4,9 @@ database, Alpaca accounts (paper and live) from the local stand-in over real HTT
 from __future__ import annotations
 
 import base64
-import importlib.util
 import os
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -28,6 +25,7 @@ from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
 from bsopt_common.testing.grpc_calls import grpc_calls
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
+from bsopt_common.testing.standins import alpaca_standin_module
 
 SCOPES = "broker:accounts broker:orders broker:import"
 SECRET_ENV = "ALPACA_LISTING_TEST_SECRET"
@@ -35,20 +33,9 @@ SECRET_ENV = "ALPACA_LISTING_TEST_SECRET"
 DAYS = ["2017-03-01", "2017-03-02", "2017-03-03", "2017-03-06", "2017-03-07", "2017-03-08", "2017-03-09"]
 
 
-def _standin_module() -> Any:  # the tests run with --import-mode=importlib: load it by path
-    name = "bsopt_broker_tests_alpaca_standin"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "alpaca_standin.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def standin() -> Iterator[Any]:
-    s = _standin_module().AlpacaStandin()
+    s = alpaca_standin_module().AlpacaStandin()
     s.add_account("PKLISTPAPER", "listing-secret", cash=50_000)
     s.add_account("AKLISTLIVE", "listing-secret", cash=50_000)
     s.add_account("PKLISTTIMED", "listing-secret", cash=50_000)

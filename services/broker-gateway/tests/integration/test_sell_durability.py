@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import importlib.util
 import os
-import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -38,26 +36,16 @@ from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
 from bsopt_common.testing.grpc_calls import grpc_calls
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
+from bsopt_common.testing.standins import alpaca_standin_module
 
 SCOPES = "broker:accounts broker:orders broker:import broker:connections broker:connections.read broker:sells"
 SECRET_ENV = "ALPACA_SELL_DURABILITY_SECRET"
 KEY = base64.b64encode(hashlib.sha256(b"test key of test_sell_durability").digest()).decode()
 
 
-def _standin_module() -> Any:  # the tests run with --import-mode=importlib: load it by path
-    name = "bsopt_broker_tests_alpaca_standin"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "alpaca_standin.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def standin() -> Iterator[Any]:
-    s = _standin_module().AlpacaStandin()
+    s = alpaca_standin_module().AlpacaStandin()
     for key in ("PKDURA", "PKKILL", "PKCONNA", "PKCONNB", "PKCONNC"):
         s.add_account(key, "durable-secret", cash=100_000)
     with s.serving():

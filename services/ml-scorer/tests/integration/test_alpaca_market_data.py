@@ -6,13 +6,10 @@ fill of the last 30 days scored end to end (real Kafka and Postgres)."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -35,6 +32,7 @@ from bsopt_common.marketdata import (
 from bsopt_common.security.event_signing import EventSigner
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
+from bsopt_common.testing.standins import alpaca_standin_module
 from bsopt_common.vocabulary import Side
 from bsopt_scorer.bootstrap import market_data_from, serve
 from bsopt_scorer.config import ScorerSettings
@@ -45,20 +43,9 @@ KEY, SECRET = "PKMARKETDATA01", "standin-secret"
 SLOW_KEY = "PKSLOWDATA01"
 
 
-def _standin_module() -> ModuleType:
-    name = "ml_scorer_tests_alpaca_standin"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, STANDIN_FILE)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def standin() -> Any:
-    s = _standin_module().AlpacaStandin(prices={"AAPL": Decimal("100.00"), "GOOGL": Decimal("750.00")})
+    s = alpaca_standin_module().AlpacaStandin(prices={"AAPL": Decimal("100.00"), "GOOGL": Decimal("750.00")})
     s.add_account(KEY, SECRET, cash=0)
     s.add_account(SLOW_KEY, SECRET, cash=0, delay_s=2.0)
     with s.serving():

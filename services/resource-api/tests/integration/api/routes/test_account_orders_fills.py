@@ -5,12 +5,9 @@ over real HTTP, and paper accounts of the built-in paper broker."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,6 +24,7 @@ from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
 from bsopt_common.testing.grpc_calls import grpc_calls
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
+from bsopt_common.testing.standins import alpaca_standin_module
 
 PROBLEM = "application/problem+json"
 OWNER = "rest-lister"
@@ -36,21 +34,9 @@ START = datetime(2025, 6, 2, 14, 0, tzinfo=UTC)
 DAYS = ["2017-04-03", "2017-04-04", "2017-04-05", "2017-04-06", "2017-04-07"]
 
 
-def _standin_module() -> Any:
-    name = "bsopt_broker_tests_alpaca_standin"
-    if name not in sys.modules:
-        path = Path(__file__).parents[5] / "broker-gateway" / "tests" / "alpaca_standin.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def standin() -> Iterator[Any]:
-    s = _standin_module().AlpacaStandin()
+    s = alpaca_standin_module().AlpacaStandin()
     s.add_account("AKRESTLIVE", "rest-listing-secret", cash=10_000)
     s.add_account("PKRESTPAPER", "rest-listing-secret", cash=10_000)
     s.seed_fills("AKRESTLIVE", 5, START, START + timedelta(days=2))

@@ -6,10 +6,7 @@ to the callback."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,21 +24,10 @@ from bsopt_common.settings import BROKER_GATEWAY_AUDIENCE
 from bsopt_common.testing.delegation import delegated_token
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
+from bsopt_common.testing.standins import alpaca_standin_module
 
 CLIENT_ID, CLIENT_SECRET = "bsopt-oauth-app", "standin-oauth-secret"
 PROBLEM = "application/problem+json"
-
-
-def _standin_module() -> Any:
-    name = "bsopt_broker_tests_alpaca_standin"
-    if name not in sys.modules:
-        path = Path(__file__).parents[5] / "broker-gateway" / "tests" / "alpaca_standin.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +42,7 @@ def callback_url(api_port: int) -> str:
 
 @pytest.fixture(scope="module")
 def standin(callback_url: str) -> Iterator[Any]:
-    s = _standin_module().AlpacaStandin()
+    s = alpaca_standin_module().AlpacaStandin()
     s.add_account("PKRESTA", "rest-secret-a", cash=40_000)
     s.add_account("PKRESTB", "rest-secret-b", cash=20_000)
     s.oauth.add_client(CLIENT_ID, CLIENT_SECRET, callback_url)

@@ -6,13 +6,10 @@ an Alpaca account of its accounts file served by the local Alpaca stand-in over 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +23,7 @@ from bsopt_broker.config import BrokerSettings
 from bsopt_broker.trade_import import import_id_of
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
+from bsopt_common.testing.standins import alpaca_standin_module
 
 PROBLEM = "application/problem+json"
 OWNER = "rest-importer"
@@ -37,21 +35,9 @@ WINDOW = {"start": START.isoformat(), "end": END.isoformat()}
 ASYNC = {"Prefer": "respond-async"}
 
 
-def _standin_module() -> Any:
-    name = "bsopt_broker_tests_alpaca_standin"
-    if name not in sys.modules:
-        path = Path(__file__).parents[5] / "broker-gateway" / "tests" / "alpaca_standin.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def standin() -> Iterator[Any]:
-    s = _standin_module().AlpacaStandin()
+    s = alpaca_standin_module().AlpacaStandin()
     s.add_account(KEY, "rest-import-secret", cash=10_000)
     s.seed_fills(KEY, 150, START + timedelta(hours=1), END - timedelta(hours=1))  # 2 pages
     with s.serving():

@@ -6,9 +6,7 @@ through alpaca-py."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -26,26 +24,15 @@ from bsopt_broker.bootstrap import BrokerGateway
 from bsopt_broker.config import BrokerSettings
 from bsopt_common.testing.identity import service_identity
 from bsopt_common.testing.services import ServiceThread, free_port
+from bsopt_common.testing.standins import alpaca_standin_module
 
 PROBLEM = "application/problem+json"
 SECRET_ENV = "ALPACA_SELL_REST_SECRET"
 
 
-def _standin_module() -> Any:
-    name = "bsopt_broker_tests_alpaca_standin"
-    if name not in sys.modules:
-        path = Path(__file__).parents[5] / "broker-gateway" / "tests" / "alpaca_standin.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def standin() -> Iterator[Any]:
-    s = _standin_module().AlpacaStandin()
+    s = alpaca_standin_module().AlpacaStandin()
     for key in ("PKSRCONN", "PKSRFILE", "PKSRRO"):
         s.add_account(key, "sell-rest-secret", cash=50_000)
     with s.serving():
