@@ -63,9 +63,11 @@ class ApiSettings(ServiceSettings):
     #: Kafka consumer group of this service.
     consumer_group: str = "resource-api"
 
-    #: Pending coach messages per WebSocket before a slow client is disconnected
-    #: (close code 1013; it resumes with ``?after=<last seq>``).
-    ws_max_pending_messages: int = Field(256, ge=1)
+    #: Coach stream events queued per WebSocket; past it the oldest is dropped and the
+    #: client gets ``{"type": "synced", "synced": false, ...}`` (see bsopt_api.hub).
+    ws_queue_size: int = Field(100, ge=1)
+    #: Coach sockets one user may hold open on a replica; the next is closed with 1008.
+    ws_max_sockets_per_user: int = Field(5, ge=1)
     #: Stored messages read per database round trip while replaying ``?after=``.
     ws_replay_batch_size: int = Field(500, ge=1)
     #: On SIGTERM, how long in-flight requests may take to finish, seconds.

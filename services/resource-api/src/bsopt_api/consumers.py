@@ -1,9 +1,14 @@
 """Event handlers of resource-api (consumer group ``resource-api``), one per topic.
 
-* ``trades.scored.v1``: store a ``coach.reflect`` message in ``api.coach_messages``,
-  then, only once that transaction has committed, push it to the user's connected
-  sockets.
-* ``digests.ready.v1``: upsert ``api.digests`` keeping the highest version.
+* ``trades.scored.v1``: store the trade's ``coach.reflect`` message (``api.coach_messages``,
+  one per trade id) and append it to the user's coach stream (``api.coach_stream``).
+* ``digests.ready.v1``: upsert ``api.digests`` keeping the highest version; a version
+  that became the stored one is announced as ``digest.ready`` on the stream.
+* ``imports.progress.v1``: ``import.progress`` on the stream.
+
+Nothing is pushed from here: the stream's insert NOTIFYs every replica at commit (a
+rolled-back attempt notifies nobody), and each replica pushes to its own sockets
+(:mod:`bsopt_api.stream`, :mod:`bsopt_api.hub`).
 
 Handlers run in a worker thread inside the consumer's idempotent transaction
 (:class:`bsopt_common.events.EventConsumer`): a redelivered event id never reaches
@@ -15,12 +20,12 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
+from bsopt.broker_gateway.v1 import events_pb2 as broker_events
 from bsopt.digest_worker.v1 import events_pb2 as digest_events
 from bsopt.ml_scorer.v1 import events_pb2 as scorer_events
-from bsopt_api import projections
+from bsopt_api import encoding, projections, stream
 from bsopt_api.hub import CoachHub
 from bsopt_common import topics
 from bsopt_common.events import Event
@@ -32,22 +37,28 @@ CONSUMER_GROUP = "resource-api"
 
 
 def consumer_specs(hub: CoachHub, group_id: str = CONSUMER_GROUP) -> list[ConsumerSpec]:
-    """One consumer for both topics."""
+    """One consumer for the three topics. (``hub`` is kept for the signature: delivery
+    goes through the stream's NOTIFY, to every replica's hub.)"""
+    del hub
 
     def on_trade_scored(event: Event, session: Session) -> None:
         payload: scorer_events.TradeScored = event.payload  # type: ignore[assignment]
-        message = projections.record_coach_message(session, payload.trade)
-        if message is None:
-            log.info("trade %s already has a coach message; event %s stored nothing", payload.trade.trade_id,
-                     event.id)
+        trade = payload.trade
+        if projections.record_coach_message(session, trade) is None:
+            log.info("trade %s already has a coach message; event %s stored nothing", trade.trade_id, event.id)
             return
-        user_id = payload.trade.user_id
-        # Push only what is durably stored: a rolled-back attempt pushes nothing.
-        sa_event.listen(session, "after_commit", lambda _s: hub.publish_threadsafe(user_id, message), once=True)
+        stream.append(session, trade.user_id, stream.COACH_REFLECT, encoding.coach_message(trade),
+                      dedupe_key=f"{stream.COACH_REFLECT}:{trade.trade_id}")
 
     def on_digest_ready(event: Event, session: Session) -> None:
         payload: digest_events.DigestReady = event.payload  # type: ignore[assignment]
         projections.upsert_digest(session, payload)
+        stream.record_digest_ready(session, payload)
+
+    def on_import_progress(event: Event, session: Session) -> None:
+        payload: broker_events.ImportProgress = event.payload  # type: ignore[assignment]
+        stream.record_import_progress(session, event.id, payload)
 
     return [ConsumerSpec(group_id=group_id, handlers={topics.TRADES_SCORED: on_trade_scored,
-                                                      topics.DIGESTS_READY: on_digest_ready})]
+                                                      topics.DIGESTS_READY: on_digest_ready,
+                                                      topics.IMPORTS_PROGRESS: on_import_progress})]

@@ -61,6 +61,7 @@ class ApiRuntime:
         specs = consumer_specs(self.hub, self.settings.consumer_group) if self.settings.consume_events else []
         try:
             await self.service.start(specs, publish=False)
+            await self.hub.start(self.session_factory)  # LISTEN for the coach stream
             provider = self.token_provider or self.service.token_provider
             if provider is None:
                 provider = self._own_provider = make_token_provider(self.settings)
@@ -75,6 +76,7 @@ class ApiRuntime:
     async def stop(self) -> None:
         self.started = False
         self.hub.close_all()
+        await self.hub.stop()
         await self.service.stop()
         if self.backends is not None:
             await self.backends.close()
@@ -87,5 +89,5 @@ def bootstrap(settings: ApiSettings, *, token_provider: TokenSource | None = Non
     """An unstarted runtime for ``settings``."""
     service = ServiceRuntime(settings, schema=SCHEMA, migrations_package="bsopt_api",
                              audience=RESOURCE_API_AUDIENCE)
-    hub = CoachHub(max_pending=settings.ws_max_pending_messages)
+    hub = CoachHub(queue_size=settings.ws_queue_size, max_sockets_per_user=settings.ws_max_sockets_per_user)
     return ApiRuntime(settings=settings, service=service, hub=hub, token_provider=token_provider)

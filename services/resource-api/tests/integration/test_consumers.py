@@ -123,7 +123,7 @@ async def test_scored_trade_is_stored_and_pushed_to_that_users_socket_only(
 
         message = await recv_json(mine)
         assert message == {
-            "type": "coach.reflect", "seq": message["seq"], "trade_id": event.trade.trade_id,
+            "type": "coach.reflect", "id": message["id"], "seq": message["id"], "trade_id": event.trade.trade_id,
             "label": "PANIC", "explanation": "sold after -6.2% in 1 day (RSI 24)",
             "reflection": "Was the plan to sell at this level?",
             "symbol": "MSFT", "side": "sell", "executed_at": "2024-03-04T00:00:00Z",

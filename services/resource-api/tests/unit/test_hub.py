@@ -1,11 +1,14 @@
-"""The WebSocket hub: fan-out per user, hand-off from worker threads, slow clients."""
+"""The WebSocket hub: fan-out per user, hand-off from worker threads, slow clients
+(drop the oldest, then the ``synced: false`` marker), sockets per user."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 
-from bsopt_api.hub import WS_GOING_AWAY, WS_TRY_AGAIN_LATER, CoachHub
+import pytest
+
+from bsopt_api.hub import WS_GOING_AWAY, WS_TRY_AGAIN_LATER, CoachHub, TooManySockets
 
 
 async def test_publish_reaches_every_socket_of_the_user_and_no_other():
@@ -41,17 +44,41 @@ def test_publish_threadsafe_without_a_loop_is_dropped_quietly():
     hub.publish_threadsafe("alice", {"seq": 1})  # stored messages are replayable: nothing lost
 
 
-async def test_slow_socket_is_closed_1013_instead_of_buffering_forever():
-    hub = CoachHub(max_pending=2)
+async def test_overflow_drops_the_oldest_and_marks_the_gap_once():
+    hub = CoachHub(queue_size=2)
     slow, fast = hub.subscribe("alice"), hub.subscribe("alice")
-    for seq in range(1, 4):
-        hub.publish("alice", {"seq": seq})
-        if seq < 3:
-            assert await fast.next() == {"seq": seq}
-    assert slow.close_code == WS_TRY_AGAIN_LATER
-    assert await slow.next() is None  # queue dropped: the client resumes with ?after=
-    assert await fast.next() == {"seq": 3}
-    assert hub.publish("alice", {"seq": 4}) == 1
+    hub.publish("alice", {"id": 1})
+    assert await slow.next() == {"id": 1}
+    assert await fast.next() == {"id": 1}
+    for event_id in range(2, 6):
+        hub.publish("alice", {"id": event_id})
+        assert await fast.next() == {"id": event_id}
+    # slow kept the newest two; the marker says what it last got before the gap
+    assert await slow.next() == {"type": "synced", "synced": False, "dropped": 2, "last_event_id": 1}
+    assert [await slow.next(), await slow.next()] == [{"id": 4}, {"id": 5}]
+    assert slow.dropped_total == 2 and fast.dropped_total == 0
+    hub.publish("alice", {"id": 6})
+    assert await slow.next() == {"id": 6}  # live again, no second marker
+
+
+def test_sockets_per_user_are_limited():
+    hub = CoachHub(max_sockets_per_user=2)
+    first = hub.subscribe("alice")
+    hub.subscribe("alice")
+    with pytest.raises(TooManySockets):
+        hub.subscribe("alice")
+    hub.subscribe("bob")  # another user's limit is their own
+    hub.unsubscribe(first)
+    hub.subscribe("alice")
+
+
+async def test_feed_interruption_closes_1013_at_once():
+    hub = CoachHub()
+    sub = hub.subscribe("alice")
+    hub.publish("alice", {"id": 1})
+    hub.close_all(WS_TRY_AGAIN_LATER, "event feed interrupted")
+    assert await sub.next() is None  # queue dropped: the client resumes with lastEventId
+    assert sub.close_code == WS_TRY_AGAIN_LATER
 
 
 async def test_unsubscribe_forgets_the_socket():

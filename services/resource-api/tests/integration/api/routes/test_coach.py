@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as broker_pb
 from bsopt.ml_scorer.v1 import ml_scorer_pb2 as scorer_pb
-from bsopt_api import projections
+from bsopt_api import encoding, projections, stream
 from bsopt_api.app import create_app
 from bsopt_api.bootstrap import bootstrap
 from bsopt_common import codec
@@ -37,8 +37,14 @@ def scored(user_id: str, **kw) -> scorer_pb.ScoredTrade:
 
 
 def store(db, *trades: scorer_pb.ScoredTrade) -> list[dict]:
+    """Store as the trades.scored.v1 consumer does: the coach message, then the stream event."""
+    out = []
     with session_scope(db) as session:
-        return [projections.record_coach_message(session, t) for t in trades]
+        for t in trades:
+            projections.record_coach_message(session, t)
+            out.append(stream.append(session, t.user_id, stream.COACH_REFLECT, encoding.coach_message(t),
+                                     dedupe_key=f"coach.reflect:{t.trade_id}"))
+    return out
 
 
 async def recv_json(ws, timeout: float = 5.0) -> dict:
@@ -132,7 +138,7 @@ async def test_after_replays_stored_messages_in_order_then_nothing_else(running_
         await assert_silent(ws)
     assert got == [a, b]
     assert got[1] == {
-        "type": "coach.reflect", "seq": b["seq"], "trade_id": got[1]["trade_id"], "label": "PANIC",
+        "type": "coach.reflect", "id": b["id"], "seq": b["id"], "trade_id": got[1]["trade_id"], "label": "PANIC",
         "explanation": "bought after +9.1% in 5 days (RSI 78)",
         "reflection": "What did you know that the crowd did not?", "symbol": "GOOGL", "side": "sell",
         "executed_at": "2024-03-01T00:00:00Z",
