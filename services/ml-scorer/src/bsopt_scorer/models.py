@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, DateTime, Double, MetaData, String, Table, Text, func
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Double,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 from bsopt_common.db import amount_type
@@ -35,6 +47,8 @@ scored_trades = Table(
     # scored before it (population thresholds).
     Column("thresholds", JSONB, nullable=True),
     Column("scored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # ListScoredTrades' keyset: a user's trades newest first (revision 0005)
+    Index("ix_scorer_scored_trades_user_executed", "user_id", "executed_at", "trade_id"),
 )
 
 # Each user's reflection tone, "supportive" (the default, also for a user without a row)

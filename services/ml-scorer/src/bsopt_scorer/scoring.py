@@ -165,9 +165,3 @@ class TradeScorer:
             add_to_calibration(session, trade.user_id, features)
             self.outbox.add(session, topics.TRADES_SCORED, events_pb2.TradeScored(trade=scored_trade_pb(scored)))
         return scored
-
-
-def list_scored(session: Session, user_id: str, limit: int) -> list[ScoredTrade]:
-    rows = session.execute(select(models.scored_trades).where(models.scored_trades.c.user_id == user_id)
-                           .order_by(models.scored_trades.c.executed_at.desc()).limit(limit)).mappings()
-    return [_scored(r) for r in rows]
