@@ -213,7 +213,8 @@ class StreamListener:
 
     When the connection breaks, ``on_gap()`` is called (the hub closes its sockets so
     clients resume with ``lastEventId``: what was committed meanwhile was not heard) and
-    it reconnects with backoff.
+    it reconnects with backoff; once it listens again, ``on_gap()`` once more, for the
+    sockets opened in between.
     """
 
     def __init__(self, factory: sessionmaker[Session], *, deliver: Callable[[str, dict[str, Any]], Any],
@@ -253,6 +254,9 @@ class StreamListener:
                 async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True,
                                                                  application_name="bsopt-api-listen") as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    if attempt:
+                        # sockets opened while nobody listened may have missed events too
+                        self._on_gap()
                     attempt = 0
                     self._listening.set()
                     async for notify in conn.notifies():

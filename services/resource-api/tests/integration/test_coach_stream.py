@@ -8,7 +8,8 @@ uvicorn servers over one Postgres (LISTEN/NOTIFY), the Kafka-protocol broker, an
 * a slow socket's overflow: oldest dropped, ``synced: false`` marker, refetch;
 * the sixth socket of a user is closed with 1008;
 * client messages: ``chat.ask_reflection``, ``chat.feedback``, ``note.add``, and errors
-  that leave the socket open.
+  that leave the socket open;
+* a broken LISTEN connection closes the replica's sockets with 1013, then comes back.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import select
+from sqlalchemy import select, text
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -36,7 +37,7 @@ from bsopt_api import encoding, projections, stream
 from bsopt_api.bootstrap import bootstrap, serve
 from bsopt_api.models import coach_feedback, coach_notes, coach_stream
 from bsopt_common import codec
-from bsopt_common.db import session_scope
+from bsopt_common.db import create_db_engine, session_scope
 from bsopt_common.events import EventPublisher
 from bsopt_common.money import Money
 from bsopt_common.security.event_signing import EventSigner
@@ -398,3 +399,40 @@ async def test_client_messages_are_answered_and_stored(running_api, tokens, db):
         assert await recv_json(ws) == pushed
     finally:
         await ws.close()
+
+
+# --- the event feed breaks ---------------------------------------------------------------------
+
+
+async def test_a_broken_listen_connection_closes_sockets_1013_and_the_feed_comes_back(
+        running_api, replica_b, tokens, db, postgres_url):
+    """What was committed while a replica was not listening it cannot push: its sockets
+    are told to resume (1013), and once it listens again new sockets get live events."""
+    b_settings, b_runtime = replica_b
+    user = tokens.new_user()
+    ws = await open_socket(b_settings, b_runtime, tokens, user)
+    engine = create_db_engine(postgres_url, application_name="bsopt-api-tests-terminate")
+    try:
+        with engine.begin() as conn:
+            killed = conn.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'bsopt-api-listen' AND datname = current_database()")).scalar_one()
+        assert killed >= 2  # both replicas' listeners
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd.code == 1013
+        assert "lastEventId" in closed.value.rcvd.reason
+    finally:
+        await ws.close()
+        engine.dispose()
+
+    def listening(runtime) -> bool:
+        return runtime.hub.listener is not None and runtime.hub.listener._listening.is_set()
+
+    await eventually(lambda: listening(b_runtime) and listening(running_api.runtime), 15)
+    again = await open_socket(b_settings, b_runtime, tokens, user)
+    try:
+        (pushed,) = append_import(db, user)
+        assert await recv_json(again) == pushed
+    finally:
+        await again.close()
