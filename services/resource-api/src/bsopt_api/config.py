@@ -66,7 +66,7 @@ class ApiSettings(ServiceSettings):
     #: Coach stream events queued per WebSocket; past it the oldest is dropped and the
     #: client gets ``{"type": "synced", "synced": false, ...}`` (see bsopt_api.hub).
     ws_queue_size: int = Field(100, ge=1)
-    #: Coach sockets one user may hold open on a replica; the next is closed with 1008.
+    #: Coach sockets one user may hold open, across replicas; the next is closed with 1008.
     ws_max_sockets_per_user: int = Field(5, ge=1)
     #: Stored messages read per database round trip while replaying ``?after=``.
     ws_replay_batch_size: int = Field(500, ge=1)

@@ -15,8 +15,10 @@ it does get, the client is sent the marker::
 It then refetches what it missed: reconnect with ``?lastEventId=<last_event_id>`` (or read
 the REST API). Events after the marker are live again.
 
-Limits: at most ``max_sockets_per_user`` (5) sockets per user on one replica;
-:meth:`CoachHub.subscribe` raises :class:`TooManySockets` for the next one.
+Limits: at most ``max_sockets_per_user`` (5) sockets per user, across every replica
+once started (:class:`~bsopt_api.stream.SocketSlots`: one Postgres session advisory lock
+per socket); :meth:`CoachHub.open` (and :meth:`subscribe`, this replica only) raises
+:class:`TooManySockets` for the next one.
 
 Threads: :meth:`CoachHub.publish` runs on the event loop; :meth:`publish_threadsafe`
 hands a message over from any other thread.
@@ -31,7 +33,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from bsopt_api.stream import StreamListener
+from bsopt_api.stream import SocketSlots, StreamListener
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ class Subscription:
         self.dropped_total = 0
         self.close_code: int | None = None
         self.close_reason = ""
+        #: The cross-replica slot this socket holds (CoachHub.open), if any.
+        self.slot: tuple[SocketSlots, tuple[int, int]] | None = None
 
     @property
     def closed(self) -> bool:
@@ -121,6 +125,7 @@ class CoachHub:
         self._by_user: defaultdict[str, set[Subscription]] = defaultdict(set)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.listener: StreamListener | None = None
+        self.slots: SocketSlots | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop that owns the sockets; :meth:`publish_threadsafe` hands messages to it."""
@@ -134,11 +139,42 @@ class CoachHub:
             on_gap=lambda: self.close_all(WS_TRY_AGAIN_LATER,
                                           "event feed interrupted; reconnect with lastEventId"))
         await self.listener.start()
+        self.slots = SocketSlots(factory, self.max_sockets_per_user, on_lost=lambda: self.close_all(
+            WS_TRY_AGAIN_LATER, "socket limits were reset; reconnect with lastEventId"))
 
     async def stop(self) -> None:
         listener, self.listener = self.listener, None
         if listener is not None:
             await listener.stop()
+        slots, self.slots = self.slots, None
+        if slots is not None:
+            await slots.close()
+
+    async def open(self, user_id: str) -> Subscription:
+        """:meth:`subscribe`, holding one of the user's slots across replicas once
+        started; TooManySockets when the user has none left. Pair with :meth:`leave`."""
+        sub = self.subscribe(user_id)
+        slots = self.slots
+        if slots is None:
+            return sub
+        try:
+            token = await slots.acquire(user_id)
+        except BaseException:
+            self.unsubscribe(sub)
+            raise
+        if token is None:
+            self.unsubscribe(sub)
+            raise TooManySockets(user_id)
+        sub.slot = (slots, token)
+        return sub
+
+    def leave(self, sub: Subscription) -> None:
+        """Forget the socket and free its slot (in the background)."""
+        self.unsubscribe(sub)
+        if sub.slot is not None:
+            slots, token = sub.slot
+            sub.slot = None
+            slots.release(sub.user_id, token)
 
     def subscribe(self, user_id: str) -> Subscription:
         """A new socket of ``user_id``; TooManySockets past ``max_sockets_per_user``."""

@@ -297,3 +297,103 @@ class StreamListener:
         # Let the sockets' senders run between events: a burst of notifications read at
         # once then never overflows a client that keeps up; only a slow one drops.
         await asyncio.sleep(0)
+
+
+# --- every replica: sockets per user, counted across replicas ------------------------------
+
+
+class SocketSlots:
+    """At most ``limit`` sockets per user across every replica: a socket holds one of the
+    user's ``limit`` session advisory locks ``(hashtext('api.coach_socket:' || user), slot)``
+    on this replica's own connection. A replica that dies loses its connection and so
+    frees its slots; no table to clean up.
+
+    Session locks are re-entrant within a session, so this replica remembers which slots
+    it holds and only tries the others. When the connection breaks, every lock is gone:
+    ``on_lost()`` is called (the hub closes its sockets, which reconnect) and the next
+    :meth:`acquire` connects again.
+    """
+
+    def __init__(self, factory: sessionmaker[Session], limit: int, *, on_lost: Callable[[], None]):
+        self._conninfo = listen_conninfo(factory.kw["bind"].url)
+        self.limit = limit
+        self._on_lost = on_lost
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()
+        self._held: dict[str, set[int]] = {}
+        #: Bumped on every new connection: a slot from an older one is already free.
+        self.generation = 0
+        self._releases: set[asyncio.Task[None]] = set()
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True,
+                                                               application_name="bsopt-api-socket-slots")
+            self.generation += 1
+            self._held.clear()
+        return self._conn
+
+    def _lost(self, exc: BaseException) -> None:
+        log.warning("coach socket slots connection lost (%s); closing this replica's sockets", exc)
+        conn, self._conn = self._conn, None
+        self._held.clear()
+        if conn is not None:
+            task = asyncio.ensure_future(conn.close())
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+        self._on_lost()
+
+    async def acquire(self, user_id: str) -> tuple[int, int] | None:
+        """``(generation, slot)`` of a free slot of ``user_id`` now held here, or None
+        when all ``limit`` are held (here or by other replicas)."""
+        async with self._lock:
+            try:
+                conn = await self._connection()
+                held = self._held.setdefault(user_id, set())
+                for slot in range(self.limit):
+                    if slot in held:
+                        continue
+                    cur = await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)",
+                                             (f"api.coach_socket:{user_id}", slot))
+                    row = await cur.fetchone()
+                    if row is not None and row[0]:
+                        held.add(slot)
+                        return self.generation, slot
+                if not held:
+                    del self._held[user_id]
+                return None
+            except psycopg.Error as exc:
+                self._lost(exc)
+                raise
+
+    def release(self, user_id: str, token: tuple[int, int]) -> None:
+        """Free the slot (in the background: a socket handler being cancelled still frees it)."""
+        task = asyncio.ensure_future(self._release(user_id, token))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, user_id: str, token: tuple[int, int]) -> None:
+        generation, slot = token
+        async with self._lock:
+            if generation != self.generation or self._conn is None:
+                return  # that connection is gone, and its locks with it
+            try:
+                await self._conn.execute("SELECT pg_advisory_unlock(hashtext(%s), %s)",
+                                         (f"api.coach_socket:{user_id}", slot))
+            except psycopg.Error as exc:
+                self._lost(exc)
+                return
+            held = self._held.get(user_id)
+            if held is not None:
+                held.discard(slot)
+                if not held:
+                    del self._held[user_id]
+
+    async def close(self) -> None:
+        for task in list(self._releases):
+            with contextlib.suppress(Exception):
+                await task
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()

@@ -313,26 +313,36 @@ async def test_overflow_drops_the_oldest_and_sends_the_synced_false_marker(small
 # --- limits ----------------------------------------------------------------------------------
 
 
-async def test_the_sixth_socket_of_a_user_is_closed_1008(running_api, tokens):
+async def test_the_sixth_socket_of_a_user_is_closed_1008_whichever_replica_it_reaches(
+        running_api, replica_b, tokens):
     user = tokens.new_user()
-    settings, runtime = running_api.settings, running_api.runtime
-    sockets = [await open_socket(settings, runtime, tokens, user) for _ in range(5)]
+    a = (running_api.settings, running_api.runtime)
+    b = replica_b
+    on_a = [await open_socket(*a, tokens, user) for _ in range(3)]
+    on_b = [await open_socket(*b, tokens, user) for _ in range(2)]
     try:
-        async with connect(ws_url(settings),
-                           additional_headers=tokens.bearer(tokens.user("trades:read", sub=user))) as sixth:
-            with pytest.raises(ConnectionClosed) as closed:
-                await asyncio.wait_for(sixth.recv(), 5)
-        assert closed.value.rcvd.code == 1008
-        assert "too many coach sockets" in closed.value.rcvd.reason
-        assert runtime.hub.connections(user) == 5
-        # another user is not affected; a closed socket frees its place
-        other = await open_socket(settings, runtime, tokens, tokens.new_user())
+        for settings, _ in (a, b):
+            async with connect(ws_url(settings),
+                               additional_headers=tokens.bearer(tokens.user("trades:read", sub=user))) as sixth:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(sixth.recv(), 5)
+            assert closed.value.rcvd.code == 1008
+            assert closed.value.rcvd.reason == "too many coach sockets for this user (at most 5)"
+        assert (a[1].hub.connections(user), b[1].hub.connections(user)) == (3, 2)
+        # another user is not affected; a socket closed on A frees a place on B
+        other = await open_socket(*b, tokens, tokens.new_user())
         await other.close()
-        await sockets.pop().close()
-        await eventually(lambda: runtime.hub.connections(user) == 4, 5)
-        sockets.append(await open_socket(settings, runtime, tokens, user))
+        await on_a.pop().close()
+        await eventually(lambda: a[1].hub.connections(user) == 2, 5)
+        for _ in range(50):  # the slot is freed just after the socket is forgotten
+            try:
+                on_b.append(await open_socket(*b, tokens, user))
+                break
+            except AssertionError:
+                await asyncio.sleep(0.1)
+        assert b[1].hub.connections(user) == 3
     finally:
-        for ws in sockets:
+        for ws in on_a + on_b:
             await ws.close()
 
 
@@ -436,3 +446,37 @@ async def test_a_broken_listen_connection_closes_sockets_1013_and_the_feed_comes
         assert await recv_json(again) == pushed
     finally:
         await again.close()
+
+
+async def test_a_broken_slots_connection_resets_the_limits_and_sockets_resume(replica_b, tokens, postgres_url):
+    b_settings, b_runtime = replica_b
+    user = tokens.new_user()
+    ws = await open_socket(b_settings, b_runtime, tokens, user)
+    engine = create_db_engine(postgres_url, application_name="bsopt-api-tests-terminate")
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE application_name = 'bsopt-api-socket-slots' AND datname = current_database()"))
+        # the next socket finds the connection gone: every socket of the replica is told
+        # to reconnect (its slots went with the connection), then slots work again
+        async with connect(ws_url(b_settings),
+                           additional_headers=tokens.bearer(tokens.user("trades:read", sub=user))) as next_ws:
+            with pytest.raises(ConnectionClosed) as refused:
+                await asyncio.wait_for(next_ws.recv(), 10)
+        assert refused.value.rcvd.code == 1013
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd.code == 1013
+    finally:
+        await ws.close()
+        engine.dispose()
+    again = [await open_socket(b_settings, b_runtime, tokens, user) for _ in range(5)]
+    try:
+        async with connect(ws_url(b_settings),
+                           additional_headers=tokens.bearer(tokens.user("trades:read", sub=user))) as sixth:
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(sixth.recv(), 5)
+        assert closed.value.rcvd.code == 1008
+    finally:
+        for s in again:
+            await s.close()

@@ -34,8 +34,8 @@ The trade must be one of the user's with a stored reflection. Anything else is a
 ``{"type": "error", "error": "invalid_message" | "unknown_type" | "not_found" |
 "internal_error", "message": "..."}`` and the socket stays open.
 
-Close codes: 1008 for a sixth socket of the user (at most ``ws_max_sockets_per_user``)
-and when the access token expires; 1012 (1001 if the runtime stops first) on shutdown;
+Close codes: 1008 for a sixth socket of the user (at most ``ws_max_sockets_per_user``,
+counted across replicas) and when the access token expires; 1012 (1001 if the runtime stops first) on shutdown;
 1013 when this replica's event feed was interrupted (resume with ``lastEventId``).
 """
 
@@ -55,7 +55,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bsopt_api import stream
 from bsopt_api.api.deps import SCOPE_TRADES_READ, Hub, SessionFactory, Settings
-from bsopt_api.hub import Subscription, TooManySockets
+from bsopt_api.hub import WS_TRY_AGAIN_LATER, Subscription, TooManySockets
 from bsopt_common.db import session_scope
 from bsopt_common.security.fastapi import WS_POLICY_VIOLATION, authenticate_websocket
 
@@ -98,10 +98,14 @@ async def coach_socket(ws: WebSocket, hub: Hub, factory: SessionFactory, setting
     # Subscribe before replaying: an event committed during the replay is queued
     # here and skipped below if the replay already sent it (id <= last sent).
     try:
-        sub = hub.subscribe(claims.subject)
+        sub = await hub.open(claims.subject)
     except TooManySockets:
         await ws.close(code=WS_POLICY_VIOLATION,
                        reason=f"too many coach sockets for this user (at most {hub.max_sockets_per_user})")
+        return
+    except Exception:  # the slots' database connection: the client retries
+        log.exception("coach socket of %s: no slot could be taken", claims.subject)
+        await ws.close(code=WS_TRY_AGAIN_LATER, reason="try again later")
         return
     try:
         last_sent = None
@@ -111,7 +115,7 @@ async def coach_socket(ws: WebSocket, hub: Hub, factory: SessionFactory, setting
     except WebSocketDisconnect:
         pass
     finally:
-        hub.unsubscribe(sub)
+        hub.leave(sub)
 
 
 async def _replay(ws: WebSocket, factory: sessionmaker[Session], user_id: str, after: int,
