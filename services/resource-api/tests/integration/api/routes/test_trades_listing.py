@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import psycopg
 import pytest
 
 from bsopt.broker_gateway.v1 import broker_gateway_pb2 as bpb
@@ -116,3 +117,34 @@ async def test_unknown_and_bad_parameters_are_422_or_400(client: httpx.AsyncClie
     for params in ({"cursor": "bm90LWEtdG9rZW4"}, {"cursor": cursor, "symbol": "GOOGL"}):
         r = await client.get("/v1/trades", params=params, headers=headers)
         assert r.status_code == 400, (params, r.text)
+
+
+async def test_a_note_on_a_trade_and_what_the_coach_socket_added(client: httpx.AsyncClient, tokens, scored,
+                                                                 service_database_urls):
+    user = f"note-{uuid.uuid4().hex[:6]}"
+    [trade_id] = scored(user, 1)
+    writer = tokens.bearer(tokens.user("trades:read trades:write", sub=user))
+    r = await client.put(f"/v1/trades/{trade_id}/note", json={"text": "entered on the plan's level"}, headers=writer)
+    assert r.status_code == 200, r.text
+    assert r.json()["text"] == "entered on the plan's level" and r.json()["created_at"].endswith("Z")
+    again = await client.put(f"/v1/trades/{trade_id}/note", json={"text": "entered on the plan's level"},
+                             headers=writer)
+    assert again.json() == r.json()  # idempotent: nothing added
+    # what the coach socket stores (note.add, chat.feedback) shows on the trade too
+    with psycopg.connect(service_database_urls["resource-api"].replace("postgresql+psycopg://", "postgresql://", 1)) \
+            as conn:
+        conn.execute("INSERT INTO api.coach_notes (user_id, trade_id, text) VALUES (%s, %s, 'from the socket')",
+                     (user, trade_id))
+        conn.execute("INSERT INTO api.coach_feedback (user_id, trade_id, rating) VALUES (%s, %s, 'up')",
+                     (user, trade_id))
+    got = (await client.get(f"/v1/trades/{trade_id}", headers=writer)).json()
+    assert [n["text"] for n in got["notes"]] == ["entered on the plan's level", "from the socket"]
+    assert got["note"] == "from the socket" and got["feedback"] == "up"
+
+    for body, status in (({"text": ""}, 422), ({"text": "x" * 2001}, 422), ({"text": "ok", "extra": 1}, 422),
+                         ({}, 422)):
+        assert (await client.put(f"/v1/trades/{trade_id}/note", json=body, headers=writer)).status_code == status
+    other = tokens.bearer(tokens.user("trades:read trades:write", sub="someone-else"))
+    assert (await client.put(f"/v1/trades/{trade_id}/note", json={"text": "mine"}, headers=other)).status_code == 404
+    reader = tokens.bearer(tokens.user("trades:read", sub=user))
+    assert (await client.put(f"/v1/trades/{trade_id}/note", json={"text": "x"}, headers=reader)).status_code == 403
