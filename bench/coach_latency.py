@@ -60,7 +60,7 @@ from bsopt_api.bootstrap import bootstrap, serve
 from bsopt_api.config import ApiSettings
 from bsopt_common import codec
 from bsopt_common.db_roles import bootstrap_service_roles
-from bsopt_common.embedded.kafka import FAST_GROUP_SETTINGS, EmbeddedKafka, ensure_topics
+from bsopt_common.embedded.kafka import FAST_FETCH_MAX_WAIT_MS, FAST_GROUP_SETTINGS, EmbeddedKafka, ensure_topics
 from bsopt_common.events import EventPublisher
 from bsopt_common.money import Money
 from bsopt_common.security.event_signing import EventSigner
@@ -178,6 +178,8 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--breakdown", action="store_true", help="stamp and print each hop's p50 too")
+    ap.add_argument("--fetch-max-wait-ms", type=int, default=FAST_FETCH_MAX_WAIT_MS,
+                    help="the consumer's fetch wait (the stack's setting on Tansu; aiokafka's default is 500)")
     ap.add_argument("--database-url", default=os.environ.get(
         "TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
     args = ap.parse_args()
@@ -203,6 +205,7 @@ def main() -> None:
                 consumer_group=f"bench-resource-api-{uuid.uuid4().hex[:8]}",
                 kafka_session_timeout_ms=FAST_GROUP_SETTINGS["session_timeout_ms"],
                 kafka_heartbeat_interval_ms=FAST_GROUP_SETTINGS["heartbeat_interval_ms"],
+                kafka_fetch_max_wait_ms=args.fetch_max_wait_ms,
                 # backends nobody calls here: ports nothing listens on
                 broker_gateway_target=f"127.0.0.1:{free_port()}", ml_scorer_target=f"127.0.0.1:{free_port()}",
                 rl_trainer_target=f"127.0.0.1:{free_port()}", shutdown_grace_seconds=2.0)

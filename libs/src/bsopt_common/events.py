@@ -402,6 +402,7 @@ class EventConsumer:
         permanent_errors: tuple[type[BaseException], ...] = (),
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
+        fetch_max_wait_ms: int = 500,
         client_options: Mapping[str, Any] | None = None,
     ):
         if not handlers:
@@ -421,7 +422,7 @@ class EventConsumer:
             *self.topics, bootstrap_servers=bootstrap_servers, group_id=group_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms,
-            **dict(client_options or {}),
+            fetch_max_wait_ms=fetch_max_wait_ms, **dict(client_options or {}),
         )
         self._stopping = asyncio.Event()
         #: Counters, observable by tests and metrics.

@@ -193,6 +193,7 @@ class ServiceRuntime:
                     dlq_publisher=self.publisher, outbox=outbox, permanent_errors=spec.permanent_errors,
                     session_timeout_ms=self.settings.kafka_session_timeout_ms,
                     heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
+                    fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
                     client_options=client_options,
                 )
                 await consumer.start()

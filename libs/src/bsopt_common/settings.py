@@ -62,6 +62,7 @@ class ServiceSettings(BaseSettings):
         "kafka_ssl_cafile": "KAFKA_SSL_CAFILE",
         "kafka_oauth_audience": "KAFKA_OAUTH_AUDIENCE",
         "kafka_heartbeat_interval_ms": "KAFKA_HEARTBEAT_INTERVAL_MS",
+        "kafka_fetch_max_wait_ms": "KAFKA_FETCH_MAX_WAIT_MS",
     }
 
     service_name: str = "bsopt"
@@ -86,6 +87,11 @@ class ServiceSettings(BaseSettings):
     #: local stack and the tests use 2000 / 200 there.
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000)
     kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    #: How long a consumer's fetch may wait for records, milliseconds (aiokafka's default
+    #: 500). A real Kafka answers as soon as records arrive; the embedded Tansu broker
+    #: answers at the end of the wait, which added ~250 ms to every event's delivery
+    #: (bench/coach_latency.py), so the local stack and the tests use 50.
+    kafka_fetch_max_wait_ms: int = Field(default=500, ge=1, le=60_000)
     #: The authorization server's issuer identifier; its JWKS is found from metadata.
     issuer: str | None = None
     #: Override for the JWKS URL (defaults to ``<issuer>/.well-known/jwks.json``).

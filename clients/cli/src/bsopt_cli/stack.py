@@ -324,10 +324,11 @@ class Stack:
             "BSOPT_LOG_LEVEL": self.log_level,
         }
         if self._embedded_kafka:  # Tansu answers a group join after ~session/2: keep it short
-            from bsopt_common.embedded.kafka import FAST_GROUP_SETTINGS
+            from bsopt_common.embedded.kafka import FAST_FETCH_MAX_WAIT_MS, FAST_GROUP_SETTINGS
 
             common["KAFKA_SESSION_TIMEOUT_MS"] = str(FAST_GROUP_SETTINGS["session_timeout_ms"])
             common["KAFKA_HEARTBEAT_INTERVAL_MS"] = str(FAST_GROUP_SETTINGS["heartbeat_interval_ms"])
+            common["KAFKA_FETCH_MAX_WAIT_MS"] = str(FAST_FETCH_MAX_WAIT_MS)
         keys = self.service_key_files()
         envs = {
             # resource-api's Swagger UI exchanges its code at the token endpoint (CORS)

@@ -167,11 +167,12 @@ def kafka_bootstrap() -> Iterator[str]:
         with KafkaContainer().with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
-    from bsopt_common.embedded.kafka import FAST_GROUP_SETTINGS, EmbeddedKafka
+    from bsopt_common.embedded.kafka import FAST_FETCH_MAX_WAIT_MS, FAST_GROUP_SETTINGS, EmbeddedKafka
 
-    # Services built from settings in this session join groups on Tansu fast too.
+    # Services built from settings in this session join groups and fetch on Tansu fast too.
     fast = {"KAFKA_SESSION_TIMEOUT_MS": str(FAST_GROUP_SETTINGS["session_timeout_ms"]),
-            "KAFKA_HEARTBEAT_INTERVAL_MS": str(FAST_GROUP_SETTINGS["heartbeat_interval_ms"])}
+            "KAFKA_HEARTBEAT_INTERVAL_MS": str(FAST_GROUP_SETTINGS["heartbeat_interval_ms"]),
+            "KAFKA_FETCH_MAX_WAIT_MS": str(FAST_FETCH_MAX_WAIT_MS)}
     with pytest.MonkeyPatch.context() as env, EmbeddedKafka() as kafka:
         for name, value in fast.items():
             env.setenv(name, value)
