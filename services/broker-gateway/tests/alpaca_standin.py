@@ -178,14 +178,16 @@ class AlpacaStandin:
     def daily_bars(self, symbol: str, today: date | None = None) -> list[dict[str, Any]]:
         """Daily bars of ``symbol`` (one of :attr:`prices`) in Alpaca's shape, oldest first:
         every weekday (no holidays) from :attr:`BAR_HISTORY_DAYS` days before ``today``
-        (default: today, UTC) to ``today``, ``t`` = midnight New York in UTC.
+        (default: today in New York, the exchange's date: between 00:00 and 04:00-05:00 UTC
+        the UTC date's bar would start in the future) to ``today``, ``t`` = midnight New
+        York in UTC.
 
         Deterministic: a random walk of daily log returns (N(0, 1.5%), ``random.Random``
         seeded with the symbol) run backwards from the close of the last bar, which is the
         symbol's configured price; open = previous close, high/low 0.5% beyond the larger /
         smaller of open and close, volume 1e6 + 1e5 * U(0, 10) shares. The same symbol and
         day give the same bars in every process."""
-        today = today or datetime.now(UTC).date()
+        today = today or datetime.now(ZoneInfo("America/New_York")).date()
         days = [today - timedelta(days=n) for n in range(self.BAR_HISTORY_DAYS, -1, -1)]
         days = [d for d in days if d.weekday() < 5]
         rng = random.Random(f"alpaca-standin-bars/{symbol}")
