@@ -12,7 +12,7 @@ import pytest
 
 from bsopt_common.marketdata import bundled_provider
 from bsopt_scorer.domain.features import TradeFeatures, indicator_frame
-from bsopt_scorer.domain.tags import LABELS, BiasThresholds, TagResult, reflection, tag_trade
+from bsopt_scorer.domain.tags import LABELS, BiasThresholds, tag_trade
 
 REPO = Path(__file__).resolve().parents[4]
 
@@ -229,37 +229,6 @@ def test_invalid_inputs() -> None:
         tag_trade("BUY", {"rsi_14": 50})  # type: ignore[arg-type]
 
 
-# --------------------------------------------------------------------- reflections
-
-
-@pytest.mark.parametrize(
-    ("side", "features", "label", "numbers"),
-    [
-        ("BUY", feat(change_5d=0.062, rsi_14=72.4), "FOMO", ["+6.2%", "72.4", "$2.50"]),
-        ("SELL", feat(change_1d=-0.041, rsi_14=28.0), "PANIC", ["-4.1%", "28.0", "$2.50"]),
-        ("BUY", feat(rsi_14=41.3, bollinger_position=0.22), "DISCIPLINE", ["41.3", "0.22", "pullback"]),
-        ("SELL", feat(rsi_14=67.8, change_5d=0.034), "DISCIPLINE", ["67.8", "+3.4%", "strength"]),
-        ("BUY", NEUTRAL, "NONE", ["52.0", "$100.00", "buy"]),
-        ("SELL", NEUTRAL, "NONE", ["52.0", "sell"]),
-    ],
-)
-def test_reflection_per_label(side: str, features: TradeFeatures, label: str, numbers: list[str]) -> None:
-    tag = tag_trade(side, features)  # type: ignore[arg-type]
-    assert tag.label == label
-    text = reflection(side, tag, features)  # type: ignore[arg-type]
-    assert text.endswith("?") and "?" in text
-    assert len(text) < 400
-    for n in numbers:
-        assert n in text
-
-
-def test_reflection_rejects_unknown_label() -> None:
-    with pytest.raises(ValueError, match="label"):
-        reflection("BUY", TagResult("GREED", "x", "x"), NEUTRAL)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="side"):
-        reflection("SHORT", tag_trade("BUY", NEUTRAL), NEUTRAL)  # type: ignore[arg-type]
-
-
 # --------------------------------------------------------------------- real data
 
 
@@ -283,4 +252,3 @@ def test_label_rates_on_real_googl_bars() -> None:
         for side in ("BUY", "SELL"):
             t = tag_trade(side, f)  # type: ignore[arg-type]
             assert f"{f.rsi_14:.1f}" in t.explanation
-            assert reflection(side, t, f).endswith("?")  # type: ignore[arg-type]

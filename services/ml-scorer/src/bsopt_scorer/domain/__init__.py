@@ -17,7 +17,7 @@ from bsopt_scorer.domain.features import (
     locate_bar,
 )
 from bsopt_scorer.domain.indicators import atr, bollinger, bollinger_position, pct_change, rsi, true_range
-from bsopt_scorer.domain.tags import LABELS, BiasThresholds, TagResult, reflection, tag_trade
+from bsopt_scorer.domain.tags import LABELS, BiasThresholds, TagResult, tag_trade
 
 __all__ = [
     "LABELS",
@@ -35,7 +35,6 @@ __all__ = [
     "indicator_frame",
     "locate_bar",
     "pct_change",
-    "reflection",
     "rsi",
     "tag_trade",
     "true_range",
